@@ -1,0 +1,158 @@
+/**
+ * Token verification with jose, and the mapping from JWT claims to the principal the rest of the
+ * sidecar works with. Nothing else imports jose.
+ */
+import { createPublicKey, type KeyObject } from 'node:crypto';
+import {
+  createRemoteJWKSet,
+  errors as joseErrors,
+  jwtVerify,
+  SignJWT,
+  type JWTPayload,
+  type JWTVerifyGetKey,
+} from 'jose';
+import type { Config } from './config.js';
+import { AuthError, AuthErrorCode } from './errors.js';
+
+export interface Principal {
+  /** `sub` */
+  readonly userId: string;
+  readonly roles: readonly string[];
+  /** Project ids this user may subscribe to; `'*'` means any. */
+  readonly projects: readonly string[] | '*';
+  /** Expiry, ms since epoch; undefined when the token has no `exp`. */
+  readonly expiresAt: number | undefined;
+}
+
+export interface TokenVerifier {
+  verify(token: string): Promise<Principal>;
+}
+
+export function isAdmin(p: Principal): boolean {
+  return p.roles.includes('admin');
+}
+
+export function mayAccessProject(p: Principal, projectId: string): boolean {
+  return p.projects === '*' || p.projects.includes(projectId) || p.projects.includes('*');
+}
+
+const HMAC = ['HS256', 'HS384', 'HS512'];
+const RSA = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'];
+
+/** The algorithms a key can honestly verify; naming them explicitly is what stops HS/RS confusion. */
+function algorithmsForKey(key: KeyObject): string[] {
+  switch (key.asymmetricKeyType) {
+    case 'rsa':
+    case 'rsa-pss':
+      return RSA;
+    case 'ec': {
+      const curve = key.asymmetricKeyDetails?.namedCurve;
+      return curve === 'secp384r1' ? ['ES384'] : curve === 'secp521r1' ? ['ES512'] : ['ES256'];
+    }
+    case 'ed25519':
+    case 'ed448':
+      return ['EdDSA'];
+    default:
+      return [];
+  }
+}
+
+function toPrincipal(payload: JWTPayload): Principal {
+  const sub = payload.sub;
+  if (typeof sub !== 'string' || sub.length === 0) throw new AuthError(AuthErrorCode.NoSubject, 'token has no "sub"');
+  if (!/^[A-Za-z0-9_-]{1,128}$/.test(sub)) {
+    throw new AuthError(AuthErrorCode.Invalid, '"sub" must match [A-Za-z0-9_-]{1,128}');
+  }
+  const strings = (v: unknown) => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []);
+  const projects = strings(payload.projects);
+  return {
+    userId: sub,
+    roles: strings(payload.roles),
+    projects: projects.includes('*') ? '*' : projects,
+    expiresAt: typeof payload.exp === 'number' ? payload.exp * 1000 : undefined,
+  };
+}
+
+type VerifyConfig = Pick<
+  Config,
+  | 'jwtSecret'
+  | 'jwtPublicKey'
+  | 'jwtJwksUrl'
+  | 'jwtIssuer'
+  | 'jwtAudience'
+  | 'jwtAlgorithms'
+  | 'jwtClockTolerance'
+  | 'maxTokenLength'
+>;
+
+export function createTokenVerifier(config: VerifyConfig): TokenVerifier {
+  let key: Uint8Array | KeyObject | JWTVerifyGetKey;
+  let algorithms: string[];
+  if (config.jwtSecret) {
+    key = new TextEncoder().encode(config.jwtSecret);
+    algorithms = HMAC;
+  } else if (config.jwtPublicKey) {
+    const publicKey = createPublicKey(config.jwtPublicKey);
+    key = publicKey;
+    algorithms = algorithmsForKey(publicKey);
+  } else if (config.jwtJwksUrl) {
+    key = createRemoteJWKSet(new URL(config.jwtJwksUrl), { cooldownDuration: 30_000, cacheMaxAge: 600_000 });
+    algorithms = [...RSA, 'ES256', 'ES384', 'ES512', 'EdDSA'];
+  } else {
+    throw new AuthError(AuthErrorCode.NotConfigured, 'no JWT key configured');
+  }
+  if (config.jwtAlgorithms?.length) {
+    // An explicit list narrows what the key allows; it can never widen it (no "none", no HS with a public key).
+    const allowed = new Set(algorithms);
+    algorithms = config.jwtAlgorithms.filter((a) => allowed.has(a));
+    if (algorithms.length === 0) {
+      throw new AuthError(AuthErrorCode.NotConfigured, 'JWT_ALGORITHMS has no algorithm usable with the configured key');
+    }
+  }
+  const options = {
+    algorithms,
+    issuer: config.jwtIssuer,
+    audience: config.jwtAudience,
+    clockTolerance: Math.round(config.jwtClockTolerance / 1000),
+  };
+
+  return {
+    async verify(token: string): Promise<Principal> {
+      if (!token) throw new AuthError(AuthErrorCode.Missing, 'no token');
+      if (token.length > config.maxTokenLength) throw new AuthError(AuthErrorCode.TooLarge, 'token too large');
+      try {
+        const { payload } =
+          typeof key === 'function' ? await jwtVerify(token, key, options) : await jwtVerify(token, key, options);
+        return toPrincipal(payload);
+      } catch (err) {
+        if (err instanceof AuthError) throw err;
+        if (err instanceof joseErrors.JWTExpired) throw new AuthError(AuthErrorCode.Expired, 'token expired');
+        // Do not echo jose's detail to clients beyond a short reason: it can help an attacker probe.
+        const reason = err instanceof joseErrors.JOSEError ? err.code : 'verification failed';
+        throw new AuthError(AuthErrorCode.Invalid, `invalid token (${reason})`, { cause: err });
+      }
+    },
+  };
+}
+
+export interface MintOptions {
+  sub: string;
+  projects?: string[];
+  roles?: string[];
+  /** Seconds; default 24 h. */
+  expiresIn?: number;
+  issuer?: string;
+  audience?: string;
+}
+
+/** Sign an HS256 token: dev tokens and `npm run token`. */
+export async function mintToken(secret: string, o: MintOptions): Promise<string> {
+  const jwt = new SignJWT({ projects: o.projects ?? [], roles: o.roles ?? [] })
+    .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+    .setSubject(o.sub)
+    .setIssuedAt()
+    .setExpirationTime(Math.floor(Date.now() / 1000) + (o.expiresIn ?? 86_400));
+  if (o.issuer) jwt.setIssuer(o.issuer);
+  if (o.audience) jwt.setAudience(o.audience);
+  return jwt.sign(new TextEncoder().encode(secret));
+}

@@ -1,0 +1,188 @@
+/**
+ * The one place that knows configuration: seed defaults (config/default.json), an optional file,
+ * then environment variables (highest precedence; an empty value counts as unset). Everything is
+ * validated here so the rest of the code can trust `Config` without re-checking.
+ */
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { z } from 'zod';
+import { ConfigError } from './errors.js';
+
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** "54s", "10m", "24h", "250ms" or a plain number of milliseconds. */
+export function parseDuration(value: unknown): number {
+  if (typeof value === 'number') return value;
+  if (typeof value !== 'string') return Number.NaN;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/.exec(value);
+  if (!m) return Number.NaN;
+  return Number(m[1]) * UNITS[m[2] ?? 'ms'];
+}
+
+const duration = (min = 0) =>
+  z
+    .union([z.number(), z.string()])
+    .transform(parseDuration)
+    .pipe(z.number({ error: 'must be a duration like "10s", "5m", "24h" or milliseconds' }).min(min));
+const int = (min: number, max = Number.MAX_SAFE_INTEGER) =>
+  z.coerce.number({ error: 'must be a number' }).int('must be an integer').min(min).max(max);
+const positive = () => z.coerce.number({ error: 'must be a number' }).positive('must be positive');
+const list = () =>
+  z
+    .union([z.array(z.string()), z.string()])
+    .transform((v) => (Array.isArray(v) ? v : v.split(',')).map((s) => s.trim()).filter(Boolean));
+const bool = () =>
+  z.union([z.boolean(), z.enum(['true', 'false', '1', '0'])]).transform((v) => v === true || v === 'true' || v === '1');
+const optionalString = () => z.string().min(1).optional();
+
+/** NATS subject tokens we accept for ids and prefixes. */
+export const TOKEN_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
+
+export const configSchema = z.object({
+  port: int(0, 65535),
+  host: z.string().min(1),
+  natsUrl: list().optional(),
+  subjectPrefix: z.string().regex(TOKEN_PATTERN, 'must match [A-Za-z0-9_-]{1,128}'),
+  streamName: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must match [A-Za-z0-9_-]{1,64}'),
+  streamReplicas: int(1, 5),
+  dataDir: z.string().min(1),
+  /** Port of the embedded nats-server (used when natsUrl is unset); 0 = any free port. */
+  embeddedNatsPort: int(0, 65535),
+  /** Stable name of this instance in logs, metrics, connection ids and API answers. */
+  instanceId: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must match [A-Za-z0-9_-]{1,64}').optional(),
+
+  jwtSecret: optionalString(),
+  jwtPublicKey: optionalString(),
+  jwtJwksUrl: z.url().optional(),
+  jwtIssuer: optionalString(),
+  jwtAudience: optionalString(),
+  jwtAlgorithms: list().optional(),
+  jwtClockTolerance: duration(),
+  maxTokenLength: int(64),
+
+  allowedOrigins: list().optional(),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
+  production: bool(),
+
+  requestsPerSecond: positive(),
+  burstSize: int(1),
+  maxErrors: int(1),
+  errorResetInterval: duration(1),
+  maxStoredMessages: int(1),
+  messageTTL: duration(1000),
+  pingInterval: duration(10),
+  pongTimeout: duration(10),
+  maxMessageSize: int(64),
+  authTimeout: duration(10),
+  shutdownTimeout: duration(0),
+
+  outboundMessagesPerSecond: positive(),
+  outboundBurst: int(1),
+  maxQueuedMessages: int(1),
+  maxBufferedBytes: int(1024),
+  maxConnectionsPerUser: int(1),
+  maxSubscriptionsPerConnection: int(1),
+});
+
+export type Config = z.infer<typeof configSchema>;
+export type ConfigInput = Partial<Record<keyof Config, unknown>>;
+
+/** The contract's environment variables; every other key also reads SIDECAR_<UPPER_SNAKE_KEY>. */
+const ENV_NAMES: Partial<Record<keyof Config, string>> = {
+  port: 'PORT',
+  host: 'HOST',
+  natsUrl: 'NATS_URL',
+  subjectPrefix: 'NATS_SUBJECT_PREFIX',
+  jwtSecret: 'JWT_SECRET',
+  jwtPublicKey: 'JWT_PUBLIC_KEY',
+  jwtJwksUrl: 'JWT_JWKS_URL',
+  jwtIssuer: 'JWT_ISSUER',
+  jwtAudience: 'JWT_AUDIENCE',
+  jwtAlgorithms: 'JWT_ALGORITHMS',
+  allowedOrigins: 'ALLOWED_ORIGINS',
+  logLevel: 'LOG_LEVEL',
+};
+
+const KEYS = Object.keys(configSchema.shape) as (keyof Config)[];
+
+export function envNameOf(key: keyof Config): string {
+  return ENV_NAMES[key] ?? `SIDECAR_${key.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase()}`;
+}
+
+const DEFAULT_FILE = fileURLToPath(new URL('../config/default.json', import.meta.url));
+
+function readJsonFile(path: string): ConfigInput {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError('file', `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+  }
+  try {
+    const parsed: unknown = JSON.parse(text);
+    if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not a JSON object');
+    return parsed as ConfigInput;
+  } catch (err) {
+    throw new ConfigError('file', `${path} is not a JSON object: ${(err as Error).message}`);
+  }
+}
+
+function fromEnv(env: NodeJS.ProcessEnv): ConfigInput {
+  const out: ConfigInput = {};
+  for (const key of KEYS) {
+    const value = env[envNameOf(key)];
+    if (value !== undefined && value !== '') out[key] = value;
+  }
+  // NODE_ENV=production is the contract's switch; SIDECAR_PRODUCTION also works.
+  if (out.production === undefined && env.NODE_ENV === 'production') out.production = true;
+  // PEM keys in env vars often arrive with literal "\n".
+  if (typeof out.jwtPublicKey === 'string') out.jwtPublicKey = out.jwtPublicKey.replace(/\\n/g, '\n');
+  return out;
+}
+
+export interface LoadConfigOptions {
+  /** Extra file (CLI --config or SIDECAR_CONFIG). */
+  file?: string;
+  env?: NodeJS.ProcessEnv;
+  /** Highest precedence; used by tests and library users. */
+  overrides?: ConfigInput;
+}
+
+/** Merge defaults, file, env and overrides, then validate. Throws ConfigError naming the key. */
+export function loadConfig(options: LoadConfigOptions = {}): Config {
+  const env = options.env ?? process.env;
+  const file = options.file ?? (env.SIDECAR_CONFIG || undefined);
+  const merged: Record<string, unknown> = {
+    ...readJsonFile(DEFAULT_FILE),
+    ...(file ? readJsonFile(file) : {}),
+    ...fromEnv(env),
+  };
+  for (const [k, v] of Object.entries(options.overrides ?? {})) if (v !== undefined) merged[k] = v;
+  // Unknown keys in files are most likely typos: refuse them rather than ignore them silently.
+  for (const key of Object.keys(merged)) {
+    if (key !== '$comment' && !(key in configSchema.shape)) throw new ConfigError(key, 'unknown key');
+  }
+  for (const key of KEYS) if (merged[key] === null || merged[key] === '') delete merged[key];
+  delete merged.$comment;
+
+  const result = configSchema.safeParse(merged);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    const key = issue.path.join('.') || 'config';
+    const shown = JSON.stringify(merged[String(issue.path[0])]);
+    throw new ConfigError(key, `${issue.message}${shown !== undefined ? ` (got ${shown})` : ''}`);
+  }
+  const config = result.data;
+  if (config.pongTimeout <= config.pingInterval) {
+    throw new ConfigError('pongTimeout', `must be longer than pingInterval (${config.pingInterval} ms)`);
+  }
+  const keys = [config.jwtSecret, config.jwtPublicKey, config.jwtJwksUrl].filter(Boolean).length;
+  if (keys > 1) throw new ConfigError('jwtSecret', 'set only one of JWT_SECRET, JWT_PUBLIC_KEY, JWT_JWKS_URL');
+  if (config.production && keys === 0) {
+    throw new ConfigError('jwtSecret', 'production (NODE_ENV=production) needs JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL');
+  }
+  if (config.jwtAlgorithms?.some((a) => a.toLowerCase() === 'none')) {
+    throw new ConfigError('jwtAlgorithms', '"none" is never accepted');
+  }
+  return config;
+}

@@ -1,0 +1,267 @@
+/**
+ * The hub: every local connection by id, user and topic; routing of stored events to them; the
+ * per-tick flush; and the one sweep timer that runs heartbeats, auth timeouts and token expiry
+ * for all connections (no timer per connection).
+ */
+import type { Logger } from 'pino';
+import { mayAccessProject } from '../auth.js';
+import type { Config } from '../config.js';
+import { CloseCode, ErrorCode, MessageType, errorMessage, serverMessage } from '../protocol.js';
+import { Connection } from './connection.js';
+import { OutboundPacer } from './limits.js';
+import type { AuthPort, BrokerPort, StoredEvent, Topic, Transport } from './ports.js';
+import { Subscription } from './subscription.js';
+
+export type HubConfig = Pick<
+  Config,
+  | 'requestsPerSecond'
+  | 'burstSize'
+  | 'maxErrors'
+  | 'errorResetInterval'
+  | 'pingInterval'
+  | 'pongTimeout'
+  | 'authTimeout'
+  | 'outboundMessagesPerSecond'
+  | 'outboundBurst'
+  | 'maxQueuedMessages'
+  | 'maxBufferedBytes'
+  | 'maxConnectionsPerUser'
+  | 'maxSubscriptionsPerConnection'
+>;
+
+export interface HubStats {
+  totalConnections: number;
+  messagesSent: number;
+  messagesReceived: number;
+  broadcastsSent: number;
+  eventsRouted: number;
+  errorsSent: number;
+  rateLimited: number;
+  slowConsumers: number;
+}
+
+export interface HubOptions {
+  config: HubConfig;
+  instanceId: string;
+  log: Logger;
+  broker: BrokerPort;
+  auth: AuthPort;
+}
+
+export class Hub {
+  readonly config: HubConfig;
+  readonly instanceId: string;
+  readonly log: Logger;
+  readonly broker: BrokerPort;
+  readonly auth: AuthPort;
+  readonly pacer: OutboundPacer;
+  readonly stats: HubStats = {
+    totalConnections: 0,
+    messagesSent: 0,
+    messagesReceived: 0,
+    broadcastsSent: 0,
+    eventsRouted: 0,
+    errorsSent: 0,
+    rateLimited: 0,
+    slowConsumers: 0,
+  };
+
+  readonly connections = new Map<string, Connection>();
+  private readonly rooms = new Map<Topic, Set<Subscription>>();
+  private readonly users = new Map<string, Set<Connection>>();
+  private readonly topicReady = new Map<Topic, Promise<void>>();
+  private dirty: Connection[] = [];
+  private flushScheduled = false;
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private nextId = 0;
+
+  constructor(options: HubOptions) {
+    this.config = options.config;
+    this.instanceId = options.instanceId;
+    this.log = options.log;
+    this.broker = options.broker;
+    this.auth = options.auth;
+    const leaseInterval = 250;
+    this.pacer = new OutboundPacer({ leaseInterval, idleTimeout: 30_000 });
+    const c = this.config;
+    // Often enough to honour the shortest of the deadlines it checks, never busier than 1/s.
+    const every = Math.max(5, Math.min(1000, c.authTimeout / 2, (c.pongTimeout - c.pingInterval) / 2, c.pingInterval / 2));
+    this.sweepTimer = setInterval(() => this.sweep(Date.now()), every);
+    this.sweepTimer.unref();
+  }
+
+  // ---- connections --------------------------------------------------------------------------
+
+  /** Register a new socket. With a principal (handshake token) it is authenticated at once. */
+  connect(transport: Transport, remoteAddress: string): Connection {
+    const id = `${this.instanceId}-${(++this.nextId).toString(36)}`;
+    const conn = new Connection(this, id, transport, remoteAddress, Date.now());
+    this.connections.set(id, conn);
+    this.stats.totalConnections += 1;
+    return conn;
+  }
+
+  /** Enforce maxConnectionsPerUser; registers the connection under its user. */
+  admitUser(conn: Connection, userId: string): boolean {
+    let set = this.users.get(userId);
+    if (set && set.size >= this.config.maxConnectionsPerUser) {
+      conn.send(errorMessage(ErrorCode.Forbidden, 'too many connections for this user'));
+      conn.close(CloseCode.Forbidden, 'too many connections for this user');
+      return false;
+    }
+    if (!set) this.users.set(userId, (set = new Set()));
+    set.add(conn);
+    return true;
+  }
+
+  /** Connections of a user on this instance. */
+  connectionsOf(userId: string): ReadonlySet<Connection> {
+    return this.users.get(userId) ?? new Set();
+  }
+
+  subscribersOf(topic: Topic): number {
+    return this.rooms.get(topic)?.size ?? 0;
+  }
+
+  get projectCount(): number {
+    let n = 0;
+    for (const topic of this.rooms.keys()) if (topic.startsWith('project.')) n += 1;
+    return n;
+  }
+
+  remove(conn: Connection): void {
+    if (!this.connections.delete(conn.id)) return;
+    for (const topic of [...conn.subscriptions.keys()]) this.leave(conn, topic);
+    const userId = conn.userId;
+    if (userId) {
+      const set = this.users.get(userId);
+      set?.delete(conn);
+      if (set?.size === 0) this.users.delete(userId);
+    }
+    this.pacer.forget(conn.id);
+  }
+
+  // ---- topics -------------------------------------------------------------------------------
+
+  /** Add a connection to a topic; the subscription holds live events until released. */
+  join(conn: Connection, topic: Topic, since = 0): Subscription {
+    const existing = conn.subscriptions.get(topic);
+    if (existing) {
+      existing.hold(since);
+      return existing;
+    }
+    const sub = new Subscription(conn, topic, since);
+    conn.subscriptions.set(topic, sub);
+    let room = this.rooms.get(topic);
+    if (!room) {
+      this.rooms.set(topic, (room = new Set()));
+      this.broker.setInterest(topic, true);
+    }
+    room.add(sub);
+    return sub;
+  }
+
+  leave(conn: Connection, topic: Topic): boolean {
+    const sub = conn.subscriptions.get(topic);
+    if (!sub) return false;
+    conn.subscriptions.delete(topic);
+    const room = this.rooms.get(topic);
+    room?.delete(sub);
+    if (room?.size === 0) {
+      this.rooms.delete(topic);
+      this.topicReady.delete(topic);
+      this.broker.setInterest(topic, false);
+    }
+    return true;
+  }
+
+  /** Resolves once the broker delivers the topic's live events here. */
+  ready(topic: Topic): Promise<void> {
+    let p = this.topicReady.get(topic);
+    if (!p) {
+      p = this.broker.interestReady(topic);
+      this.topicReady.set(topic, p);
+      p.catch(() => this.topicReady.delete(topic));
+    }
+    return p;
+  }
+
+  /** After a token refresh: leave projects the new token no longer allows. */
+  dropForbiddenProjects(conn: Connection): void {
+    const principal = conn.principal;
+    if (!principal) return;
+    for (const topic of [...conn.subscriptions.keys()]) {
+      if (!topic.startsWith('project.')) continue;
+      const projectId = topic.slice(8);
+      if (mayAccessProject(principal, projectId)) continue;
+      this.leave(conn, topic);
+      conn.send(
+        serverMessage(MessageType.Subscription, { action: 'unsubscribed', project_id: projectId, reason: 'forbidden' }),
+      );
+    }
+  }
+
+  // ---- delivery -----------------------------------------------------------------------------
+
+  /** Route one stored event to every local subscriber of its topic. Returns the subscriber count. */
+  publish(topic: Topic, event: StoredEvent): number {
+    const room = this.rooms.get(topic);
+    if (!room) return 0;
+    this.stats.eventsRouted += 1;
+    if (topic === 'broadcast') this.stats.broadcastsSent += 1;
+    for (const sub of room) sub.offer(event);
+    return room.size;
+  }
+
+  markDirty(conn: Connection): void {
+    this.dirty.push(conn);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      // After the current I/O callbacks: every event parsed from one NATS read goes out in one write per socket.
+      setImmediate(this.flushAll);
+    }
+  }
+
+  private readonly flushAll = (): void => {
+    this.flushScheduled = false;
+    const dirty = this.dirty;
+    this.dirty = [];
+    const now = Date.now();
+    for (const conn of dirty) conn.flush(now);
+  };
+
+  // ---- timers -------------------------------------------------------------------------------
+
+  private sweep(now: number): void {
+    const c = this.config;
+    for (const conn of this.connections.values()) {
+      if (conn.state === 'authenticating') {
+        if (now - conn.openedAt >= c.authTimeout) conn.close(CloseCode.AuthTimeout, 'authentication timeout');
+        continue;
+      }
+      const expiresAt = conn.principal?.expiresAt;
+      if (expiresAt !== undefined && expiresAt <= now) {
+        conn.send(errorMessage(ErrorCode.TokenExpired, 'token expired; reconnect with a fresh token'));
+        conn.close(CloseCode.Unauthorized, 'token expired');
+        continue;
+      }
+      if (now - conn.lastSeen >= c.pongTimeout) {
+        conn.log.info('no pong within pongTimeout: terminating');
+        conn.transport.terminate();
+        conn.closed(CloseCode.GoingAway, 'pong timeout');
+        continue;
+      }
+      if (now - conn.lastPing >= c.pingInterval) {
+        conn.lastPing = now;
+        conn.transport.ping();
+      }
+    }
+  }
+
+  /** Close every connection (shutdown) and stop timers. */
+  async close(code: number = CloseCode.GoingAway, reason = 'server shutting down; reconnect'): Promise<void> {
+    clearInterval(this.sweepTimer);
+    for (const conn of [...this.connections.values()]) conn.close(code, reason);
+    await this.pacer.stop();
+  }
+}

@@ -1,0 +1,126 @@
+/**
+ * Per-connection budgets. Two kinds of limiter live here, each where it is cheap enough:
+ *
+ * - TokenBucket: a lazily refilled counter, no timers. It admits or refuses synchronously, so a
+ *   flooding client is turned away before its frame is parsed, and an event within budget costs
+ *   one subtraction. (Bottleneck costs ~400 µs of CPU per job; see DESIGN.md.)
+ * - OutboundPacer: Bottleneck, for the slow lane only. When a connection has spent its burst, its
+ *   queued frames wait for a Bottleneck job that grants the next lease of budget; one job buys a
+ *   whole lease of sends, never one per message. Limiters are created lazily in a Bottleneck.Group
+ *   and dropped when idle, so idle connections hold no timers.
+ */
+import Bottleneck from 'bottleneck';
+
+export class TokenBucket {
+  private tokens: number;
+  private last: number;
+  constructor(
+    private readonly ratePerSecond: number,
+    private readonly burst: number,
+    now: number,
+  ) {
+    this.tokens = burst;
+    this.last = now;
+  }
+
+  private refill(now: number): void {
+    if (now > this.last) {
+      this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) * this.ratePerSecond) / 1000);
+      this.last = now;
+    }
+  }
+
+  /** Take one token if there is one. */
+  tryTake(now: number): boolean {
+    this.refill(now);
+    if (this.tokens >= 1) {
+      this.tokens -= 1;
+      return true;
+    }
+    return false;
+  }
+
+  /** Take up to `wanted` whole tokens; returns how many were taken. */
+  takeUpTo(wanted: number, now: number): number {
+    this.refill(now);
+    const n = Math.min(wanted, Math.floor(this.tokens));
+    this.tokens -= n;
+    return n;
+  }
+
+  /** Milliseconds until `n` tokens are available. */
+  msUntil(n: number, now: number): number {
+    this.refill(now);
+    return this.tokens >= n ? 0 : Math.ceil(((n - this.tokens) * 1000) / this.ratePerSecond);
+  }
+}
+
+/** Fixed-window error counter: the seed's MaxErrors per ErrorResetInterval. */
+export class ErrorBudget {
+  private count = 0;
+  private windowStart = 0;
+  constructor(
+    private readonly maxErrors: number,
+    private readonly windowMs: number,
+  ) {}
+
+  /** Record one error; true when this error exhausts the budget. */
+  record(now: number): boolean {
+    if (now - this.windowStart >= this.windowMs) {
+      this.windowStart = now;
+      this.count = 0;
+    }
+    this.count += 1;
+    return this.count >= this.maxErrors;
+  }
+
+  get errors(): number {
+    return this.count;
+  }
+}
+
+export interface PacerOptions {
+  /** How often a slow connection may be granted a new lease, ms. */
+  leaseInterval: number;
+  /** Drop a connection's limiter after this long without jobs, ms. */
+  idleTimeout: number;
+}
+
+export class OutboundPacer {
+  private readonly group: Bottleneck.Group;
+  private readonly waiting = new Set<string>();
+
+  constructor(options: PacerOptions) {
+    this.group = new Bottleneck.Group({ maxConcurrent: 1, minTime: options.leaseInterval, timeout: options.idleTimeout });
+  }
+
+  /**
+   * Run `grant` on the connection's limiter once its turn comes. At most one job per connection
+   * is queued at a time; a second call while one waits is a no-op.
+   */
+  schedule(connectionId: string, grant: () => void): void {
+    if (this.waiting.has(connectionId)) return;
+    this.waiting.add(connectionId);
+    this.group
+      .key(connectionId)
+      .schedule(async () => {
+        this.waiting.delete(connectionId);
+        grant();
+      })
+      .catch(() => this.waiting.delete(connectionId));
+  }
+
+  forget(connectionId: string): void {
+    this.waiting.delete(connectionId);
+    void this.group.deleteKey(connectionId);
+  }
+
+  /** Limiters currently alive (created lazily, removed when idle). */
+  get activeLimiters(): number {
+    return this.group.keys().length;
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.group.limiters().map(({ limiter }) => limiter.stop({ dropWaitingJobs: true })));
+  }
+}

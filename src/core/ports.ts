@@ -1,0 +1,60 @@
+/**
+ * The small interfaces the core is written against. Adapters implement them: src/http for
+ * sockets, src/nats for the broker. The core imports neither ws, koa nor NATS.
+ */
+import type { Principal } from '../auth.js';
+
+/** A message ready for the wire. Shared by every connection it goes to; encoded at most once. */
+export interface OutFrame {
+  readonly text: string;
+  /** The transport's encoded form (a WebSocket frame), filled in by the first transport that writes it. */
+  wire?: unknown;
+}
+
+/** One client socket, as the core sees it. */
+export interface Transport {
+  /** Write frames in order, as one batch (one syscall where the transport can). */
+  write(frames: readonly OutFrame[]): void;
+  /** Bytes accepted but not yet flushed to the network. */
+  readonly bufferedAmount: number;
+  /** A liveness probe (WebSocket ping). */
+  ping(): void;
+  close(code: number, reason: string): void;
+  /** Drop the socket without a closing handshake. */
+  terminate(): void;
+}
+
+/** A stored event on its way to clients. */
+export interface StoredEvent {
+  readonly seq: number;
+  readonly frame: OutFrame;
+}
+
+/** Topics are the subject suffix after the prefix: `project.<id>`, `user.<id>`, `broadcast`. */
+export type Topic = string;
+
+export const topics = {
+  project: (id: string): Topic => `project.${id}`,
+  user: (id: string): Topic => `user.${id}`,
+  broadcast: 'broadcast' as Topic,
+};
+
+/** What the core asks of the message broker. */
+export interface BrokerPort {
+  /** The first local subscriber of a topic arrived (true) or the last one left (false). */
+  setInterest(topic: Topic, interested: boolean): void;
+  /**
+   * Resolve once live events of `topic` are certain to reach this process: a replay started
+   * after this cannot miss an event that live delivery will not bring.
+   */
+  interestReady(topic: Topic): Promise<void>;
+  /**
+   * Stored events of `topic` with seq > `since`, in order, through `onEvent`. `truncated` is true
+   * when the stream no longer holds the event at `since`: some history after it may be gone.
+   */
+  replay(topic: Topic, since: number, onEvent: (event: StoredEvent) => void): Promise<{ truncated: boolean }>;
+}
+
+export interface AuthPort {
+  verify(token: string): Promise<Principal>;
+}

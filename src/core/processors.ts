@@ -1,0 +1,96 @@
+/**
+ * One processor per client message type (the seed's per-type message processors). Each gets the
+ * connection and a validated message; throwing a ProtocolError answers the client with its code.
+ */
+import { mayAccessProject } from '../auth.js';
+import { AuthError } from '../errors.js';
+import { CloseCode, ErrorCode, MessageType, ProtocolError, serverMessage, type ClientMessage } from '../protocol.js';
+import type { Connection } from './connection.js';
+import { topics, type StoredEvent } from './ports.js';
+
+type Processor<T extends ClientMessage['type']> = (
+  conn: Connection,
+  message: Extract<ClientMessage, { type: T }>,
+) => void | Promise<void>;
+
+type Processors = { [T in ClientMessage['type']]: Processor<T> };
+
+const processors: Processors = {
+  async auth(conn, message) {
+    let principal;
+    try {
+      principal = await conn.hub.auth.verify(message.data.token);
+    } catch (err) {
+      const reason = err instanceof AuthError ? err.message : 'invalid token';
+      if (conn.state === 'open') {
+        // A failed refresh keeps the connection on its current token until that one expires.
+        conn.send(serverMessage(MessageType.AuthFailed, { reason, code: (err as AuthError).code }));
+        return;
+      }
+      conn.send(serverMessage(MessageType.AuthFailed, { reason, code: (err as AuthError).code }));
+      conn.close(CloseCode.Unauthorized, 'authentication failed');
+      return;
+    }
+    if (conn.state === 'open' && principal.userId !== conn.userId) {
+      conn.send(serverMessage(MessageType.AuthFailed, { reason: 'a refreshed token must have the same sub', code: 'token_invalid' }));
+      return;
+    }
+    if (conn.state === 'closed') return;
+    await conn.authenticate(principal);
+  },
+
+  async subscription(conn, message) {
+    const projectId = message.data.project_id;
+    const topic = topics.project(projectId);
+    if (message.data.action === 'unsubscribe') {
+      conn.hub.leave(conn, topic);
+      conn.send(serverMessage(MessageType.Subscription, { action: 'unsubscribed', project_id: projectId }));
+      return;
+    }
+    if (!mayAccessProject(conn.principal!, projectId)) {
+      throw new ProtocolError(ErrorCode.Forbidden, `not allowed to subscribe to project "${projectId}"`, {
+        project_id: projectId,
+      });
+    }
+    const projectSubs = [...conn.subscriptions.keys()].filter((t) => t.startsWith('project.')).length;
+    if (!conn.subscriptions.has(topic) && projectSubs >= conn.hub.config.maxSubscriptionsPerConnection) {
+      throw new ProtocolError(ErrorCode.Forbidden, 'too many subscriptions on this connection', { project_id: projectId });
+    }
+    const since = message.data.since;
+    const sub = conn.hub.join(conn, topic, since ?? 0);
+    try {
+      await conn.hub.ready(topic);
+      if (conn.subscriptions.get(topic) !== sub) return; // unsubscribed or closed meanwhile
+      const reply: Record<string, unknown> = { action: 'subscribed', project_id: projectId };
+      if (since === undefined) {
+        conn.send(serverMessage(MessageType.Subscription, reply));
+      } else {
+        // Replay into a list first so the answer can say whether history was cut, then deliver in order.
+        const replayed: StoredEvent[] = [];
+        const { truncated } = await conn.hub.broker.replay(topic, since, (event) => replayed.push(event));
+        if (conn.subscriptions.get(topic) !== sub) return;
+        if (truncated) reply.truncated = true;
+        reply.replayed = replayed.length;
+        conn.send(serverMessage(MessageType.Subscription, reply));
+        for (const event of replayed) sub.replayed(event);
+      }
+    } catch (err) {
+      conn.hub.leave(conn, topic);
+      throw err;
+    }
+    sub.release();
+  },
+
+  ping(conn) {
+    conn.send(serverMessage(MessageType.Pong, {}));
+  },
+
+  ack() {
+    // Direct-message acknowledgements are recorded by the offline inbox (see nats/inbox.ts).
+  },
+};
+
+export function dispatch(conn: Connection, message: ClientMessage): void | Promise<void> {
+  if (conn.state === 'closed') return;
+  return (processors[message.type] as Processor<typeof message.type>)(conn, message as never);
+}

@@ -1,0 +1,67 @@
+/**
+ * The Koa app on the sidecar's port: health and readiness. (Admin routes and metrics are added
+ * by their own modules.)
+ */
+import Router from '@koa/router';
+import Koa from 'koa';
+import type { Logger } from 'pino';
+import type { Hub } from '../core/hub.js';
+import type { NatsBroker } from '../nats/broker.js';
+
+export interface ApiDeps {
+  hub: Hub;
+  broker: NatsBroker;
+  log: Logger;
+  instanceId: string;
+  draining: () => boolean;
+  startedAt: number;
+}
+
+export function createApi(deps: ApiDeps): Koa {
+  const app = new Koa();
+  const router = new Router();
+
+  // One error path: nothing internal (stack, message of an unexpected error) reaches a client.
+  app.use(async (ctx, next) => {
+    try {
+      await next();
+      if (ctx.status === 404 && ctx.body === undefined) {
+        ctx.status = 404;
+        ctx.body = { error: 'not found' };
+      }
+    } catch (err) {
+      const e = err as { status?: number; expose?: boolean; message?: string };
+      const status = typeof e.status === 'number' && e.status >= 400 && e.status < 600 ? e.status : 500;
+      ctx.status = status;
+      ctx.body = { error: e.expose && e.message ? e.message : status === 500 ? 'internal error' : 'request failed' };
+      if (status >= 500) deps.log.error({ err }, 'request failed');
+    }
+  });
+
+  router.get('/healthz', (ctx) => {
+    ctx.body = { status: 'ok', instance_id: deps.instanceId };
+  });
+
+  router.get('/readyz', (ctx) => {
+    const ready = !deps.draining() && deps.broker.connected && deps.broker.streamReady;
+    ctx.status = ready ? 200 : 503;
+    ctx.body = { ready, draining: deps.draining(), nats: deps.broker.connected, stream: deps.broker.streamReady };
+  });
+
+  router.get('/api/v1/websocket/health', (ctx) => {
+    const natsUp = deps.broker.connected;
+    ctx.status = natsUp ? 200 : 503;
+    ctx.body = {
+      status: natsUp ? 'ok' : 'unavailable',
+      instance_id: deps.instanceId,
+      uptime_seconds: Math.round((Date.now() - deps.startedAt) / 1000),
+      connections: deps.hub.connections.size,
+      nats: { connected: natsUp, server: natsUp ? deps.broker.nc.getServer() : null },
+      jetstream: { stream_ready: deps.broker.streamReady },
+    };
+  });
+
+  app.use(router.routes());
+  app.use(router.allowedMethods());
+  return app;
+}

@@ -1,0 +1,107 @@
+/**
+ * One HTTP server on one port: WebSocket upgrades on /ws/connect, everything else to the Koa app.
+ * Every upgrade check (path, draining, origin, handshake token) runs before `handleUpgrade`, so a
+ * refused handshake costs no WebSocket state.
+ */
+import { createServer, type IncomingMessage, type Server, type RequestListener } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import { WebSocketServer } from 'ws';
+import type { Principal } from '../auth.js';
+import type { Config } from '../config.js';
+import { AuthError } from '../errors.js';
+import type { Hub } from '../core/hub.js';
+import { CloseCode, MessageType, serverMessage } from '../protocol.js';
+import { WsTransport } from './ws-transport.js';
+
+export const WS_PATH = '/ws/connect';
+
+export interface HttpServerOptions {
+  config: Pick<Config, 'maxMessageSize' | 'allowedOrigins'>;
+  hub: Hub;
+  log: Logger;
+  /** Koa's `app.callback()` */
+  api: RequestListener;
+  /** True once shutdown began: new upgrades are refused. */
+  draining: () => boolean;
+}
+
+/** The handshake token: `?token=` or `Authorization: Bearer`. */
+export function handshakeToken(req: IncomingMessage, url: URL): string | undefined {
+  const fromQuery = url.searchParams.get('token');
+  if (fromQuery) return fromQuery;
+  const header = req.headers.authorization;
+  if (header && /^bearer\s+/i.test(header)) return header.replace(/^bearer\s+/i, '').trim() || undefined;
+  return undefined;
+}
+
+function refuse(socket: Duplex, status: number, reason: string, message: string): void {
+  if (!socket.writable) return void socket.destroy();
+  const body = JSON.stringify({ error: message });
+  socket.end(
+    `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
+}
+
+export function createHttpServer(options: HttpServerOptions): Server {
+  const { config, hub, log } = options;
+  const wss = new WebSocketServer({
+    noServer: true,
+    maxPayload: config.maxMessageSize,
+    perMessageDeflate: false,
+    clientTracking: false,
+  });
+  const origins = config.allowedOrigins?.length ? new Set(config.allowedOrigins) : undefined;
+  const server = createServer(options.api);
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    socket.on('error', () => socket.destroy());
+    void upgrade(req, socket, head);
+  });
+
+  async function upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    let url: URL;
+    try {
+      url = new URL(req.url ?? '/', 'http://localhost');
+    } catch {
+      return refuse(socket, 400, 'Bad Request', 'bad request target');
+    }
+    if (url.pathname !== WS_PATH) return refuse(socket, 404, 'Not Found', `WebSocket endpoint is ${WS_PATH}`);
+    if (options.draining()) return refuse(socket, 503, 'Service Unavailable', 'shutting down; connect to another instance');
+    const origin = req.headers.origin;
+    if (origins && origin !== undefined && !origins.has(origin)) {
+      return refuse(socket, 403, 'Forbidden', 'origin not allowed');
+    }
+    let principal: Principal | undefined;
+    const token = handshakeToken(req, url);
+    if (token !== undefined) {
+      try {
+        principal = await hub.auth.verify(token);
+      } catch (err) {
+        const code = err instanceof AuthError ? err.code : 'token_invalid';
+        log.debug({ code }, 'handshake token refused');
+        return refuse(socket, 401, 'Unauthorized', code === 'token_expired' ? 'token expired' : 'invalid token');
+      }
+    }
+    if (socket.destroyed) return;
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      const remote = (req.socket.remoteAddress ?? '') + (req.socket.remotePort ? `:${req.socket.remotePort}` : '');
+      const conn = hub.connect(new WsTransport(ws, socket), remote);
+      ws.on('message', (data, isBinary) => conn.receive(data as Buffer, isBinary));
+      ws.on('pong', () => {
+        conn.lastSeen = Date.now();
+      });
+      ws.on('close', (code, reason) => conn.closed(code, reason.toString()));
+      ws.on('error', (err) => conn.log.debug({ err: err.message }, 'socket error'));
+      if (principal) {
+        conn.authenticate(principal).catch((err) => {
+          conn.log.error({ err }, 'authentication setup failed');
+          conn.close(CloseCode.InternalError, 'internal error');
+        });
+      } else {
+        conn.send(serverMessage(MessageType.AuthRequired, { message: 'send {"type":"auth","data":{"token":"<JWT>"}}' }));
+      }
+    });
+  }
+
+  return server;
+}

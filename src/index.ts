@@ -1,0 +1,16 @@
+/** Public API for library use. Everything not exported here is internal. */
+export { Sidecar, type SidecarOptions } from './sidecar.js';
+export { loadConfig, parseDuration, type Config, type ConfigInput, type LoadConfigOptions } from './config.js';
+export { createTokenVerifier, mintToken, type Principal, type TokenVerifier, type MintOptions } from './auth.js';
+export { SidecarError, ConfigError, AuthError, AuthErrorCode } from './errors.js';
+export {
+  MessageType,
+  ErrorCode,
+  CloseCode,
+  ProtocolError,
+  parseClientMessage,
+  encodeEvent,
+  type ClientMessage,
+  type PublishedEvent,
+} from './protocol.js';
+export { startEmbeddedNats, findNatsServerBinary, NatsServerNotFoundError } from './nats/embedded-server.js';

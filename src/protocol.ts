@@ -1,0 +1,187 @@
+/**
+ * The wire protocol, and the only module that parses or serialises it. PROTOCOL.md is the prose
+ * version of this file; keep them in step.
+ *
+ * Envelope, both directions, one JSON object per text frame:
+ *   {"type": string, "data": object, "timestamp": RFC 3339, "message_id": string}
+ * Events from NATS add "seq" (stream sequence) and, for project events, "project_id".
+ */
+import { randomUUID } from 'node:crypto';
+import { z } from 'zod';
+import { TOKEN_PATTERN } from './config.js';
+
+export const MessageType = {
+  // client -> server
+  Auth: 'auth',
+  Subscription: 'subscription',
+  Ping: 'ping',
+  Ack: 'ack',
+  // server -> client
+  AuthRequired: 'auth_required',
+  AuthSuccess: 'auth_success',
+  AuthFailed: 'auth_failed',
+  Pong: 'pong',
+  Error: 'error',
+  HistoryTruncated: 'history_truncated',
+} as const;
+
+/** Codes carried in `{"type":"error","data":{"code":...}}`. */
+export const ErrorCode = {
+  InvalidMessage: 'invalid_message',
+  RateLimited: 'rate_limited',
+  Unauthorized: 'unauthorized',
+  Forbidden: 'forbidden',
+  ProcessingError: 'processing_error',
+  TokenExpired: 'token_expired',
+  ConnectionClosed: 'connection_closed',
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** WebSocket close codes. 4xxx mirror HTTP statuses where one fits (as graphql-ws does). */
+export const CloseCode = {
+  Normal: 1000,
+  GoingAway: 1001, // server shutting down: reconnect, possibly to another instance
+  MessageTooBig: 1009, // inbound frame over maxMessageSize
+  InternalError: 1011,
+  SlowConsumer: 4008, // outbound queue or socket buffer over its cap; resume with `since`
+  DisconnectedByOperator: 4010, // admin API or backend asked for this connection to go
+  Unauthorized: 4401, // auth failed, or the token expired without refresh
+  Forbidden: 4403, // permissions revoked while connected
+  AuthTimeout: 4408, // no auth within authTimeout
+  TooManyErrors: 4429, // maxErrors errors within errorResetInterval
+} as const;
+export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];
+
+/** An inbound message was refused; the connection lives (unless the error budget runs out). */
+export class ProtocolError extends Error {
+  readonly code: ErrorCode;
+  readonly details?: Record<string, unknown>;
+  constructor(code: ErrorCode, message: string, details?: Record<string, unknown>) {
+    super(message);
+    this.name = 'ProtocolError';
+    this.code = code;
+    this.details = details;
+  }
+}
+
+const id = z.string().regex(TOKEN_PATTERN, 'must match [A-Za-z0-9_-]{1,128}');
+const seq = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
+const envelope = {
+  timestamp: z.string().max(64).optional(),
+  message_id: z.string().max(128).optional(),
+};
+
+const clientMessageSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('auth'), data: z.object({ token: z.string().min(1) }), ...envelope }),
+  z.object({
+    type: z.literal('subscription'),
+    data: z.discriminatedUnion('action', [
+      z.object({ action: z.literal('subscribe'), project_id: id, since: seq.optional() }),
+      z.object({ action: z.literal('unsubscribe'), project_id: id }),
+    ]),
+    ...envelope,
+  }),
+  z.object({ type: z.literal('ping'), data: z.unknown().optional(), ...envelope }),
+  z.object({ type: z.literal('ack'), data: z.object({ seq: seq.min(1) }), ...envelope }),
+]);
+
+export type ClientMessage = z.infer<typeof clientMessageSchema>;
+export type ClientMessageType = ClientMessage['type'];
+export const CLIENT_MESSAGE_TYPES: readonly string[] = ['auth', 'subscription', 'ping', 'ack'];
+
+/** Parse one inbound text frame. Throws ProtocolError(invalid_message) with a precise reason. */
+export function parseClientMessage(text: string): ClientMessage {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    throw new ProtocolError(ErrorCode.InvalidMessage, 'message is not valid JSON');
+  }
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+    throw new ProtocolError(ErrorCode.InvalidMessage, 'message must be a JSON object');
+  }
+  const type = (raw as { type?: unknown }).type;
+  if (typeof type !== 'string') throw new ProtocolError(ErrorCode.InvalidMessage, 'field "type" must be a string');
+  if (!CLIENT_MESSAGE_TYPES.includes(type)) {
+    throw new ProtocolError(ErrorCode.InvalidMessage, `unknown message type "${type.slice(0, 64)}"`, {
+      type: type.slice(0, 64),
+    });
+  }
+  const result = clientMessageSchema.safeParse(raw);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    const field = issue.path.join('.') || 'message';
+    throw new ProtocolError(ErrorCode.InvalidMessage, `field "${field}": ${issue.message}`, { type, field });
+  }
+  return result.data;
+}
+
+/** Best effort: the client's message_id, to echo on errors about it. */
+export function peekMessageId(text: string): string | undefined {
+  const m = /"message_id"\s*:\s*"([^"\\]{1,128})"/.exec(text);
+  return m?.[1];
+}
+
+/** Serialise a server-originated message (not an event from NATS). */
+export function serverMessage(type: string, data: Record<string, unknown>, messageId: string = randomUUID()): string {
+  return JSON.stringify({ type, data, timestamp: new Date().toISOString(), message_id: messageId });
+}
+
+export function errorMessage(code: ErrorCode, message: string, details?: Record<string, unknown>): string {
+  return serverMessage(MessageType.Error, { code, message, ...details });
+}
+
+/** What a publisher puts on a subject: the envelope with `type` and `data` required. */
+export interface PublishedEvent {
+  type: string;
+  data: Record<string, unknown>;
+  timestamp?: string;
+  message_id?: string;
+}
+
+export class EventError extends Error {
+  readonly code = 'event_invalid';
+}
+
+/**
+ * Turn a published payload into the text sent to clients: validated, with `seq` (and
+ * `project_id`) added, and `timestamp` / `message_id` filled in when the publisher left them out.
+ * Runs once per event, never per socket.
+ */
+export function encodeEvent(
+  payload: Uint8Array | string,
+  meta: { seq: number; projectId?: string; msgId?: string; storedAt?: string },
+): string {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(typeof payload === 'string' ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString('utf8'));
+  } catch {
+    throw new EventError('event payload is not valid JSON');
+  }
+  const ev = raw as Partial<PublishedEvent> | null;
+  if (!ev || typeof ev !== 'object' || Array.isArray(ev)) throw new EventError('event must be a JSON object');
+  if (typeof ev.type !== 'string' || ev.type.length === 0 || ev.type.length > 128) {
+    throw new EventError('event "type" must be a non-empty string');
+  }
+  if (!ev.data || typeof ev.data !== 'object' || Array.isArray(ev.data)) {
+    throw new EventError('event "data" must be an object');
+  }
+  const out: Record<string, unknown> = {
+    type: ev.type,
+    data: ev.data,
+    timestamp: typeof ev.timestamp === 'string' ? ev.timestamp : (meta.storedAt ?? new Date().toISOString()),
+    // Stable across replays, so a client can dedupe on it too.
+    message_id: typeof ev.message_id === 'string' ? ev.message_id : (meta.msgId ?? `seq-${meta.seq}`),
+    seq: meta.seq,
+  };
+  if (meta.projectId !== undefined) out.project_id = meta.projectId;
+  return JSON.stringify(out);
+}
+
+/** Validate an event body given to the admin API or the publisher SDK before it goes to NATS. */
+export const publishedEventSchema = z.object({
+  type: z.string().min(1).max(128),
+  data: z.record(z.string(), z.unknown()),
+  timestamp: z.string().max(64).optional(),
+  message_id: z.string().min(1).max(128).optional(),
+});

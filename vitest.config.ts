@@ -1,0 +1,14 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    testTimeout: 20_000,
+    hookTimeout: 30_000,
+    globalSetup: ['test/helpers/global-setup.ts'],
+    // Child processes (nats-server) and sockets are simpler to isolate in forks than in threads;
+    // two workers match a 2-core machine while each test file still runs its own servers.
+    pool: 'forks',
+    maxWorkers: 2,
+  },
+});
