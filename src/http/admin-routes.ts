@@ -25,7 +25,7 @@ import {
 } from '../operations.js';
 import { publishedEventSchema } from '../protocol.js';
 import { readJsonBody } from './json-body.js';
-import type { SidecarMetrics } from './metrics.js';
+import { fleetTotals, type InstanceMetrics, type SidecarMetrics } from './metrics.js';
 
 export const ADMIN_PREFIX = '/api/v1/websocket';
 
@@ -79,20 +79,6 @@ type Scope = 'cluster' | 'local';
 
 const sum = (answers: FleetAnswer[], key: string): number =>
   answers.reduce((n, a) => n + (typeof a[key] === 'number' ? (a[key] as number) : 0), 0);
-
-/** Field-wise sum of objects of counters (`hub` sections of several instances). */
-function sumFields(objects: unknown[]): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const o of objects) {
-    for (const [k, v] of Object.entries((o ?? {}) as Record<string, unknown>)) {
-      if (typeof v === 'number') out[k] = (out[k] ?? 0) + v;
-    }
-  }
-  return out;
-}
-
-const section = (a: FleetAnswer, ...path: string[]): Record<string, unknown> =>
-  path.reduce<Record<string, unknown>>((o, k) => (o?.[k] ?? {}) as Record<string, unknown>, a);
 
 export function createAdminRouter(deps: AdminDeps): Router<AdminState> {
   const { fleet, operations, broker, instanceId, log } = deps;
@@ -178,30 +164,12 @@ export function createAdminRouter(deps: AdminDeps): Router<AdminState> {
 
   router.get('/metrics', async (ctx) => {
     const [g, offline] = await Promise.all([ask(ctx, 'metrics', {}), deps.metrics.offline(true)]);
-    // Settings come from this instance; counters are summed over the instances that answered.
-    const own = deps.metrics.snapshot();
-    const limiter = section(own as FleetAnswer, 'middleware', 'rate_limiter');
-    const errors = section(own as FleetAnswer, 'middleware', 'error_handler');
-    const across = (path: string[], key: string) => sumFields(g.answers.map((a) => section(a, ...path)))[key] ?? 0;
     ctx.body = {
       scope: g.scope,
       instance_id: instanceId,
       timestamp: new Date().toISOString(),
-      hub: sumFields(g.answers.map((a) => a.hub)),
-      middleware: {
-        rate_limiter: {
-          active_limiters: across(['middleware', 'rate_limiter'], 'active_limiters'),
-          requests_per_second: limiter.requests_per_second,
-          burst_size: limiter.burst_size,
-          rate_limited: across(['middleware', 'rate_limiter'], 'rate_limited'),
-        },
-        error_handler: {
-          connections_with_errors: across(['middleware', 'error_handler'], 'connections_with_errors'),
-          total_errors: across(['middleware', 'error_handler'], 'total_errors'),
-          max_errors: errors.max_errors,
-        },
-      },
-      offline_messages: offline,
+      ...fleetTotals(g.answers as unknown as InstanceMetrics[], deps.metrics.snapshot()),
+      offline_messages: offline, // from the shared stream: counted once, not per instance
       instances: g.answers,
       missing: g.missing,
     };

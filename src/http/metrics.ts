@@ -36,6 +36,42 @@ export interface MetricsDeps {
   startedAt: number;
 }
 
+/** One instance's numbers, in the seed's JSON shape plus this sidecar's extensions. */
+export interface InstanceMetrics extends FleetAnswerBody {
+  hub: Record<string, number>;
+  middleware: {
+    rate_limiter: { active_limiters: number; requests_per_second: number; burst_size: number; rate_limited: number };
+    error_handler: { connections_with_errors: number; total_errors: number; max_errors: number };
+  };
+  nats: Record<string, number | boolean>;
+  process: Record<string, number>;
+}
+
+/**
+ * Fleet totals in the seed's shape: counters summed over `instances`, settings (rates, error
+ * budget) taken from `own`. Tolerates answers from an instance that lacks a key.
+ */
+export function fleetTotals(instances: InstanceMetrics[], own: InstanceMetrics): Pick<InstanceMetrics, 'hub' | 'middleware'> {
+  const hub: Record<string, number> = {};
+  for (const i of instances) for (const [k, v] of Object.entries(i.hub ?? {})) hub[k] = (hub[k] ?? 0) + v;
+  const total = (pick: (m: InstanceMetrics) => number | undefined) => instances.reduce((n, m) => n + (pick(m) ?? 0), 0);
+  return {
+    hub,
+    middleware: {
+      rate_limiter: {
+        ...own.middleware.rate_limiter,
+        active_limiters: total((m) => m.middleware?.rate_limiter?.active_limiters),
+        rate_limited: total((m) => m.middleware?.rate_limiter?.rate_limited),
+      },
+      error_handler: {
+        ...own.middleware.error_handler,
+        connections_with_errors: total((m) => m.middleware?.error_handler?.connections_with_errors),
+        total_errors: total((m) => m.middleware?.error_handler?.total_errors),
+      },
+    },
+  };
+}
+
 /** One pass over the local connections for the numbers that need it. */
 function scanConnections(hub: Hub): { authenticated: number; users: number; withErrors: number } {
   const users = new Set<string>();
@@ -176,7 +212,7 @@ export class SidecarMetrics {
   }
 
   /** This instance's numbers in the seed's JSON shape (offline numbers are added by the caller). */
-  snapshot(): FleetAnswerBody {
+  snapshot(): InstanceMetrics {
     const { hub, broker, startedAt } = this.deps;
     const s = hub.stats;
     const b = broker.stats;
