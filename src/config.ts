@@ -82,6 +82,15 @@ export const configSchema = z.object({
   maxBufferedBytes: int(1024),
   maxConnectionsPerUser: int(1),
   maxSubscriptionsPerConnection: int(1),
+
+  /** Largest admin API request body, bytes; more is answered 413. */
+  apiBodyLimit: int(64, 16 * 1024 * 1024),
+  /** How long a fleet-wide admin request waits for every known instance to answer. */
+  fleetTimeout: duration(50),
+  /** Each instance announces itself this often; one silent for 3 beats is forgotten. */
+  fleetHeartbeat: duration(100),
+  /** On shutdown, readyz answers 503 for this long before sockets are closed (load balancers move away first). */
+  drainDelay: duration(0),
 });
 
 export type Config = z.infer<typeof configSchema>;
@@ -175,6 +184,9 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
   const config = result.data;
   if (config.pongTimeout <= config.pingInterval) {
     throw new ConfigError('pongTimeout', `must be longer than pingInterval (${config.pingInterval} ms)`);
+  }
+  if (config.drainDelay > 0 && config.drainDelay >= config.shutdownTimeout) {
+    throw new ConfigError('drainDelay', `must be shorter than shutdownTimeout (${config.shutdownTimeout} ms)`);
   }
   const keys = [config.jwtSecret, config.jwtPublicKey, config.jwtJwksUrl].filter(Boolean).length;
   if (keys > 1) throw new ConfigError('jwtSecret', 'set only one of JWT_SECRET, JWT_PUBLIC_KEY, JWT_JWKS_URL');

@@ -50,7 +50,7 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
 
   let sidecar: Sidecar;
   try {
-    sidecar = await Sidecar.start(config, { logger: log.child({ instance: config.instanceId }) });
+    sidecar = await Sidecar.start(config, { logger: log }); // it adds its instance id to every line
   } catch (err) {
     if (err instanceof NatsServerNotFoundError) {
       console.error(`nats-ws-sidecar: ${err.message}`);

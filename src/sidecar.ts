@@ -13,10 +13,13 @@ import type { Config } from './config.js';
 import { Hub } from './core/hub.js';
 import { CloseCode } from './protocol.js';
 import { createApi } from './http/api.js';
+import { SidecarMetrics } from './http/metrics.js';
 import { createHttpServer, WS_PATH } from './http/server.js';
 import { createLogger } from './logger.js';
 import { NatsBroker } from './nats/broker.js';
 import { NatsServerNotFoundError, startEmbeddedNats, type EmbeddedNats } from './nats/embedded-server.js';
+import { Fleet } from './nats/fleet.js';
+import { createOperations } from './operations.js';
 
 export interface SidecarOptions {
   logger?: Logger;
@@ -36,12 +39,14 @@ export class Sidecar {
     readonly hub: Hub,
     readonly server: Server,
     readonly embeddedNats: EmbeddedNats | undefined,
+    readonly fleet: Fleet,
+    readonly metrics: SidecarMetrics,
   ) {}
 
   /** Start everything; resolves once the port is listening and the stream is ready. */
   static async start(config: Config, options: SidecarOptions = {}): Promise<Sidecar> {
     const instanceId = config.instanceId ?? `${hostname().replace(/[^A-Za-z0-9_-]/g, '').slice(0, 24) || 'sidecar'}-${randomBytes(3).toString('hex')}`;
-    const log = options.logger ?? createLogger(config.logLevel, { instance: instanceId });
+    const log = options.logger?.child({ instance: instanceId }) ?? createLogger(config.logLevel, { instance: instanceId });
     const verifier = options.verifier ?? createTokenVerifier(config);
 
     let embedded: EmbeddedNats | undefined;
@@ -59,17 +64,41 @@ export class Sidecar {
     }
 
     let broker: NatsBroker | undefined;
+    let fleet: Fleet | undefined;
+    let metrics: SidecarMetrics | undefined;
     try {
       broker = await NatsBroker.connect(natsConfig, log.child({ component: 'nats' }), `nats-ws-sidecar ${instanceId}`);
       await broker.ensureStream();
+      const startedAt = Date.now();
       const hub = new Hub({ config, instanceId, log: log.child({ component: 'hub' }), broker, auth: verifier });
-      broker.setSink((topic, event) => hub.publish(topic, event));
+      metrics = new SidecarMetrics({ hub, broker, instanceId, startedAt });
+      broker.setSink(metrics.timeDelivery((topic, event) => hub.publish(topic, event)));
       // Broadcasts go to every connection: one permanent subscription.
       hub.broker.setInterest('broadcast', true);
 
       let sidecar: Sidecar | undefined;
       const draining = () => sidecar?.draining ?? false;
-      const api = createApi({ hub, broker, log, instanceId, draining, startedAt: Date.now() });
+      const natsLink = broker;
+      const operations = createOperations({
+        hub,
+        metrics: () => metrics!.snapshot(),
+        status: { startedAt, draining, natsConnected: () => natsLink.connected },
+      });
+      fleet = new Fleet(broker, { instanceId, heartbeat: config.fleetHeartbeat, timeout: config.fleetTimeout }, log.child({ component: 'fleet' }));
+      fleet.start(operations);
+      const api = createApi({
+        hub,
+        broker,
+        log,
+        instanceId,
+        draining,
+        startedAt,
+        metrics,
+        fleet,
+        operations,
+        verifier,
+        bodyLimit: config.apiBodyLimit,
+      });
       const server = createHttpServer({ config, hub, log, api: api.callback(), draining });
       await new Promise<void>((ok, fail) => {
         server.once('error', fail);
@@ -78,10 +107,12 @@ export class Sidecar {
           ok();
         });
       });
-      sidecar = new Sidecar(config, instanceId, log, broker, hub, server, embedded);
+      sidecar = new Sidecar(config, instanceId, log, broker, hub, server, embedded, fleet, metrics);
       log.info({ url: sidecar.url, ws: sidecar.wsUrl }, 'nats-ws-sidecar listening');
       return sidecar;
     } catch (err) {
+      fleet?.stop();
+      metrics?.close();
       await broker?.close().catch(() => {});
       await embedded?.stop().catch(() => {});
       throw err;
@@ -107,8 +138,9 @@ export class Sidecar {
   }
 
   /**
-   * Graceful stop: refuse new upgrades, close sockets with 1001 (clients reconnect elsewhere),
-   * drain NATS, stop the embedded server. Bounded by shutdownTimeout.
+   * Graceful stop: readyz turns 503 and new upgrades are refused at once; after `drainDelay` (time
+   * for load balancers to notice) sockets close with 1001 (clients reconnect elsewhere), the
+   * instance leaves the fleet, NATS drains and the port closes. Bounded by shutdownTimeout.
    */
   stop(): Promise<void> {
     this.stopping ??= this.shutdown();
@@ -119,10 +151,13 @@ export class Sidecar {
     this.draining = true;
     this.log.info({ connections: this.hub.connections.size }, 'shutting down');
     const work = (async () => {
-      const closed = new Promise<void>((ok) => this.server.close(() => ok()));
-      await this.hub.close(CloseCode.GoingAway, 'server shutting down; reconnect');
-      this.server.closeAllConnections?.();
+      if (this.config.drainDelay > 0) await new Promise((ok) => setTimeout(ok, this.config.drainDelay));
+      await this.hub.close(CloseCode.GoingAway, 'server shutting down; reconnect to another instance');
+      this.fleet.stop();
       await this.broker.close();
+      // The port stays open until here so readyz can answer 503 while the drain runs.
+      const closed = new Promise<void>((ok) => this.server.close(() => ok()));
+      this.server.closeAllConnections?.();
       await closed;
     })();
     let timer: NodeJS.Timeout | undefined;
@@ -134,6 +169,7 @@ export class Sidecar {
     });
     await Promise.race([work, timeout]);
     clearTimeout(timer);
+    this.metrics.close();
     await this.embeddedNats?.stop().catch(() => {});
     this.log.info('stopped');
   }

@@ -1,16 +1,20 @@
 /**
- * The Koa app on the sidecar's port: health and readiness. (Admin routes and metrics are added
- * by their own modules.)
+ * The Koa app on the sidecar's port: public health, readiness and Prometheus metrics, then the
+ * admin API (its own module). One error path turns every failure into `{"error": ...}` JSON with
+ * no stack trace or internal message.
  */
 import Router from '@koa/router';
 import Koa from 'koa';
 import type { Logger } from 'pino';
 import type { Hub } from '../core/hub.js';
 import type { NatsBroker } from '../nats/broker.js';
+import { createAdminRouter, type AdminDeps } from './admin-routes.js';
+import type { SidecarMetrics } from './metrics.js';
 
-export interface ApiDeps {
+export interface ApiDeps extends AdminDeps {
   hub: Hub;
   broker: NatsBroker;
+  metrics: SidecarMetrics;
   log: Logger;
   instanceId: string;
   draining: () => boolean;
@@ -23,18 +27,20 @@ export function createApi(deps: ApiDeps): Koa {
 
   // One error path: nothing internal (stack, message of an unexpected error) reaches a client.
   app.use(async (ctx, next) => {
+    ctx.set('X-Sidecar-Instance', deps.instanceId);
     try {
       await next();
-      if (ctx.status === 404 && ctx.body === undefined) {
-        ctx.status = 404;
-        ctx.body = { error: 'not found' };
+      if (ctx.body == null && ctx.status >= 400) {
+        const status = ctx.status; // assigning a body would otherwise reset an implicit 404 to 200
+        ctx.body = { error: ctx.message.toLowerCase() };
+        ctx.status = status;
       }
     } catch (err) {
       const e = err as { status?: number; expose?: boolean; message?: string };
       const status = typeof e.status === 'number' && e.status >= 400 && e.status < 600 ? e.status : 500;
       ctx.status = status;
       ctx.body = { error: e.expose && e.message ? e.message : status === 500 ? 'internal error' : 'request failed' };
-      if (status >= 500) deps.log.error({ err }, 'request failed');
+      if (status >= 500 && !e.expose) deps.log.error({ err }, 'request failed');
     }
   });
 
@@ -61,7 +67,15 @@ export function createApi(deps: ApiDeps): Koa {
     };
   });
 
+  router.get('/metrics', async (ctx) => {
+    ctx.body = await deps.metrics.text();
+    ctx.set('Content-Type', deps.metrics.contentType);
+  });
+
+  const admin = createAdminRouter(deps);
   app.use(router.routes());
   app.use(router.allowedMethods());
+  app.use(admin.routes());
+  app.use(admin.allowedMethods());
   return app;
 }
