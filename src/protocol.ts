@@ -185,3 +185,14 @@ export const publishedEventSchema = z.object({
   timestamp: z.string().max(64).optional(),
   message_id: z.string().min(1).max(128).optional(),
 });
+
+/** A close reason must fit in 123 UTF-8 bytes (RFC 6455 §5.5); cut on a character boundary. */
+export function truncateCloseReason(reason: string): string {
+  if (Buffer.byteLength(reason) <= 123) return reason;
+  let out = '';
+  for (const ch of reason) {
+    if (Buffer.byteLength(out + ch) > 123) break;
+    out += ch;
+  }
+  return out;
+}

@@ -13,6 +13,7 @@ import {
   parseClientMessage,
   peekMessageId,
   serverMessage,
+  truncateCloseReason,
 } from '../protocol.js';
 import { ErrorBudget, TokenBucket } from './limits.js';
 import type { OutFrame, Topic, Transport } from './ports.js';
@@ -261,7 +262,7 @@ export class Connection {
       if (n > 0) this.transport.write(this.queue.slice(0, n));
     }
     this.queue = [];
-    this.transport.close(code, reason.slice(0, 120));
+    this.transport.close(code, truncateCloseReason(reason));
     this.closed(code, reason);
   }
 
@@ -271,7 +272,7 @@ export class Connection {
     this.state = 'closed';
     this.hub.remove(this);
     this.log.info(
-      { user: this.userId ?? undefined, code, reason: reason || undefined, in: this.messagesIn, out: this.messagesOut },
+      { code, reason: reason || undefined, in: this.messagesIn, out: this.messagesOut },
       'connection closed',
     );
   }

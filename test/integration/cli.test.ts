@@ -19,7 +19,9 @@ let child: ChildProcess | undefined;
 
 beforeAll(async () => {
   dataDir = await mkdtemp(join(tmpdir(), 'cli-test-'));
-});
+  // `npm test` builds first; when vitest runs alone, build here rather than inside a test's timeout.
+  await promisify(execFile)(process.execPath, ['-e', "import('./bin/ensure-built.js').then((m) => m.ensureBuilt())"], { cwd: root });
+}, 120_000);
 afterAll(async () => {
   await closeAllClients();
   if (child && child.exitCode === null) {
