@@ -255,8 +255,11 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
     const socket = this.socket;
     const closed = new Promise<void>((resolve) => {
       if (!socket || socket.readyState > OPEN) return resolve();
-      this.closeWaiters.push(resolve);
-      setTimeout(resolve, this.options.timeout); // never hang on a dead peer
+      const guard = setTimeout(resolve, this.options.timeout); // never hang on a dead peer
+      this.closeWaiters.push(() => {
+        clearTimeout(guard);
+        resolve();
+      });
     });
     const wasActive = this.currentState !== 'disconnected';
     if (socket) socket.close(CloseCode.Normal, 'client closed');
