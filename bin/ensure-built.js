@@ -19,7 +19,8 @@ function newest(dir) {
 export function ensureBuilt() {
   const out = join(root, 'dist', 'main.js');
   const src = join(root, 'src');
-  if (existsSync(out) && (!existsSync(src) || statSync(out).mtimeMs >= newest(src))) return;
+  // The newest file of dist/, not main.js: incremental tsc rewrites only the outputs that changed.
+  if (existsSync(out) && (!existsSync(src) || newest(join(root, 'dist')) >= newest(src))) return;
   let tsc;
   try {
     tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');

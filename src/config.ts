@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
+import { TOKEN_PATTERN } from './protocol-codes.js';
 
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
@@ -35,8 +36,8 @@ const bool = () =>
   z.union([z.boolean(), z.enum(['true', 'false', '1', '0'])]).transform((v) => v === true || v === 'true' || v === '1');
 const optionalString = () => z.string().min(1).optional();
 
-/** NATS subject tokens we accept for ids and prefixes. */
-export const TOKEN_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
+/** NATS subject tokens we accept for ids and prefixes (shared with the client SDK). */
+export { TOKEN_PATTERN };
 
 export const configSchema = z.object({
   port: int(0, 65535),

@@ -9,48 +9,9 @@
 import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import { TOKEN_PATTERN } from './config.js';
+import { ErrorCode, MessageType } from './protocol-codes.js';
 
-export const MessageType = {
-  // client -> server
-  Auth: 'auth',
-  Subscription: 'subscription',
-  Ping: 'ping',
-  Ack: 'ack',
-  // server -> client
-  AuthRequired: 'auth_required',
-  AuthSuccess: 'auth_success',
-  AuthFailed: 'auth_failed',
-  Pong: 'pong',
-  Error: 'error',
-  HistoryTruncated: 'history_truncated',
-} as const;
-
-/** Codes carried in `{"type":"error","data":{"code":...}}`. */
-export const ErrorCode = {
-  InvalidMessage: 'invalid_message',
-  RateLimited: 'rate_limited',
-  Unauthorized: 'unauthorized',
-  Forbidden: 'forbidden',
-  ProcessingError: 'processing_error',
-  TokenExpired: 'token_expired',
-  ConnectionClosed: 'connection_closed',
-} as const;
-export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
-
-/** WebSocket close codes. 4xxx mirror HTTP statuses where one fits (as graphql-ws does). */
-export const CloseCode = {
-  Normal: 1000,
-  GoingAway: 1001, // server shutting down: reconnect, possibly to another instance
-  MessageTooBig: 1009, // inbound frame over maxMessageSize
-  InternalError: 1011,
-  SlowConsumer: 4008, // outbound queue or socket buffer over its cap; resume with `since`
-  DisconnectedByOperator: 4010, // admin API or backend asked for this connection to go
-  Unauthorized: 4401, // auth failed, or the token expired without refresh
-  Forbidden: 4403, // permissions revoked while connected
-  AuthTimeout: 4408, // no auth within authTimeout
-  TooManyErrors: 4429, // maxErrors errors within errorResetInterval
-} as const;
-export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];
+export { MessageType, ErrorCode, CloseCode, type Envelope, type EventEnvelope } from './protocol-codes.js';
 
 /** An inbound message was refused; the connection lives (unless the error budget runs out). */
 export class ProtocolError extends Error {

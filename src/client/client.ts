@@ -1,0 +1,766 @@
+/**
+ * The client SDK: one WebSocket to a sidecar, kept alive and resumed across reconnects.
+ *
+ * What it guarantees the app: per project, events arrive in seq order with no duplicate, and —
+ * across a reconnect — with no gap, because every project is re-subscribed with `since` = the
+ * last seq the app saw for it. Browser-safe: no imports beyond the dependency-free protocol codes.
+ */
+import { CloseCode, ErrorCode, MessageType, TOKEN_PATTERN, type EventEnvelope } from '../protocol-codes.js';
+import type { SeedEvents } from '../events.js';
+import { Emitter } from './emitter.js';
+import { ClientError, ClientErrorCode } from './errors.js';
+import { tokenExpiresAt } from './token.js';
+
+/** The part of the WebSocket API the client uses: browsers' WebSocket and the `ws` package both fit. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((event: any) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
+}
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+/** Returns a fresh JWT; called to connect (when the last token is missing or expiring) and to refresh. */
+export type TokenProvider = () => string | Promise<string>;
+
+export interface Options {
+  /** The sidecar's WebSocket endpoint, e.g. `ws://localhost:8098/ws/connect`. Required. */
+  url: string;
+  /**
+   * A JWT, or a function that returns one. With a function the client refreshes the token before
+   * its `exp` and reconnects after the server refused an expired one (4401). Required.
+   */
+  token: string | TokenProvider;
+  /** The WebSocket implementation. Default: `globalThis.WebSocket` (browsers, Node 22+); on Node 20 pass `WebSocket` from `ws`. */
+  WebSocket?: WebSocketConstructor;
+  /** Reconnect after a lost connection. Default `true`. */
+  reconnect?: boolean;
+  /** First reconnect delay in ms; doubles with each failed attempt, with jitter. Default `500`. */
+  minReconnectDelay?: number;
+  /** Upper bound of the reconnect delay in ms. Default `20000`. */
+  maxReconnectDelay?: number;
+  /** A connection attempt (socket open + authentication) that takes longer is abandoned and retried, ms. Default `10000`. */
+  timeout?: number;
+  /** Refresh a token this long before its `exp` (at most half its remaining lifetime), ms. Default `60000`. */
+  refreshMargin?: number;
+  /** Send `ack {seq}` for each direct message once its listeners have returned. Default `true`; with `false`, call `ack(seq)`. */
+  autoAck?: boolean;
+  /** Send a `ping` after this long without any inbound frame, ms; `0` disables. Default `25000`. */
+  pingInterval?: number;
+  /** Reconnect when nothing arrives this long after a ping, ms. Default `10000`. */
+  pongTimeout?: number;
+  /** Messages to the server per second, kept below its limit (10/s, burst 20). Default `8`. */
+  maxRequestsPerSecond?: number;
+  /** Burst of messages to the server. Default `16`. */
+  requestBurst?: number;
+  /** How many direct/broadcast seqs are remembered to drop redeliveries. Default `1000`. */
+  dedupeWindow?: number;
+}
+
+const DEFAULTS = {
+  reconnect: true,
+  minReconnectDelay: 500,
+  maxReconnectDelay: 20_000,
+  timeout: 10_000,
+  refreshMargin: 60_000,
+  autoAck: true,
+  pingInterval: 25_000,
+  pongTimeout: 10_000,
+  maxRequestsPerSecond: 8,
+  requestBurst: 16,
+  dedupeWindow: 1000,
+} satisfies Partial<Options>;
+
+/**
+ * `disconnected`: not connected and not trying (before `connect()`, after `close()`, or after a
+ * close code the client does not reconnect after). `connecting`: opening, authenticating, or
+ * waiting to reconnect. `connected`: authenticated; events flow.
+ */
+export type ConnectionState = 'disconnected' | 'connecting' | 'connected';
+
+/** An event from NATS, as the app receives it. */
+export type SidecarEvent<D = Record<string, unknown>> = EventEnvelope<D>;
+
+export interface SubscribedInfo {
+  projectId: string;
+  /** Stored events replayed after `since` (0 when there was no `since`). */
+  replayed: number;
+  /** True when history after `since` may be gone: refetch the project's state from the backend. */
+  truncated: boolean;
+  /** True when this was a resume with `since`. */
+  resumed: boolean;
+}
+
+/** The client's own events; names here are reserved (a NATS event with such a type reaches only `event`). */
+export interface LifecycleEvents {
+  state: { state: ConnectionState; previous: ConnectionState };
+  connected: { userId: string; connectionId: string; reconnected: boolean };
+  disconnected: { code: number; reason: string; willReconnect: boolean; delay?: number };
+  error: ClientError;
+  /** Every event from NATS (any type), after the typed listeners. */
+  event: SidecarEvent;
+  /** Every frame from the server, parsed, before the client handles it. */
+  message: { type: string; data?: unknown; [field: string]: unknown };
+  subscribed: SubscribedInfo;
+  /** `reason` is set when the server ended the subscription (e.g. `forbidden` after a token refresh). */
+  unsubscribed: { projectId: string; reason?: string };
+  /** Some history of the project may be missing: refetch its state from the backend. */
+  history_truncated: { projectId: string; since?: number };
+}
+
+/** Event type -> data shape. */
+export type EventTypes<E> = { [K in keyof E]: object };
+
+export type ClientEvents<E extends EventTypes<E>> = LifecycleEvents & {
+  [K in Exclude<keyof E, keyof LifecycleEvents>]: SidecarEvent<E[K]>;
+};
+
+const RESERVED = new Set<string>([
+  'state',
+  'connected',
+  'disconnected',
+  'error',
+  'event',
+  'message',
+  'subscribed',
+  'unsubscribed',
+  'history_truncated',
+]);
+
+/** Close codes after which reconnecting would not help (see PROTOCOL.md § Close codes). */
+const TERMINAL_CLOSE_CODES = new Set<number>([
+  CloseCode.MessageTooBig,
+  CloseCode.DisconnectedByOperator,
+  CloseCode.Forbidden,
+  CloseCode.TooManyErrors,
+]);
+
+const ABNORMAL_CLOSURE = 1006;
+const OPEN = 1;
+
+interface Deferred<T> {
+  resolve(value: T): void;
+  reject(err: Error): void;
+}
+
+function deferred<T>(): Deferred<T> & { promise: Promise<T> } {
+  let resolve!: (value: T) => void;
+  let reject!: (err: Error) => void;
+  const promise = new Promise<T>((ok, fail) => {
+    resolve = ok;
+    reject = fail;
+  });
+  return { promise, resolve, reject };
+}
+
+interface ProjectState {
+  /** The highest seq the app has seen for the project; the resume point. */
+  lastSeq?: number;
+  /** Where to resume when no event of the project has been seen: the highest seq seen anywhere before the first subscribe went out. */
+  floor?: number;
+  /** `since` of the subscribe in flight. */
+  since?: number;
+  /** A subscribe went out at least once (so a later one must resume, not start live). */
+  sent: boolean;
+  confirmed: boolean;
+  waiters: Deferred<SubscribedInfo>[];
+}
+
+interface Request {
+  action: 'subscribe' | 'unsubscribe';
+  projectId: string;
+}
+
+type Timer = ReturnType<typeof setTimeout>;
+
+export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<ClientEvents<E>> {
+  readonly options: Readonly<Required<Omit<Options, 'WebSocket'>>> & { WebSocket?: WebSocketConstructor };
+  private currentState: ConnectionState = 'disconnected';
+  private socket: WebSocketLike | undefined;
+  private attempts = 0;
+  private everConnected = false;
+  private closing = false;
+  private closeWaiters: (() => void)[] = [];
+  private connectWaiters: Deferred<void>[] = [];
+  private timers: { reconnect?: Timer; connect?: Timer; refresh?: Timer; ping?: Timer; flush?: Timer; retry?: Timer } = {};
+
+  private token: string | undefined;
+  private tokenExpiry: number | undefined;
+  private refreshWaiter: Deferred<void> | undefined;
+
+  private readonly projects = new Map<string, ProjectState>();
+  private readonly unsubscribing = new Map<string, Deferred<void>[]>();
+  private readonly inflight = new Map<string, Request>();
+  private nextRequestId = 0;
+  /** Seqs of direct and broadcast events seen -> whether they were acked. Bounded by dedupeWindow. */
+  private readonly seen = new Map<number, boolean>();
+  private maxSeq = 0;
+
+  private outbox: string[] = [];
+  private budget = 0;
+  private budgetAt = 0;
+  private lastReceived = 0;
+  private pingSentAt = 0;
+
+  /** The user id and connection id from the last `auth_success`. */
+  userId: string | undefined;
+  connectionId: string | undefined;
+
+  constructor(options: Options) {
+    super();
+    if (!options || typeof options.url !== 'string') throw new ClientError(ClientErrorCode.InvalidArgument, 'options.url is required');
+    if (typeof options.token !== 'string' && typeof options.token !== 'function') {
+      throw new ClientError(ClientErrorCode.InvalidArgument, 'options.token must be a JWT or a function returning one');
+    }
+    this.options = { ...DEFAULTS, ...options };
+  }
+
+  get state(): ConnectionState {
+    return this.currentState;
+  }
+
+  /** The projects the client is subscribed to (or subscribing to), with the last seq seen of each. */
+  get subscriptions(): Map<string, number | undefined> {
+    return new Map([...this.projects].map(([id, p]) => [id, p.lastSeq]));
+  }
+
+  // ---- connection -----------------------------------------------------------------------------
+
+  /**
+   * Connect (if not already connected or connecting). Resolves once authenticated; rejects if the
+   * connection ends for good first (`close()`, or a close code the client does not retry after).
+   */
+  connect(): Promise<void> {
+    if (this.currentState === 'connected') return Promise.resolve();
+    const d = deferred<void>();
+    this.connectWaiters.push(d);
+    if (this.currentState === 'disconnected') {
+      this.closing = false;
+      this.open();
+    }
+    return d.promise;
+  }
+
+  /**
+   * Close the connection and stop reconnecting. Pending subscribes reject with `closed`; the
+   * subscriptions and their last seqs are kept, so a later `connect()` resumes them.
+   * Resolves once the socket has closed.
+   */
+  close(): Promise<void> {
+    this.closing = true;
+    this.clearTimers();
+    const socket = this.socket;
+    const closed = new Promise<void>((resolve) => {
+      if (!socket || socket.readyState > OPEN) return resolve();
+      const guard = setTimeout(resolve, this.options.timeout); // never hang on a dead peer
+      this.closeWaiters.push(() => {
+        clearTimeout(guard);
+        resolve();
+      });
+    });
+    const wasActive = this.currentState !== 'disconnected';
+    if (socket) socket.close(CloseCode.Normal, 'client closed');
+    this.detach();
+    this.fail(new ClientError(ClientErrorCode.Closed, 'client closed'));
+    if (wasActive) this.fire('disconnected', { code: CloseCode.Normal, reason: 'client closed', willReconnect: false });
+    this.setState('disconnected');
+    return closed;
+  }
+
+  private open(): void {
+    this.setState('connecting');
+    const WS = this.options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    let ws: WebSocketLike;
+    try {
+      if (!WS) throw new Error('no WebSocket implementation: pass options.WebSocket (e.g. from the "ws" package)');
+      ws = new WS(this.options.url);
+    } catch (err) {
+      const error = new ClientError(ClientErrorCode.TransportError, (err as Error).message, { cause: err });
+      this.fire('error', error);
+      this.finish(error);
+      return;
+    }
+    this.socket = ws;
+    this.outbox = [];
+    this.budget = this.options.requestBurst;
+    this.budgetAt = Date.now();
+    this.timers.connect = setTimeout(() => this.abandon(ws, 'connection attempt timed out'), this.options.timeout);
+    ws.onmessage = (ev: { data: unknown }) => {
+      if (this.socket === ws) this.onFrame(ws, ev.data);
+    };
+    ws.onclose = (ev: { code?: number; reason?: string }) => {
+      for (const done of this.closeWaiters.splice(0)) done();
+      if (this.socket === ws) this.onClose(ev.code ?? ABNORMAL_CLOSURE, ev.reason ?? '');
+    };
+    ws.onerror = () => {
+      // A close event always follows; the close code says what happened.
+    };
+  }
+
+  /** Give up on a socket that stopped answering: close it and go on as if the network dropped it. */
+  private abandon(ws: WebSocketLike, reason: string): void {
+    if (this.socket !== ws) return;
+    try {
+      ws.close(4000, reason);
+    } catch {
+      /* already closing */
+    }
+    this.onClose(ABNORMAL_CLOSURE, reason);
+  }
+
+  private onClose(code: number, reason: string): void {
+    this.detach();
+    if (this.closing) return;
+    const tokenRefused = code === CloseCode.Unauthorized;
+    if (tokenRefused) this.token = undefined; // never offer the refused token again
+    const retry =
+      this.options.reconnect && !TERMINAL_CLOSE_CODES.has(code) && (!tokenRefused || typeof this.options.token === 'function');
+    if (!retry) {
+      this.fire('disconnected', { code, reason, willReconnect: false });
+      this.finish(new ClientError(ClientErrorCode.Disconnected, `connection closed (${code}${reason ? ` ${reason}` : ''})`, { closeCode: code }));
+      return;
+    }
+    const delay = this.backoff(this.attempts++);
+    this.fire('disconnected', { code, reason, willReconnect: true, delay });
+    this.setState('connecting');
+    this.timers.reconnect = setTimeout(() => {
+      this.timers.reconnect = undefined;
+      this.open();
+    }, delay);
+  }
+
+  /** Exponential backoff with "equal jitter": half fixed, half random, so a fleet of clients spreads out. */
+  private backoff(attempt: number): number {
+    const { minReconnectDelay: min, maxReconnectDelay: max } = this.options;
+    const ceiling = Math.min(max, min * 2 ** Math.min(attempt, 30));
+    return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+  }
+
+  /** Forget the current socket and its per-connection state; subscriptions stay wanted. */
+  private detach(): void {
+    this.socket = undefined;
+    this.clearTimers();
+    this.outbox = [];
+    this.inflight.clear();
+    this.refreshWaiter?.reject(new ClientError(ClientErrorCode.Disconnected, 'connection closed'));
+    this.refreshWaiter = undefined;
+    for (const st of this.projects.values()) st.confirmed = false;
+    // A closed connection has no subscriptions left on the server: pending unsubscribes are done.
+    for (const waiters of this.unsubscribing.values()) for (const w of waiters) w.resolve();
+    this.unsubscribing.clear();
+  }
+
+  /** Stopped for good: settle everything waiting on a connection. */
+  private finish(error: ClientError): void {
+    this.setState('disconnected');
+    this.fail(error);
+  }
+
+  private fail(error: ClientError): void {
+    for (const w of this.connectWaiters.splice(0)) w.reject(error);
+    for (const st of this.projects.values()) for (const w of st.waiters.splice(0)) w.reject(error);
+  }
+
+  private clearTimers(): void {
+    for (const t of Object.values(this.timers)) clearTimeout(t);
+    this.timers = {};
+  }
+
+  private setState(state: ConnectionState): void {
+    const previous = this.currentState;
+    if (previous === state) return;
+    this.currentState = state;
+    this.fire('state', { state, previous });
+  }
+
+  // ---- authentication -------------------------------------------------------------------------
+
+  private async getToken(fresh: boolean): Promise<string> {
+    const source = this.options.token;
+    if (typeof source === 'string') return source;
+    const reusable = this.tokenExpiry === undefined || this.tokenExpiry - Date.now() > this.options.refreshMargin;
+    if (!fresh && this.token && reusable) return this.token;
+    let token: unknown;
+    try {
+      token = await source();
+    } catch (err) {
+      throw new ClientError(ClientErrorCode.TokenError, `token callback failed: ${(err as Error)?.message ?? err}`, { cause: err });
+    }
+    if (typeof token !== 'string' || token.length === 0) {
+      throw new ClientError(ClientErrorCode.TokenError, 'token callback returned no token');
+    }
+    this.token = token;
+    this.tokenExpiry = tokenExpiresAt(token);
+    return token;
+  }
+
+  private refreshMarginFor(expiry: number | undefined): number {
+    if (expiry === undefined) return 0;
+    return Math.min(this.options.refreshMargin, Math.max(0, expiry - Date.now()) / 2);
+  }
+
+  private async authenticate(ws: WebSocketLike): Promise<void> {
+    let token: string;
+    try {
+      token = await this.getToken(false);
+    } catch (err) {
+      this.fire('error', err as ClientError);
+      this.abandon(ws, 'no token');
+      return;
+    }
+    if (this.socket !== ws) return;
+    this.write({ type: MessageType.Auth, data: { token } }, true);
+  }
+
+  private scheduleRefresh(): void {
+    clearTimeout(this.timers.refresh);
+    if (typeof this.options.token !== 'function' || this.tokenExpiry === undefined) return;
+    // Not more often than every 500 ms, even if the callback keeps returning the same token.
+    const delay = Math.max(500, this.tokenExpiry - Date.now() - this.refreshMarginFor(this.tokenExpiry));
+    this.timers.refresh = setTimeout(() => void this.refresh(), delay);
+  }
+
+  /** Send a fresh token on the open connection (`auth` again); the server keeps the connection. */
+  private async refresh(): Promise<void> {
+    const ws = this.socket;
+    if (!ws || this.currentState !== 'connected') return;
+    try {
+      const token = await this.getToken(true);
+      if (this.socket !== ws) return;
+      const answer = deferred<void>();
+      this.refreshWaiter = answer;
+      this.write({ type: MessageType.Auth, data: { token } }, true);
+      await answer.promise;
+      this.scheduleRefresh();
+    } catch (err) {
+      if (this.socket !== ws) return;
+      this.fire('error', err instanceof ClientError ? err : new ClientError(ClientErrorCode.TokenError, String(err)));
+      // Try again later; if the token expires first, the server closes with 4401 and we reconnect.
+      const left = (this.tokenExpiry ?? 0) - Date.now();
+      if (left > 0) this.timers.refresh = setTimeout(() => void this.refresh(), Math.max(1000, left / 2));
+    }
+  }
+
+  // ---- inbound --------------------------------------------------------------------------------
+
+  private onFrame(ws: WebSocketLike, raw: unknown): void {
+    if (typeof raw !== 'string') return; // the server sends text frames only
+    let msg: { type?: unknown; data?: unknown; seq?: unknown; project_id?: unknown };
+    try {
+      msg = JSON.parse(raw);
+    } catch {
+      return;
+    }
+    if (!msg || typeof msg !== 'object' || typeof msg.type !== 'string') return;
+    this.lastReceived = Date.now();
+    this.fire('message', msg as LifecycleEvents['message']);
+    if (typeof msg.seq === 'number') {
+      this.onEvent(msg as SidecarEvent);
+      return;
+    }
+    const data = (msg.data && typeof msg.data === 'object' ? msg.data : {}) as Record<string, unknown>;
+    switch (msg.type) {
+      case MessageType.AuthRequired:
+        void this.authenticate(ws);
+        break;
+      case MessageType.AuthSuccess:
+        if (this.currentState === 'connected') {
+          this.refreshWaiter?.resolve();
+          this.refreshWaiter = undefined;
+        } else {
+          this.onAuthenticated(data);
+        }
+        break;
+      case MessageType.AuthFailed: {
+        const error = new ClientError(ClientErrorCode.AuthFailed, `token refused: ${String(data.reason ?? data.code ?? 'invalid token')}`, {
+          data,
+        });
+        if (this.refreshWaiter) {
+          this.refreshWaiter.reject(error);
+          this.refreshWaiter = undefined;
+        } else {
+          this.fire('error', error); // the server closes with 4401 next
+        }
+        break;
+      }
+      case MessageType.Subscription:
+        this.onSubscription(data);
+        break;
+      case MessageType.Error:
+        this.onServerError(data);
+        break;
+      case MessageType.HistoryTruncated:
+        if (typeof data.project_id === 'string') {
+          this.fire('history_truncated', {
+            projectId: data.project_id,
+            since: typeof data.since === 'number' ? data.since : undefined,
+          });
+        }
+        break;
+      default:
+        break; // pong, and anything newer than this client: already emitted as `message`
+    }
+  }
+
+  private onAuthenticated(data: Record<string, unknown>): void {
+    clearTimeout(this.timers.connect);
+    this.attempts = 0;
+    this.userId = String(data.user_id ?? '');
+    this.connectionId = String(data.connection_id ?? '');
+    const reconnected = this.everConnected;
+    this.everConnected = true;
+    this.setState('connected');
+    this.scheduleRefresh();
+    this.startPing();
+    // Resume every project: the server replays what was missed, then goes live.
+    for (const projectId of this.projects.keys()) this.sendSubscribe(projectId);
+    for (const w of this.connectWaiters.splice(0)) w.resolve();
+    this.fire('connected', { userId: this.userId, connectionId: this.connectionId, reconnected });
+  }
+
+  private onEvent(event: SidecarEvent): void {
+    const { seq } = event;
+    const projectId = event.project_id;
+    if (projectId !== undefined) {
+      const st = this.projects.get(projectId);
+      if (!st) return; // unsubscribed meanwhile
+      if (st.lastSeq !== undefined && seq <= st.lastSeq) return; // already seen (replay overlap)
+      st.lastSeq = seq;
+    } else {
+      if (this.seen.has(seq)) {
+        // Redelivered: the earlier ack may have been lost with the connection.
+        if (this.seen.get(seq)) this.write({ type: MessageType.Ack, data: { seq } });
+        return;
+      }
+      this.seen.set(seq, false);
+      if (this.seen.size > this.options.dedupeWindow) this.seen.delete(this.seen.keys().next().value!);
+    }
+    if (seq > this.maxSeq) this.maxSeq = seq;
+    if (!RESERVED.has(event.type)) this.fire(event.type, event);
+    this.fire('event', event);
+    // Direct messages (and broadcasts, which the server ignores) are acked once the app has them.
+    if (projectId === undefined && this.options.autoAck) this.ack(seq);
+  }
+
+  private onSubscription(data: Record<string, unknown>): void {
+    const projectId = data.project_id;
+    if (typeof projectId !== 'string') return;
+    if (data.action === 'subscribed') {
+      this.settleRequest('subscribe', projectId);
+      const st = this.projects.get(projectId);
+      if (!st || st.confirmed) return; // unsubscribed meanwhile, or a repeated answer
+      st.confirmed = true;
+      const info: SubscribedInfo = {
+        projectId,
+        replayed: typeof data.replayed === 'number' ? data.replayed : 0,
+        truncated: data.truncated === true,
+        resumed: st.since !== undefined,
+      };
+      for (const w of st.waiters.splice(0)) w.resolve(info);
+      this.fire('subscribed', info);
+      if (info.truncated) this.fire('history_truncated', { projectId, since: st.since });
+    } else if (data.action === 'unsubscribed') {
+      this.settleRequest('unsubscribe', projectId);
+      const waiting = this.unsubscribing.get(projectId);
+      if (waiting?.length) {
+        waiting.shift()!.resolve();
+        if (waiting.length === 0) this.unsubscribing.delete(projectId);
+        return;
+      }
+      // The server ended it (e.g. a refreshed token no longer allows the project).
+      const reason = typeof data.reason === 'string' ? data.reason : undefined;
+      const st = this.projects.get(projectId);
+      if (!st) return;
+      this.projects.delete(projectId);
+      const error = new ClientError(reason === 'forbidden' ? ErrorCode.Forbidden : ClientErrorCode.Unsubscribed, `unsubscribed from "${projectId}"`, {
+        projectId,
+      });
+      for (const w of st.waiters.splice(0)) w.reject(error);
+      this.fire('unsubscribed', { projectId, reason });
+    }
+  }
+
+  private onServerError(data: Record<string, unknown>): void {
+    const code = (typeof data.code === 'string' ? data.code : ErrorCode.ProcessingError) as ErrorCode;
+    const inReplyTo = typeof data.in_reply_to === 'string' ? data.in_reply_to : undefined;
+    const request = inReplyTo ? this.inflight.get(inReplyTo) : undefined;
+    if (inReplyTo) this.inflight.delete(inReplyTo);
+    const projectId = request?.projectId ?? (typeof data.project_id === 'string' ? data.project_id : undefined);
+    const error = new ClientError(code, String(data.message ?? code), { projectId, data });
+    if (code === ErrorCode.RateLimited) {
+      // Refused before it was read, so the server cannot say which request it was: resend what is unanswered.
+      this.timers.retry ??= setTimeout(() => {
+        this.timers.retry = undefined;
+        this.resendUnconfirmed();
+      }, 1000);
+    } else if (request?.action === 'subscribe') {
+      const st = this.projects.get(request.projectId);
+      if (st && !st.confirmed) {
+        this.projects.delete(request.projectId);
+        for (const w of st.waiters.splice(0)) w.reject(error);
+      }
+    }
+    this.fire('error', error);
+  }
+
+  private settleRequest(action: Request['action'], projectId: string): void {
+    for (const [id, r] of this.inflight) {
+      if (r.action === action && r.projectId === projectId) {
+        this.inflight.delete(id);
+        return;
+      }
+    }
+  }
+
+  private resendUnconfirmed(): void {
+    if (this.currentState !== 'connected') return;
+    for (const [projectId, st] of this.projects) if (!st.confirmed) this.sendSubscribe(projectId);
+  }
+
+  // ---- subscriptions --------------------------------------------------------------------------
+
+  /**
+   * Subscribe to a project's events. Resolves when the server confirms (after a reconnect the
+   * client re-subscribes by itself, resuming from the last seq seen). `since` asks for the stored
+   * events after that seq first (e.g. the seq your backend snapshot is at); it applies only when
+   * the project is not subscribed yet.
+   */
+  subscribe(projectId: string, options: { since?: number } = {}): Promise<SubscribedInfo> {
+    if (typeof projectId !== 'string' || !TOKEN_PATTERN.test(projectId)) {
+      return Promise.reject(new ClientError(ClientErrorCode.InvalidArgument, 'project id must match [A-Za-z0-9_-]{1,128}', { projectId }));
+    }
+    const { since } = options;
+    if (since !== undefined && !(Number.isSafeInteger(since) && since >= 0)) {
+      return Promise.reject(new ClientError(ClientErrorCode.InvalidArgument, 'since must be a non-negative integer', { projectId }));
+    }
+    let st = this.projects.get(projectId);
+    if (st?.confirmed) return Promise.resolve({ projectId, replayed: 0, truncated: false, resumed: false });
+    const d = deferred<SubscribedInfo>();
+    if (!st) {
+      st = { sent: false, confirmed: false, waiters: [], lastSeq: since };
+      this.projects.set(projectId, st);
+      if (this.currentState === 'connected') this.sendSubscribe(projectId);
+    }
+    st.waiters.push(d);
+    return d.promise;
+  }
+
+  /** Stop receiving a project's events. Resolves when the server confirms, or at once when not connected. */
+  unsubscribe(projectId: string): Promise<void> {
+    const st = this.projects.get(projectId);
+    if (!st) return Promise.resolve();
+    this.projects.delete(projectId);
+    const error = new ClientError(ClientErrorCode.Unsubscribed, `unsubscribed from "${projectId}"`, { projectId });
+    for (const w of st.waiters.splice(0)) w.reject(error);
+    this.fire('unsubscribed', { projectId });
+    if (this.currentState !== 'connected') return Promise.resolve();
+    const d = deferred<void>();
+    const waiting = this.unsubscribing.get(projectId) ?? [];
+    waiting.push(d);
+    this.unsubscribing.set(projectId, waiting);
+    this.request('unsubscribe', projectId, { action: 'unsubscribe', project_id: projectId });
+    return d.promise;
+  }
+
+  private sendSubscribe(projectId: string): void {
+    const st = this.projects.get(projectId)!;
+    st.since = st.lastSeq ?? (st.sent ? st.floor : undefined);
+    // Any event of the project stored after the first subscribe went out has a seq above maxSeq:
+    // resuming from there can replay a few earlier events, but can never miss one.
+    st.floor ??= this.maxSeq;
+    st.sent = true;
+    const data: Record<string, unknown> = { action: 'subscribe', project_id: projectId };
+    if (st.since !== undefined) data.since = st.since;
+    this.request('subscribe', projectId, data);
+  }
+
+  private request(action: Request['action'], projectId: string, data: Record<string, unknown>): void {
+    const id = `c${(++this.nextRequestId).toString(36)}`;
+    this.inflight.set(id, { action, projectId });
+    this.write({ type: MessageType.Subscription, data, message_id: id });
+  }
+
+  // ---- acks -----------------------------------------------------------------------------------
+
+  /**
+   * Acknowledge a direct message so the server's offline inbox does not deliver it again. Called
+   * for you when `autoAck` is on. Without a connection it is a no-op: the message comes again on
+   * the next connection, is not shown to the app twice, and is acked then.
+   */
+  ack(seq: number): void {
+    if (!Number.isSafeInteger(seq) || seq < 1) return;
+    if (this.seen.has(seq)) this.seen.set(seq, true);
+    this.write({ type: MessageType.Ack, data: { seq } });
+  }
+
+  // ---- outbound -------------------------------------------------------------------------------
+
+  /** Queue a message for the server, paced by a token bucket below the server's inbound limit. */
+  private write(message: Record<string, unknown>, first = false): void {
+    const ws = this.socket;
+    if (!ws || ws.readyState !== OPEN) return;
+    const text = JSON.stringify(message);
+    if (first) this.outbox.unshift(text);
+    else this.outbox.push(text);
+    this.flush();
+  }
+
+  private flush(): void {
+    const ws = this.socket;
+    if (!ws) return;
+    const now = Date.now();
+    const rate = this.options.maxRequestsPerSecond;
+    this.budget = Math.min(this.options.requestBurst, this.budget + ((now - this.budgetAt) * rate) / 1000);
+    this.budgetAt = now;
+    while (this.outbox.length > 0 && this.budget >= 1) {
+      ws.send(this.outbox.shift()!);
+      this.budget -= 1;
+    }
+    if (this.outbox.length > 0 && !this.timers.flush) {
+      this.timers.flush = setTimeout(() => {
+        this.timers.flush = undefined;
+        this.flush();
+      }, Math.ceil(((1 - this.budget) * 1000) / rate));
+    }
+  }
+
+  // ---- keepalive ------------------------------------------------------------------------------
+
+  /** Browsers cannot see the server's WebSocket pings, so a silent dead connection is found with app-level pings. */
+  private startPing(): void {
+    const { pingInterval, pongTimeout } = this.options;
+    if (pingInterval <= 0) return;
+    const ws = this.socket;
+    const tick = (): void => {
+      if (this.socket !== ws || !ws) return;
+      const now = Date.now();
+      if (this.pingSentAt > this.lastReceived && now - this.pingSentAt >= pongTimeout) {
+        this.abandon(ws, 'no answer to ping');
+        return;
+      }
+      if (this.pingSentAt <= this.lastReceived && now - this.lastReceived >= pingInterval) {
+        this.pingSentAt = now;
+        this.write({ type: MessageType.Ping, data: {} });
+      }
+      this.timers.ping = setTimeout(tick, Math.min(pingInterval, pongTimeout) / 2);
+    };
+    this.lastReceived = Date.now();
+    this.pingSentAt = 0;
+    this.timers.ping = setTimeout(tick, Math.min(pingInterval, pongTimeout) / 2);
+  }
+
+  /** `emit` without the generic event map, which TypeScript cannot narrow inside the class. */
+  private fire<K extends keyof LifecycleEvents>(name: K, value: LifecycleEvents[K]): void;
+  private fire(name: string, value: unknown): void;
+  private fire(name: string, value: unknown): void {
+    (this.emit as (name: string, value: unknown) => void).call(this, name, value);
+  }
+
+  protected override onListenerError(err: unknown, name: string): void {
+    if (name === 'error') return super.onListenerError(err, name);
+    this.fire('error', new ClientError(ClientErrorCode.ListenerError, `a "${name}" listener threw: ${(err as Error)?.message ?? err}`, { cause: err }));
+  }
+}

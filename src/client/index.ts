@@ -1,0 +1,21 @@
+/**
+ * `nats-ws-sidecar/client`: the browser and Node client SDK. Dependency-free: in a browser it
+ * uses the native WebSocket; in Node 20 pass `WebSocket` from the `ws` package.
+ */
+export {
+  Client,
+  type Options,
+  type ConnectionState,
+  type SidecarEvent,
+  type SubscribedInfo,
+  type LifecycleEvents,
+  type ClientEvents,
+  type EventTypes,
+  type TokenProvider,
+  type WebSocketLike,
+  type WebSocketConstructor,
+} from './client.js';
+export { ClientError, ClientErrorCode } from './errors.js';
+export { tokenExpiresAt } from './token.js';
+export { CloseCode, ErrorCode, MessageType, type Envelope, type EventEnvelope } from '../protocol-codes.js';
+export type * from '../events.js';

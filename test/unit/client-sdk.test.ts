@@ -1,0 +1,277 @@
+/**
+ * The client SDK's own logic, driven through an in-memory WebSocket that plays the server's side
+ * of the protocol: dedupe, resume points, acks, request pacing and the reconnect policy per close
+ * code. (End to end against a real sidecar and nats-server: test/integration/client-sdk.test.ts.)
+ */
+import { describe, expect, it } from 'vitest';
+import { Client, ClientError, tokenExpiresAt, type Options, type WebSocketLike } from '../../src/client/index.js';
+
+class FakeSocket implements WebSocketLike {
+  static all: FakeSocket[] = [];
+  readyState = 0;
+  sent: any[] = [];
+  onopen: ((e: any) => void) | null = null;
+  onmessage: ((e: any) => void) | null = null;
+  onclose: ((e: any) => void) | null = null;
+  onerror: ((e: any) => void) | null = null;
+  private sentWaiters: { pred: (m: any) => boolean; resolve: (m: any) => void }[] = [];
+
+  constructor(readonly url: string) {
+    FakeSocket.all.push(this);
+    queueMicrotask(() => {
+      if (this.readyState !== 0) return;
+      this.readyState = 1;
+      this.onopen?.({});
+    });
+  }
+
+  send(text: string): void {
+    const m = JSON.parse(text);
+    this.sent.push(m);
+    const i = this.sentWaiters.findIndex((w) => w.pred(m));
+    if (i >= 0) this.sentWaiters.splice(i, 1)[0].resolve(m);
+  }
+
+  close(code = 1005, reason = ''): void {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    queueMicrotask(() => this.onclose?.({ code, reason }));
+  }
+
+  // ---- the server's side ----
+  deliver(msg: Record<string, unknown>): void {
+    this.onmessage?.({ data: JSON.stringify({ timestamp: 't', message_id: 'm', data: {}, ...msg }) });
+  }
+
+  serverClose(code: number, reason = ''): void {
+    this.readyState = 3;
+    this.onclose?.({ code, reason });
+  }
+
+  /** The next message the client sends that matches (or one it already sent). */
+  nextSent(pred: (m: any) => boolean): Promise<any> {
+    const found = this.sent.find(pred);
+    if (found) return Promise.resolve(found);
+    return new Promise((resolve) => this.sentWaiters.push({ pred, resolve }));
+  }
+
+  /** Plays the handshake: auth_required, then auth_success once the client sent its token. */
+  async accept(user = 'u1'): Promise<string> {
+    await new Promise((r) => queueMicrotask(() => r(undefined)));
+    this.deliver({ type: 'auth_required', data: { message: 'auth' } });
+    const auth = await this.nextSent((m) => m.type === 'auth');
+    this.deliver({ type: 'auth_success', data: { user_id: user, connection_id: `c${FakeSocket.all.length}` } });
+    return auth.data.token;
+  }
+
+  /** Answers a subscribe for `projectId` and returns its data (with `since`). */
+  async answerSubscribe(projectId: string, extra: Record<string, unknown> = {}): Promise<any> {
+    const req = await this.nextSent((m) => m.type === 'subscription' && m.data.project_id === projectId && !m.answered);
+    req.answered = true;
+    this.deliver({ type: 'subscription', data: { action: 'subscribed', project_id: projectId, ...extra } });
+    return req.data;
+  }
+}
+
+/** The first socket created after `after` sockets existed. */
+const nextSocket = async (after: number): Promise<FakeSocket> => {
+  const deadline = Date.now() + 5000;
+  while (FakeSocket.all.length <= after) {
+    if (Date.now() > deadline) throw new Error('the client opened no new socket');
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  return FakeSocket.all[after];
+};
+const once = <T = any>(client: Client, name: string): Promise<T> => new Promise((r) => client.once(name as never, r as never));
+
+function makeClient(o: Partial<Options> = {}): Client {
+  return new Client({
+    url: 'ws://sidecar/ws/connect',
+    token: 'header.eyJzdWIiOiJ1MSJ9.sig',
+    WebSocket: FakeSocket,
+    minReconnectDelay: 1,
+    maxReconnectDelay: 2,
+    pingInterval: 0,
+    ...o,
+  });
+}
+
+async function connected(o: Partial<Options> = {}): Promise<{ client: Client; socket: FakeSocket }> {
+  const client = makeClient(o);
+  const before = FakeSocket.all.length;
+  const ready = client.connect();
+  const socket = await nextSocket(before);
+  await socket.accept();
+  await ready;
+  return { client, socket };
+}
+
+const event = (seq: number, extra: Record<string, unknown> = {}) => ({ type: 'task_created', seq, data: { n: seq }, ...extra });
+
+describe('client SDK logic', () => {
+  it('authenticates with the first message and reports the user and connection', async () => {
+    const client = makeClient();
+    const states: string[] = [];
+    client.on('state', ({ state }) => states.push(state));
+    const info = once(client, 'connected');
+    const before = FakeSocket.all.length;
+    const ready = client.connect();
+    const socket = await nextSocket(before);
+    expect(await socket.accept('alice')).toBe('header.eyJzdWIiOiJ1MSJ9.sig');
+    await ready;
+    expect(await info).toMatchObject({ userId: 'alice', reconnected: false });
+    expect(client.state).toBe('connected');
+    expect(states).toEqual(['connecting', 'connected']);
+    await client.close();
+    expect(client.state).toBe('disconnected');
+  });
+
+  it('delivers typed events in order and drops a seq it has already seen for the project', async () => {
+    const { client, socket } = await connected();
+    const typed: number[] = [];
+    const all: number[] = [];
+    client.on('task_created', (e) => typed.push(e.seq));
+    client.on('event', (e) => all.push(e.seq));
+    const sub = client.subscribe('p1');
+    await socket.answerSubscribe('p1');
+    await sub;
+    for (const seq of [3, 5, 5, 4, 9]) socket.deliver(event(seq, { project_id: 'p1' }));
+    socket.deliver(event(10, { project_id: 'not-subscribed' }));
+    expect(typed).toEqual([3, 5, 9]);
+    expect(all).toEqual([3, 5, 9]);
+    await client.close();
+  });
+
+  it('re-subscribes every project after a reconnect with since = the last seq seen, or the floor when none was seen', async () => {
+    const { client, socket } = await connected();
+    socket.deliver({ type: 'note', seq: 7, data: {} }); // a broadcast: the highest seq seen so far
+    const a = client.subscribe('a');
+    const b = client.subscribe('b');
+    expect(await socket.answerSubscribe('a')).not.toHaveProperty('since');
+    await socket.answerSubscribe('b');
+    await Promise.all([a, b]);
+    socket.deliver(event(12, { project_id: 'a' }));
+
+    const reconnected = once(client, 'connected');
+    const before = FakeSocket.all.length;
+    socket.serverClose(1001, 'server shutting down; reconnect');
+    const next = await nextSocket(before);
+    await next.accept();
+    expect((await reconnected).reconnected).toBe(true);
+    expect((await next.answerSubscribe('a')).since).toBe(12);
+    // Nothing of b was seen: resume from the highest seq seen before b's first subscribe.
+    expect((await next.answerSubscribe('b')).since).toBe(7);
+    await client.close();
+  });
+
+  it('acks a direct message after its listeners ran, drops a redelivery and acks it again', async () => {
+    const { client, socket } = await connected();
+    const order: string[] = [];
+    client.on('event', (e) => order.push(`handled ${e.seq}`));
+    socket.deliver({ type: 'direct_message', seq: 40, data: { text: 'hi' } });
+    expect(order).toEqual(['handled 40']);
+    expect(socket.sent.filter((m) => m.type === 'ack')).toEqual([{ type: 'ack', data: { seq: 40 } }]);
+    socket.deliver({ type: 'direct_message', seq: 40, data: { text: 'hi' } });
+    expect(order).toEqual(['handled 40']);
+    expect(socket.sent.filter((m) => m.type === 'ack')).toHaveLength(2);
+    // Project events are not acked.
+    void client.subscribe('p');
+    await socket.answerSubscribe('p');
+    socket.deliver(event(41, { project_id: 'p' }));
+    expect(socket.sent.filter((m) => m.type === 'ack')).toHaveLength(2);
+    await client.close();
+  });
+
+  it('with autoAck off, acks only when the app calls ack(seq)', async () => {
+    const { client, socket } = await connected({ autoAck: false });
+    const got = once<any>(client, 'event');
+    socket.deliver({ type: 'direct_message', seq: 50, data: {} });
+    const e = await got;
+    expect(socket.sent.some((m) => m.type === 'ack')).toBe(false);
+    client.ack(e.seq);
+    expect(socket.sent.filter((m) => m.type === 'ack')).toEqual([{ type: 'ack', data: { seq: 50 } }]);
+    await client.close();
+  });
+
+  it('paces its requests under the server\'s inbound limit', async () => {
+    const { client, socket } = await connected({ maxRequestsPerSecond: 50, requestBurst: 5 });
+    const subs = Array.from({ length: 12 }, (_, i) => client.subscribe(`p${i}`));
+    // The auth message took one token of the burst.
+    expect(socket.sent.filter((m) => m.type === 'subscription')).toHaveLength(4);
+    for (let i = 0; i < 12; i++) await socket.answerSubscribe(`p${i}`);
+    await Promise.all(subs);
+    await client.close();
+  });
+
+  it('rejects a bad project id without sending, and a forbidden one with the server\'s code', async () => {
+    const { client, socket } = await connected();
+    await expect(client.subscribe('a.b')).rejects.toMatchObject({ code: 'invalid_argument' });
+    const forbidden = client.subscribe('secret');
+    const req = await socket.nextSent((m) => m.data?.project_id === 'secret');
+    socket.deliver({ type: 'error', data: { code: 'forbidden', message: 'no', project_id: 'secret', in_reply_to: req.message_id } });
+    const err = await forbidden.catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ClientError);
+    expect(err).toMatchObject({ code: 'forbidden', projectId: 'secret' });
+    expect(client.subscriptions.has('secret')).toBe(false);
+    await client.close();
+  });
+
+  it('surfaces truncated history as an event', async () => {
+    const { client, socket } = await connected();
+    const truncated = once<any>(client, 'history_truncated');
+    const sub = client.subscribe('old', { since: 99 });
+    expect((await socket.answerSubscribe('old', { truncated: true, replayed: 0 })).since).toBe(99);
+    expect(await sub).toMatchObject({ truncated: true, resumed: true });
+    expect(await truncated).toEqual({ projectId: 'old', since: 99 });
+    await client.close();
+  });
+
+  it.each([
+    [4010, false],
+    [4403, false],
+    [4429, false],
+    [4401, false],
+    [4008, true],
+    [1006, true],
+    [1011, true],
+  ])('after close code %i reconnects: %s (static token)', async (code, reconnects) => {
+    const { client, socket } = await connected();
+    const disconnected = once<any>(client, 'disconnected');
+    socket.serverClose(code);
+    expect((await disconnected).willReconnect).toBe(reconnects);
+    expect(client.state).toBe(reconnects ? 'connecting' : 'disconnected');
+    await client.close();
+  });
+
+  it('after 4401 reconnects with a new token from the callback', async () => {
+    const tokens = ['first.e30.x', 'second.e30.x'];
+    const { client, socket } = await connected({ token: () => tokens.shift()! });
+    const before = FakeSocket.all.length;
+    socket.serverClose(4401, 'token expired');
+    const next = await nextSocket(before);
+    expect(await next.accept()).toBe('second.e30.x');
+    await client.close();
+  });
+
+  it('keeps delivering when a listener throws, and reports it as an error', async () => {
+    const { client, socket } = await connected();
+    const errors: ClientError[] = [];
+    const seen: number[] = [];
+    client.on('error', (e) => errors.push(e));
+    client.on('direct_message', () => {
+      throw new Error('boom');
+    });
+    client.on('event', (e) => seen.push(e.seq));
+    socket.deliver({ type: 'direct_message', seq: 60, data: {} });
+    expect(seen).toEqual([60]);
+    expect(errors.map((e) => e.code)).toEqual(['listener_error']);
+    await client.close();
+  });
+
+  it('reads exp from a JWT without verifying it', () => {
+    const payload = Buffer.from(JSON.stringify({ sub: 'ü', exp: 1_900_000_000 })).toString('base64url');
+    expect(tokenExpiresAt(`h.${payload}.s`)).toBe(1_900_000_000_000);
+    expect(tokenExpiresAt('not a jwt')).toBeUndefined();
+    expect(tokenExpiresAt(`h.${Buffer.from('{}').toString('base64url')}.s`)).toBeUndefined();
+  });
+});
