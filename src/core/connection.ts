@@ -236,11 +236,6 @@ export class Connection {
     if (this.state === 'closed') return;
     this.queue.push(frame);
     this.queuedChars += frame.text.length;
-    const c = this.hub.config;
-    if (this.queue.length > c.maxQueuedMessages || this.queuedChars > c.maxQueuedBytes) {
-      this.slowConsumer('outbound queue over its cap');
-      return;
-    }
     if (!this.dirty) {
       this.dirty = true;
       this.hub.markDirty(this);
@@ -248,14 +243,22 @@ export class Connection {
   }
 
   /**
-   * Write what the budget allows; the rest waits for the slow lane. While the socket is
-   * backlogged nothing is written: frames wait in the queue, whose caps bound the memory.
+   * Write what the budget allows and the socket buffer has room for; the rest waits, for the
+   * slow lane (budget spent) or the next tick (buffer room spent). While the socket is
+   * backlogged nothing is written, so its buffer never exceeds maxBufferedBytes by more than one
+   * frame. What is left waiting is capped (maxQueuedMessages, maxQueuedBytes) after the write, so
+   * a burst that arrives within one tick and that the socket takes is not a slow consumer.
    */
   flush(now: number): void {
     this.dirty = false;
     if (this.state === 'closed' || this.queue.length === 0) return;
-    if (this.backlogged(now)) return;
-    const n = this.outbound.takeUpTo(this.queue.length, now);
+    let n = 0;
+    let fit = 0;
+    if (!this.backlogged(now)) {
+      const room = this.hub.config.maxBufferedBytes - this.transport.bufferedAmount;
+      fit = this.queuedChars <= room ? this.queue.length : this.framesWithin(room);
+      n = this.outbound.takeUpTo(fit, now);
+    }
     if (n > 0) {
       let batch: OutFrame[];
       if (n === this.queue.length) {
@@ -270,15 +273,36 @@ export class Connection {
       this.transport.write(batch);
       this.messagesOut += n;
       this.hub.stats.messagesSent += n;
-      if (this.backlogged(now)) return;
+      // Start the slow-consumer clock; the next look (next flush or the sweep) decides.
+      if (this.stalledSince === 0 && this.transport.bufferedAmount >= this.hub.config.maxBufferedBytes) {
+        this.stalledSince = now;
+      }
     }
-    if (this.queue.length > 0) {
-      this.paced = true;
+    if ((this.state as ConnectionState) === 'closed') return; // backlogged() found a slow consumer
+    const c = this.hub.config;
+    if (this.queue.length > c.maxQueuedMessages || this.queuedChars > c.maxQueuedBytes) {
+      return this.slowConsumer('outbound queue over its cap');
+    }
+    if (this.queue.length === 0) {
+      if (this.paced) {
+        this.paced = false;
+        this.hub.pacer.forget(this.id);
+      }
+    } else if (n < fit) {
+      this.paced = true; // budget spent: wait for a lease
       this.hub.pacer.schedule(this.id, () => this.flush(Date.now()));
-    } else if (this.paced) {
-      this.paced = false;
-      this.hub.pacer.forget(this.id);
-    }
+    } else if (fit > 0) {
+      this.dirty = true; // buffer room spent: look again next tick, when the socket has written
+      this.hub.markDirty(this);
+    } // else backlogged: the hub's sweep looks again
+  }
+
+  /** How many queued frames fit in `room` characters; at least one, so a big frame still goes. */
+  private framesWithin(room: number): number {
+    let chars = this.queue[0].text.length;
+    let n = 1;
+    while (n < this.queue.length && chars + this.queue[n].text.length <= room) chars += this.queue[n++].text.length;
+    return n;
   }
 
   /**

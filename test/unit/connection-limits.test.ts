@@ -67,7 +67,7 @@ afterEach(async () => {
 
 describe('inbound admission', () => {
   it('answers a flood from the bucket without parsing it, and closes 4429 after maxErrors refusals', async () => {
-    const hub = makeHub();
+    const hub = makeHub({ requestsPerSecond: 0.01 }); // no refill while the test runs: exact counts
     const { conn, transport } = await openConnection(hub);
     for (let i = 0; i < 10_000; i++) conn.receive(Buffer.from('{"type":"ping"}'), false);
     conn.flush(Date.now());
@@ -104,23 +104,41 @@ describe('inbound admission', () => {
 });
 
 describe('outbound queue and socket buffer', () => {
-  it('closes 4008 at once when the queue goes over maxQueuedMessages', async () => {
-    const hub = makeHub({ maxQueuedMessages: 10 });
-    const { conn, transport } = await openConnection(hub);
-    for (let i = 0; i < 11; i++) conn.send(frame(i));
+  it('closes 4008 when more than maxQueuedMessages are left waiting after a flush', async () => {
+    const hub = makeHub({ maxQueuedMessages: 10, outboundBurst: 5, outboundMessagesPerSecond: 1 });
+    const { conn, transport } = await openConnection(hub); // auth_success took one of the burst
+    for (let i = 0; i < 14; i++) conn.send(frame(i));
+    conn.flush(Date.now());
+    expect(transport.written).toHaveLength(4);
+    expect(transport.closed).toBeUndefined(); // 10 waiting: at the cap, not over it
+    conn.send(frame(14));
+    conn.flush(Date.now());
     expect(transport.closed).toEqual({ code: 4008, reason: 'slow consumer: resume with since' });
     expect(hub.stats.slowConsumers).toBe(1);
     expect(hub.connections.size).toBe(0);
+    expect(hub.pacer.activeLimiters).toBe(0);
   });
 
-  it('closes 4008 at once when the queued text goes over maxQueuedBytes', async () => {
-    const hub = makeHub({ maxQueuedBytes: 4096 });
+  it('closes 4008 when the text left waiting goes over maxQueuedBytes', async () => {
+    const hub = makeHub({ maxQueuedBytes: 4096, maxBufferedBytes: 1024 });
     const { conn, transport } = await openConnection(hub);
+    transport.bufferedAmount = 2048; // the socket is full: nothing is written
     for (let i = 0; i < 3; i++) conn.send(frame(i, 1000));
+    conn.flush(Date.now());
     expect(conn.queued.messages).toBe(3);
-    expect(conn.queued.chars).toBeLessThanOrEqual(4096);
+    expect(transport.closed).toBeUndefined();
     conn.send(frame(3, 1500));
+    conn.flush(Date.now());
     expect(transport.closed?.code).toBe(4008);
+  });
+
+  it('takes a burst larger than the queue caps within one tick when the socket accepts it', async () => {
+    const hub = makeHub({ maxQueuedMessages: 10, maxQueuedBytes: 4096 });
+    const { conn, transport } = await openConnection(hub);
+    for (let i = 0; i < 100; i++) conn.send(frame(i, 100));
+    conn.flush(Date.now());
+    expect(transport.written).toHaveLength(100);
+    expect(transport.closed).toBeUndefined();
   });
 
   it('holds frames while the socket buffer is over its cap and writes them once it drains', async () => {
@@ -185,7 +203,7 @@ describe('slow-lane limiters', () => {
     expect(hub.pacer.activeLimiters).toBe(0);
     for (let i = 0; i < 20; i++) conn.send(frame(i));
     conn.flush(Date.now());
-    expect(transport.written).toHaveLength(5);
+    expect(transport.written.length).toBeLessThanOrEqual(5); // the burst (auth_success took one)
     expect(hub.pacer.activeLimiters).toBe(1);
     await vi.waitFor(() => expect(transport.written).toHaveLength(20), { timeout: 3000 });
     expect(transport.written.map((t) => JSON.parse(t).data.n)).toEqual([...Array(20).keys()]);
