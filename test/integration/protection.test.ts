@@ -91,7 +91,7 @@ describe('inbound flooding and the error budget', () => {
       }
     })();
     const during: number[] = [];
-    for (let i = 0; i < 15; i++) {
+    for (let i = 0; i < 10; i++) {
       during.push(await rtt());
       await pause();
     }
@@ -109,7 +109,7 @@ describe('inbound flooding and the error budget', () => {
     }
     expect(median(during)).toBeLessThan(Math.max(250, 10 * median(baseline)));
     expect(Math.max(...during)).toBeLessThan(2000);
-  });
+  }, 30_000);
 
   it('counts failed token refreshes as errors: maxErrors of them close 4429', async () => {
     const c = await authed(side, 'refresher');
@@ -183,7 +183,7 @@ describe('slow consumers', () => {
     const seqs = c.messages.filter((m) => m.type === 'task_updated').map((m) => m.seq);
     expect(seqs.length).toBeLessThan(published);
     expect(seqs).toEqual([...seqs].sort((a, b) => a - b)); // what did arrive is in order, so `since` resumes it
-  });
+  }, 40_000);
 
   it('keeps a client that pauses briefly and catches up, and delivers every event in order', async () => {
     const s = await sidecarWith({ maxBufferedBytes: 64 * 1024, maxQueuedBytes: 32 * 1024 * 1024, slowConsumerTimeout: '20s' });
@@ -207,7 +207,7 @@ describe('slow consumers', () => {
     expect(events.map((m) => m.data.i)).toEqual(Array.from({ length: count }, (_, k) => k + 1));
     expect(conn.state).toBe('open');
     expect(s.sidecar.hub.stats.slowConsumers).toBe(0);
-  });
+  }, 30_000);
 
   it('paces events past the outbound burst, delivers them all in order, then drops the limiter', async () => {
     const s = await sidecarWith({ outboundBurst: 10, outboundMessagesPerSecond: 20 });
