@@ -57,7 +57,8 @@ function algorithmsForKey(key: KeyObject): string[] {
   }
 }
 
-function toPrincipal(payload: JWTPayload): Principal {
+/** `graceMs`: the clock tolerance, so a token accepted within it is not closed as expired at once. */
+function toPrincipal(payload: JWTPayload, graceMs: number): Principal {
   const sub = payload.sub;
   if (typeof sub !== 'string' || sub.length === 0) throw new AuthError(AuthErrorCode.NoSubject, 'token has no "sub"');
   if (!/^[A-Za-z0-9_-]{1,128}$/.test(sub)) {
@@ -69,7 +70,7 @@ function toPrincipal(payload: JWTPayload): Principal {
     userId: sub,
     roles: strings(payload.roles),
     projects: projects.includes('*') ? '*' : projects,
-    expiresAt: typeof payload.exp === 'number' ? payload.exp * 1000 : undefined,
+    expiresAt: typeof payload.exp === 'number' ? payload.exp * 1000 + graceMs : undefined,
   };
 }
 
@@ -83,6 +84,8 @@ type VerifyConfig = Pick<
   | 'jwtAlgorithms'
   | 'jwtClockTolerance'
   | 'maxTokenLength'
+  | 'jwksCooldown'
+  | 'jwksCacheMaxAge'
 >;
 
 export function createTokenVerifier(config: VerifyConfig): TokenVerifier {
@@ -96,7 +99,12 @@ export function createTokenVerifier(config: VerifyConfig): TokenVerifier {
     key = publicKey;
     algorithms = algorithmsForKey(publicKey);
   } else if (config.jwtJwksUrl) {
-    key = createRemoteJWKSet(new URL(config.jwtJwksUrl), { cooldownDuration: 30_000, cacheMaxAge: 600_000 });
+    // jose caches the set; an unknown `kid` refetches it at most once per cooldown, so forged kids
+    // cannot turn into a flood of requests to the key server.
+    key = createRemoteJWKSet(new URL(config.jwtJwksUrl), {
+      cooldownDuration: config.jwksCooldown,
+      cacheMaxAge: config.jwksCacheMaxAge,
+    });
     algorithms = [...RSA, 'ES256', 'ES384', 'ES512', 'EdDSA'];
   } else {
     throw new AuthError(AuthErrorCode.NotConfigured, 'no JWT key configured');
@@ -115,6 +123,7 @@ export function createTokenVerifier(config: VerifyConfig): TokenVerifier {
     audience: config.jwtAudience,
     clockTolerance: Math.round(config.jwtClockTolerance / 1000),
   };
+  const graceMs = options.clockTolerance * 1000;
 
   return {
     async verify(token: string): Promise<Principal> {
@@ -123,7 +132,7 @@ export function createTokenVerifier(config: VerifyConfig): TokenVerifier {
       try {
         const { payload } =
           typeof key === 'function' ? await jwtVerify(token, key, options) : await jwtVerify(token, key, options);
-        return toPrincipal(payload);
+        return toPrincipal(payload, graceMs);
       } catch (err) {
         if (err instanceof AuthError) throw err;
         if (err instanceof joseErrors.JWTExpired) throw new AuthError(AuthErrorCode.Expired, 'token expired');

@@ -60,6 +60,10 @@ export const configSchema = z.object({
   jwtAlgorithms: list().optional(),
   jwtClockTolerance: duration(),
   maxTokenLength: int(64),
+  /** After a JWKS fetch, unknown `kid`s wait this long before the next fetch (jose cooldownDuration). */
+  jwksCooldown: duration(),
+  /** A fetched JWKS is refreshed after this long (jose cacheMaxAge). */
+  jwksCacheMaxAge: duration(1000),
 
   allowedOrigins: list().optional(),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
@@ -80,7 +84,11 @@ export const configSchema = z.object({
   outboundMessagesPerSecond: positive(),
   outboundBurst: int(1),
   maxQueuedMessages: int(1),
+  /** Characters of frames waiting in one connection's outbound queue. */
+  maxQueuedBytes: int(1024),
   maxBufferedBytes: int(1024),
+  /** How long a socket's buffer may stay at or over maxBufferedBytes before it is a slow consumer. */
+  slowConsumerTimeout: duration(10),
   maxConnectionsPerUser: int(1),
   maxSubscriptionsPerConnection: int(1),
 

@@ -45,7 +45,13 @@ export class Connection {
   log: Logger;
 
   private queue: OutFrame[] = [];
+  /** Characters of text in `queue` (a cheap stand-in for its bytes). */
+  private queuedChars = 0;
   private dirty = false;
+  /** The pacer holds a limiter for this connection (it went past its outbound burst). */
+  private paced = false;
+  /** When the socket buffer was first seen at or over maxBufferedBytes; 0 while it is under. */
+  private stalledSince = 0;
   private readonly inbound: TokenBucket;
   private outbound: TokenBucket;
   private readonly errors: ErrorBudget;
@@ -96,6 +102,13 @@ export class Connection {
       this.fail(new ProtocolError(ErrorCode.RateLimited, 'too many requests; slow down'));
       return;
     }
+    // Admitted requests that wait behind a slow one (auth, subscribe) are capped too, so a client
+    // cannot pile up work and memory while a handler waits on NATS.
+    if (this.backlog.length >= this.hub.config.burstSize) {
+      this.hub.stats.rateLimited += 1;
+      this.fail(new ProtocolError(ErrorCode.RateLimited, 'too many requests in flight; wait for the answers'));
+      return;
+    }
     this.inOrder(() => this.process(data, isBinary));
   }
 
@@ -103,13 +116,18 @@ export class Connection {
     if (isBinary) {
       return this.fail(new ProtocolError(ErrorCode.InvalidMessage, 'binary frames are not supported; send JSON text'));
     }
+    // The socket accepts frames up to maxTokenLength + 1 KiB so that an `auth` message can carry
+    // an RS/PS token (they rarely fit in 512 bytes); every other message keeps maxMessageSize.
+    const oversized = (typeof data === 'string' ? Buffer.byteLength(data) : data.length) > this.hub.config.maxMessageSize;
     const text = typeof data === 'string' ? data : data.toString('utf8');
     let message;
     try {
       message = parseClientMessage(text);
     } catch (err) {
+      if (oversized) return this.close(CloseCode.MessageTooBig, 'message too big');
       return this.fail(err, peekMessageId(text));
     }
+    if (oversized && message.type !== MessageType.Auth) return this.close(CloseCode.MessageTooBig, 'message too big');
     if (this.state !== 'open' && message.type !== MessageType.Auth) {
       const err = new ProtocolError(ErrorCode.Unauthorized, 'authenticate first: send {"type":"auth","data":{"token":...}}');
       return this.fail(err, message.message_id);
@@ -163,8 +181,17 @@ export class Connection {
     } else {
       this.log.warn({ err }, 'processor failed');
     }
-    this.hub.stats.errorsSent += 1;
     this.send(errorMessage(code, text, inReplyTo ? { ...details, in_reply_to: inReplyTo } : details));
+    this.countError();
+  }
+
+  /**
+   * Count one error sent to the client (an `error` frame, or `auth_failed` on a live connection)
+   * against the budget: maxErrors within errorResetInterval closes the connection with 4429.
+   */
+  countError(): void {
+    if (this.state === 'closed') return;
+    this.hub.stats.errorsSent += 1;
     if (this.errors.record(Date.now())) {
       this.close(CloseCode.TooManyErrors, 'too many errors');
     }
@@ -209,39 +236,107 @@ export class Connection {
   enqueue(frame: OutFrame): void {
     if (this.state === 'closed') return;
     this.queue.push(frame);
-    if (this.queue.length > this.hub.config.maxQueuedMessages) {
-      this.slowConsumer('outbound queue over its cap');
-      return;
-    }
+    this.queuedChars += frame.text.length;
     if (!this.dirty) {
       this.dirty = true;
       this.hub.markDirty(this);
     }
   }
 
-  /** Write what the budget allows; the rest waits for the slow lane. */
+  /**
+   * Write what the budget allows and the socket buffer has room for; the rest waits, for the
+   * slow lane (budget spent) or the next tick (buffer room spent). While the socket is
+   * backlogged nothing is written, so its buffer never exceeds maxBufferedBytes by more than one
+   * frame. What is left waiting is capped (maxQueuedMessages, maxQueuedBytes) after the write, so
+   * a burst that arrives within one tick and that the socket takes is not a slow consumer.
+   */
   flush(now: number): void {
     this.dirty = false;
     if (this.state === 'closed' || this.queue.length === 0) return;
-    const n = this.outbound.takeUpTo(this.queue.length, now);
+    let n = 0;
+    let fit = 0;
+    if (!this.backlogged(now)) {
+      const room = this.hub.config.maxBufferedBytes - this.transport.bufferedAmount;
+      fit = this.queuedChars <= room ? this.queue.length : this.framesWithin(room);
+      n = this.outbound.takeUpTo(fit, now);
+    }
     if (n > 0) {
       let batch: OutFrame[];
       if (n === this.queue.length) {
         batch = this.queue;
         this.queue = [];
+        this.queuedChars = 0;
       } else {
         batch = this.queue.slice(0, n);
         this.queue = this.queue.slice(n);
+        for (const f of batch) this.queuedChars -= f.text.length;
       }
       this.transport.write(batch);
       this.messagesOut += n;
       this.hub.stats.messagesSent += n;
-      if (this.transport.bufferedAmount > this.hub.config.maxBufferedBytes) {
-        this.slowConsumer('socket buffer over its cap');
-        return;
+      // Start the slow-consumer clock; the next look (next flush or the sweep) decides.
+      if (this.stalledSince === 0 && this.transport.bufferedAmount >= this.hub.config.maxBufferedBytes) {
+        this.stalledSince = now;
       }
     }
-    if (this.queue.length > 0) this.hub.pacer.schedule(this.id, () => this.flush(Date.now()));
+    if ((this.state as ConnectionState) === 'closed') return; // backlogged() found a slow consumer
+    const c = this.hub.config;
+    if (this.queue.length > c.maxQueuedMessages || this.queuedChars > c.maxQueuedBytes) {
+      return this.slowConsumer('outbound queue over its cap');
+    }
+    if (this.queue.length === 0) {
+      if (this.paced) {
+        this.paced = false;
+        this.hub.pacer.forget(this.id);
+      }
+    } else if (n < fit) {
+      this.paced = true; // budget spent: wait for a lease
+      this.hub.pacer.schedule(this.id, () => this.flush(Date.now()));
+    } else if (fit > 0) {
+      this.dirty = true; // buffer room spent: look again next tick, when the socket has written
+      this.hub.markDirty(this);
+    } // else backlogged: the hub's sweep looks again
+  }
+
+  /** How many queued frames fit in `room` characters; at least one, so a big frame still goes. */
+  private framesWithin(room: number): number {
+    let chars = this.queue[0].text.length;
+    let n = 1;
+    while (n < this.queue.length && chars + this.queue[n].text.length <= room) chars += this.queue[n++].text.length;
+    return n;
+  }
+
+  /**
+   * True while the socket buffer is at or over maxBufferedBytes. A buffer that stays there for
+   * slowConsumerTimeout (seen at two checks that far apart, with none under the cap between)
+   * makes this a slow consumer. The hub's sweep checks stalled connections again, so a socket
+   * that drains resumes even when no new frame arrives.
+   */
+  private backlogged(now: number): boolean {
+    if (this.transport.bufferedAmount < this.hub.config.maxBufferedBytes) {
+      this.stalledSince = 0;
+      return false;
+    }
+    if (this.stalledSince === 0) {
+      this.stalledSince = now;
+    } else if (now - this.stalledSince >= this.hub.config.slowConsumerTimeout) {
+      this.slowConsumer(`socket buffer over its cap for ${now - this.stalledSince} ms`);
+    }
+    return true;
+  }
+
+  /** The sweep's look at a stalled connection: close it, or resume writing once it drained. */
+  recheckStalled(now: number): void {
+    if (this.stalledSince !== 0 && !this.backlogged(now) && this.queue.length > 0) this.flush(now);
+  }
+
+  get stalled(): boolean {
+    return this.stalledSince !== 0;
+  }
+
+  /** Frames and characters waiting in the outbound queue. */
+  get queued(): { messages: number; chars: number } {
+    return { messages: this.queue.length, chars: this.queuedChars };
   }
 
   slowConsumer(reason: string): void {
@@ -249,6 +344,7 @@ export class Connection {
     this.hub.stats.slowConsumers += 1;
     this.log.warn({ queued: this.queue.length, buffered: this.transport.bufferedAmount }, `slow consumer: ${reason}`);
     this.queue = [];
+    this.queuedChars = 0;
     this.close(CloseCode.SlowConsumer, 'slow consumer: resume with since');
   }
 
@@ -262,6 +358,7 @@ export class Connection {
       if (n > 0) this.transport.write(this.queue.slice(0, n));
     }
     this.queue = [];
+    this.queuedChars = 0;
     this.transport.close(code, truncateCloseReason(reason));
     this.closed(code, reason);
   }

@@ -24,9 +24,12 @@ export type HubConfig = Pick<
   | 'outboundMessagesPerSecond'
   | 'outboundBurst'
   | 'maxQueuedMessages'
+  | 'maxQueuedBytes'
   | 'maxBufferedBytes'
+  | 'slowConsumerTimeout'
   | 'maxConnectionsPerUser'
   | 'maxSubscriptionsPerConnection'
+  | 'maxMessageSize'
 >;
 
 export interface HubStats {
@@ -85,7 +88,10 @@ export class Hub {
     this.pacer = new OutboundPacer({ leaseInterval, idleTimeout: 30_000 });
     const c = this.config;
     // Often enough to honour the shortest of the deadlines it checks, never busier than 1/s.
-    const every = Math.max(5, Math.min(1000, c.authTimeout / 2, (c.pongTimeout - c.pingInterval) / 2, c.pingInterval / 2));
+    const every = Math.max(
+      5,
+      Math.min(1000, c.authTimeout / 2, (c.pongTimeout - c.pingInterval) / 2, c.pingInterval / 2, c.slowConsumerTimeout / 2),
+    );
     this.sweepTimer = setInterval(() => this.sweep(Date.now()), every);
     this.sweepTimer.unref();
   }
@@ -101,10 +107,16 @@ export class Hub {
     return conn;
   }
 
+  /** True when the user already has maxConnectionsPerUser connections here (the handshake answers 429). */
+  userAtCapacity(userId: string): boolean {
+    return (this.users.get(userId)?.size ?? 0) >= this.config.maxConnectionsPerUser;
+  }
+
   /** Enforce maxConnectionsPerUser; registers the connection under its user. */
   admitUser(conn: Connection, userId: string): boolean {
     let set = this.users.get(userId);
-    if (set && set.size >= this.config.maxConnectionsPerUser) {
+    if (this.userAtCapacity(userId)) {
+      this.stats.errorsSent += 1;
       conn.send(errorMessage(ErrorCode.Forbidden, 'too many connections for this user'));
       conn.close(CloseCode.Forbidden, 'too many connections for this user');
       return false;
@@ -241,6 +253,7 @@ export class Hub {
       }
       const expiresAt = conn.principal?.expiresAt;
       if (expiresAt !== undefined && expiresAt <= now) {
+        this.stats.errorsSent += 1;
         conn.send(errorMessage(ErrorCode.TokenExpired, 'token expired; reconnect with a fresh token'));
         conn.close(CloseCode.Unauthorized, 'token expired');
         continue;
@@ -255,6 +268,7 @@ export class Hub {
         conn.lastPing = now;
         conn.transport.ping();
       }
+      if (conn.stalled) conn.recheckStalled(now);
     }
   }
 

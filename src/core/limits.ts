@@ -7,7 +7,12 @@
  * - OutboundPacer: Bottleneck, for the slow lane only. When a connection has spent its burst, its
  *   queued frames wait for a Bottleneck job that grants the next lease of budget; one job buys a
  *   whole lease of sends, never one per message. Limiters are created lazily in a Bottleneck.Group
- *   and dropped when idle, so idle connections hold no timers.
+ *   and dropped as soon as the connection's backlog drains (the Group's idle timeout is a backstop),
+ *   so connections within budget, idle or not, hold no limiter and no timer.
+ *
+ * Measured on the 2-core dev machine (bench/limiter-cost.js, figures in docs/protection.md): a
+ * bucket check costs a few ns; a Bottleneck job costs hundreds of µs of CPU and milliseconds of
+ * latency, and can only answer through a promise.
  */
 import Bottleneck from 'bottleneck';
 
@@ -74,8 +79,9 @@ export class ErrorBudget {
     return this.count >= this.maxErrors;
   }
 
+  /** Errors counted in the current window; 0 once the window has passed. */
   get errors(): number {
-    return this.count;
+    return Date.now() - this.windowStart >= this.windowMs ? 0 : this.count;
   }
 }
 
@@ -110,6 +116,7 @@ export class OutboundPacer {
       .catch(() => this.waiting.delete(connectionId));
   }
 
+  /** Drop the connection's limiter (its backlog drained, or it closed). */
   forget(connectionId: string): void {
     this.waiting.delete(connectionId);
     void this.group.deleteKey(connectionId);

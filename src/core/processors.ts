@@ -23,8 +23,10 @@ const processors: Processors = {
     } catch (err) {
       const reason = err instanceof AuthError ? err.message : 'invalid token';
       if (conn.state === 'open') {
-        // A failed refresh keeps the connection on its current token until that one expires.
+        // A failed refresh keeps the connection on its current token until that one expires,
+        // and counts as an error, so a client cannot probe tokens without limit.
         conn.send(serverMessage(MessageType.AuthFailed, { reason, code: (err as AuthError).code }));
+        conn.countError();
         return;
       }
       conn.send(serverMessage(MessageType.AuthFailed, { reason, code: (err as AuthError).code }));
@@ -33,6 +35,7 @@ const processors: Processors = {
     }
     if (conn.state === 'open' && principal.userId !== conn.userId) {
       conn.send(serverMessage(MessageType.AuthFailed, { reason: 'a refreshed token must have the same sub', code: 'token_invalid' }));
+      conn.countError();
       return;
     }
     if (conn.state === 'closed') return;

@@ -17,7 +17,7 @@ import { WsTransport } from './ws-transport.js';
 export const WS_PATH = '/ws/connect';
 
 export interface HttpServerOptions {
-  config: Pick<Config, 'maxMessageSize' | 'allowedOrigins'>;
+  config: Pick<Config, 'maxMessageSize' | 'maxTokenLength' | 'allowedOrigins'>;
   hub: Hub;
   log: Logger;
   /** Koa's `app.callback()` */
@@ -47,7 +47,9 @@ export function createHttpServer(options: HttpServerOptions): Server {
   const { config, hub, log } = options;
   const wss = new WebSocketServer({
     noServer: true,
-    maxPayload: config.maxMessageSize,
+    // Room for an `auth` message with a token up to maxTokenLength; the connection holds every
+    // other message to maxMessageSize (1009), so only auth frames may be this large.
+    maxPayload: Math.max(config.maxMessageSize, config.maxTokenLength + 1024),
     perMessageDeflate: false,
     clientTracking: false,
   });
@@ -59,17 +61,23 @@ export function createHttpServer(options: HttpServerOptions): Server {
   });
 
   async function upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    // `url` is masked by the logger's redaction (token query parameter), like the headers.
+    const refused = (status: number, reason: string, message: string, detail?: Record<string, unknown>): void => {
+      log.debug({ status, url: req.url, origin: req.headers.origin, ...detail }, `upgrade refused: ${message}`);
+      refuse(socket, status, reason, message);
+    };
     let url: URL;
     try {
       url = new URL(req.url ?? '/', 'http://localhost');
     } catch {
-      return refuse(socket, 400, 'Bad Request', 'bad request target');
+      return refused(400, 'Bad Request', 'bad request target');
     }
-    if (url.pathname !== WS_PATH) return refuse(socket, 404, 'Not Found', `WebSocket endpoint is ${WS_PATH}`);
-    if (options.draining()) return refuse(socket, 503, 'Service Unavailable', 'shutting down; connect to another instance');
+    if (url.pathname !== WS_PATH) return refused(404, 'Not Found', `WebSocket endpoint is ${WS_PATH}`);
+    if (options.draining()) return refused(503, 'Service Unavailable', 'shutting down; connect to another instance');
+    // Browsers always send Origin; other clients may not, and are not what this check is about.
     const origin = req.headers.origin;
     if (origins && origin !== undefined && !origins.has(origin)) {
-      return refuse(socket, 403, 'Forbidden', 'origin not allowed');
+      return refused(403, 'Forbidden', 'origin not allowed');
     }
     let principal: Principal | undefined;
     const token = handshakeToken(req, url);
@@ -78,8 +86,11 @@ export function createHttpServer(options: HttpServerOptions): Server {
         principal = await hub.auth.verify(token);
       } catch (err) {
         const code = err instanceof AuthError ? err.code : 'token_invalid';
-        log.debug({ code }, 'handshake token refused');
-        return refuse(socket, 401, 'Unauthorized', code === 'token_expired' ? 'token expired' : 'invalid token');
+        return refused(401, 'Unauthorized', code === 'token_expired' ? 'token expired' : 'invalid token', { code });
+      }
+      // Refused before any WebSocket state exists; admitUser checks again when the connection registers.
+      if (hub.userAtCapacity(principal.userId)) {
+        return refused(429, 'Too Many Requests', 'too many connections for this user', { user: principal.userId });
       }
     }
     if (socket.destroyed) return;

@@ -1,71 +1,137 @@
-import { generateKeyPairSync } from 'node:crypto';
-import { SignJWT, UnsecuredJWT } from 'jose';
+/**
+ * The JWT verifier: which algorithms each kind of key accepts, the explicit allow-list, claims and
+ * clock tolerance, and the stable error codes. (Attacks through real sockets: test/integration/jwt.test.ts.)
+ */
+import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { SignJWT } from 'jose';
 import { describe, expect, it } from 'vitest';
-import { createTokenVerifier, mayAccessProject, mintToken } from '../../src/auth.js';
+import { createTokenVerifier } from '../../src/auth.js';
+import { loadConfig, type ConfigInput } from '../../src/config.js';
 import { AuthError } from '../../src/errors.js';
 
-const SECRET = 'unit-test-secret-0123456789-0123456789';
-const base = { jwtClockTolerance: 0, maxTokenLength: 8192 };
-const verifier = createTokenVerifier({ ...base, jwtSecret: SECRET });
+const SECRET = 'unit-secret-that-is-long-enough-for-hs512-0123456789-0123456789-abcdef';
 
-async function refusal(token: string, v = verifier): Promise<AuthError> {
-  const err = await v.verify(token).then(
+function verifier(overrides: ConfigInput) {
+  return createTokenVerifier(loadConfig({ env: {}, overrides }));
+}
+
+async function sign(alg: string, key: KeyObject | Uint8Array, claims: Record<string, unknown> = {}, sub: string | null = 'alice') {
+  const jwt = new SignJWT({ projects: ['p1'], roles: ['admin'], ...claims }).setProtectedHeader({ alg }).setIssuedAt();
+  if (sub) jwt.setSubject(sub);
+  if (!('exp' in claims)) jwt.setExpirationTime('1h');
+  return jwt.sign(key);
+}
+
+async function refusal(p: Promise<unknown>): Promise<string> {
+  const err = await p.then(
     () => undefined,
     (e: unknown) => e,
   );
   expect(err).toBeInstanceOf(AuthError);
-  return err as AuthError;
+  return (err as AuthError).code;
 }
 
-describe('token verification', () => {
-  it('maps sub, roles and projects claims to a principal', async () => {
-    const p = await verifier.verify(await mintToken(SECRET, { sub: 'u1', roles: ['admin'], projects: ['a', 'b'] }));
-    expect(p.userId).toBe('u1');
-    expect(p.roles).toEqual(['admin']);
-    expect(p.projects).toEqual(['a', 'b']);
-    expect(p.expiresAt).toBeGreaterThan(Date.now());
-    expect(mayAccessProject(p, 'a')).toBe(true);
-    expect(mayAccessProject(p, 'c')).toBe(false);
+/** Node KeyObjects: unlike WebCrypto keys they are not bound to one hash, so one RSA key signs RS* and PS*. */
+function keyPair(kind: 'rsa' | 'ES256' | 'ES384' | 'ES512' | 'ed25519') {
+  const curves = { ES256: 'P-256', ES384: 'P-384', ES512: 'P-521' } as const;
+  const { publicKey, privateKey } =
+    kind === 'rsa'
+      ? generateKeyPairSync('rsa', { modulusLength: 2048 })
+      : kind === 'ed25519'
+        ? generateKeyPairSync('ed25519')
+        : generateKeyPairSync('ec', { namedCurve: curves[kind] });
+  return { pem: publicKey.export({ type: 'spki', format: 'pem' }) as string, privateKey };
+}
+
+const secretKey = new TextEncoder().encode(SECRET);
+
+describe('algorithms per key type', () => {
+  it('accepts HS256, HS384 and HS512 with JWT_SECRET', async () => {
+    const v = verifier({ jwtSecret: SECRET });
+    for (const alg of ['HS256', 'HS384', 'HS512']) {
+      const p = await v.verify(await sign(alg, secretKey));
+      expect(p).toMatchObject({ userId: 'alice', roles: ['admin'], projects: ['p1'] });
+    }
   });
 
-  it('treats "*" in projects as every project', async () => {
-    const p = await verifier.verify(await mintToken(SECRET, { sub: 'u1', projects: ['*'] }));
-    expect(p.projects).toBe('*');
-    expect(mayAccessProject(p, 'anything')).toBe(true);
+  it('accepts RS256/384/512 and PS256/384/512 with an RSA public key, and nothing else', async () => {
+    const { pem, privateKey } = keyPair('rsa');
+    const v = verifier({ jwtPublicKey: pem });
+    for (const alg of ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512']) {
+      expect((await v.verify(await sign(alg, privateKey))).userId).toBe('alice');
+    }
+    const ec = keyPair('ES256');
+    expect(await refusal(v.verify(await sign('ES256', ec.privateKey)))).toBe('token_invalid');
+    expect(await refusal(v.verify(await sign('HS256', new TextEncoder().encode(pem))))).toBe('token_invalid');
   });
 
-  it('refuses expired, badly signed, unsigned, sub-less and oversized tokens with stable codes', async () => {
-    expect((await refusal(await mintToken(SECRET, { sub: 'u', expiresIn: -10 }))).code).toBe('token_expired');
-    expect((await refusal(await mintToken('another-secret-0123456789-0123456789', { sub: 'u' }))).code).toBe('token_invalid');
-    expect((await refusal(new UnsecuredJWT({ sub: 'u' }).encode())).code).toBe('token_invalid');
-    const noSub = await new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).sign(new TextEncoder().encode(SECRET));
-    expect((await refusal(noSub)).code).toBe('token_no_subject');
-    expect((await refusal('x'.repeat(9000))).code).toBe('token_too_large');
-    expect((await refusal('')).code).toBe('token_missing');
+  it('accepts ES256, ES384 and ES512 with the matching curve only', async () => {
+    for (const alg of ['ES256', 'ES384', 'ES512']) {
+      const { pem, privateKey } = keyPair(alg as 'ES256');
+      const v = verifier({ jwtPublicKey: pem });
+      expect((await v.verify(await sign(alg, privateKey))).userId).toBe('alice');
+    }
   });
 
-  it('refuses an HS256 token signed with the RSA public key when the key is RSA (key confusion)', async () => {
-    const { publicKey, privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-    const pem = publicKey.export({ type: 'spki', format: 'pem' }).toString();
-    const rsa = createTokenVerifier({ ...base, jwtPublicKey: pem });
-    const good = await new SignJWT({}).setProtectedHeader({ alg: 'RS256' }).setSubject('u').sign(privateKey);
-    expect((await rsa.verify(good)).userId).toBe('u');
-    const confused = await new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setSubject('u').sign(new TextEncoder().encode(pem));
-    expect((await refusal(confused, rsa)).code).toBe('token_invalid');
+  it('accepts EdDSA with an Ed25519 public key', async () => {
+    const { pem, privateKey } = keyPair('ed25519');
+    expect((await verifier({ jwtPublicKey: pem }).verify(await sign('EdDSA', privateKey))).userId).toBe('alice');
   });
 
-  it('checks issuer and audience when configured', async () => {
-    const strict = createTokenVerifier({ ...base, jwtSecret: SECRET, jwtIssuer: 'idp', jwtAudience: 'sidecar' });
-    expect((await strict.verify(await mintToken(SECRET, { sub: 'u', issuer: 'idp', audience: 'sidecar' }))).userId).toBe('u');
-    await refusal(await mintToken(SECRET, { sub: 'u', issuer: 'other', audience: 'sidecar' }), strict);
-    await refusal(await mintToken(SECRET, { sub: 'u', issuer: 'idp', audience: 'other' }), strict);
-    await refusal(await mintToken(SECRET, { sub: 'u' }), strict);
+  it('reads a PEM whose newlines arrive as literal \\n in an environment variable', async () => {
+    const { pem, privateKey } = keyPair('ES256');
+    const config = loadConfig({ env: { JWT_PUBLIC_KEY: pem.replace(/\n/g, '\\n') } });
+    expect((await createTokenVerifier(config).verify(await sign('ES256', privateKey))).userId).toBe('alice');
+  });
+});
+
+describe('JWT_ALGORITHMS', () => {
+  it('narrows what the key allows', async () => {
+    const v = verifier({ jwtSecret: SECRET, jwtAlgorithms: 'HS512' });
+    expect((await v.verify(await sign('HS512', secretKey))).userId).toBe('alice');
+    expect(await refusal(v.verify(await sign('HS256', secretKey)))).toBe('token_invalid');
   });
 
-  it('narrows algorithms to an explicit allow-list', async () => {
-    const only512 = createTokenVerifier({ ...base, jwtSecret: SECRET, jwtAlgorithms: ['HS512'] });
-    await refusal(await mintToken(SECRET, { sub: 'u' }), only512); // HS256
-    const hs512 = await new SignJWT({}).setProtectedHeader({ alg: 'HS512' }).setSubject('u').sign(new TextEncoder().encode(SECRET));
-    expect((await only512.verify(hs512)).userId).toBe('u');
+  it('can never widen it: an HS algorithm with a public key leaves nothing and stops start-up', async () => {
+    const { pem } = keyPair('rsa');
+    expect(() => verifier({ jwtPublicKey: pem, jwtAlgorithms: 'HS256' })).toThrow(/JWT_ALGORITHMS/);
+  });
+
+  it('refuses "none" in the configuration', () => {
+    expect(() => loadConfig({ env: { JWT_SECRET: SECRET, JWT_ALGORITHMS: 'HS256,none' } })).toThrow(/never accepted/);
+  });
+});
+
+describe('claims and clock', () => {
+  const now = () => Math.floor(Date.now() / 1000);
+
+  it('accepts a token expired within the clock tolerance and keeps that grace in expiresAt', async () => {
+    const v = verifier({ jwtSecret: SECRET, jwtClockTolerance: '5s' });
+    const exp = now() - 2;
+    const p = await v.verify(await sign('HS256', secretKey, { exp }));
+    expect(p.expiresAt).toBe(exp * 1000 + 5000);
+  });
+
+  it('refuses an expired token with token_expired, and a future nbf with token_invalid', async () => {
+    const v = verifier({ jwtSecret: SECRET, jwtClockTolerance: 0 });
+    expect(await refusal(v.verify(await sign('HS256', secretKey, { exp: now() - 1 })))).toBe('token_expired');
+    expect(await refusal(v.verify(await sign('HS256', secretKey, { nbf: now() + 60 })))).toBe('token_invalid');
+  });
+
+  it('requires issuer and audience when configured', async () => {
+    const v = verifier({ jwtSecret: SECRET, jwtIssuer: 'https://issuer.test', jwtAudience: 'sidecar' });
+    expect(
+      (await v.verify(await sign('HS256', secretKey, { iss: 'https://issuer.test', aud: 'sidecar' }))).userId,
+    ).toBe('alice');
+    expect(await refusal(v.verify(await sign('HS256', secretKey, { iss: 'https://evil.test', aud: 'sidecar' })))).toBe('token_invalid');
+    expect(await refusal(v.verify(await sign('HS256', secretKey, { iss: 'https://issuer.test', aud: 'other' })))).toBe('token_invalid');
+    expect(await refusal(v.verify(await sign('HS256', secretKey)))).toBe('token_invalid');
+  });
+
+  it('refuses a token without sub, or over maxTokenLength before verifying it', async () => {
+    const v = verifier({ jwtSecret: SECRET, maxTokenLength: 512 });
+    expect(await refusal(v.verify(await sign('HS256', secretKey, {}, null)))).toBe('token_no_subject');
+    expect(await refusal(v.verify(await sign('HS256', secretKey, { pad: 'x'.repeat(600) })))).toBe('token_too_large');
+    expect(await refusal(v.verify(''))).toBe('token_missing');
   });
 });
