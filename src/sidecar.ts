@@ -16,6 +16,9 @@ import { createApi } from './http/api.js';
 import { createHttpServer, WS_PATH } from './http/server.js';
 import { createLogger } from './logger.js';
 import { NatsBroker } from './nats/broker.js';
+import { NatsClientEvents } from './nats/client-events.js';
+import { NatsPresence } from './nats/presence.js';
+import { ProjectAuthorizer } from './nats/project-authorizer.js';
 import { NatsServerNotFoundError, startEmbeddedNats, type EmbeddedNats } from './nats/embedded-server.js';
 
 export interface SidecarOptions {
@@ -36,6 +39,8 @@ export class Sidecar {
     readonly hub: Hub,
     readonly server: Server,
     readonly embeddedNats: EmbeddedNats | undefined,
+    readonly presence: NatsPresence,
+    readonly authorizer: ProjectAuthorizer,
   ) {}
 
   /** Start everything; resolves once the port is listening and the stream is ready. */
@@ -59,11 +64,34 @@ export class Sidecar {
     }
 
     let broker: NatsBroker | undefined;
+    let presence: NatsPresence | undefined;
     try {
       broker = await NatsBroker.connect(natsConfig, log.child({ component: 'nats' }), `nats-ws-sidecar ${instanceId}`);
       await broker.ensureStream();
-      const hub = new Hub({ config, instanceId, log: log.child({ component: 'hub' }), broker, auth: verifier });
+      const b = broker;
+      presence = await NatsPresence.start({
+        nc: b.nc,
+        js: b.js,
+        jsm: b.jsm,
+        config,
+        instanceId,
+        log: log.child({ component: 'presence' }),
+        publish: (topic, payload, msgId) => b.publish(topic, payload, msgId),
+      });
+      const authorizer = new ProjectAuthorizer(config, b.nc, instanceId, log.child({ component: 'authz' }));
+      const clientEvents = new NatsClientEvents(b.nc, config.subjectPrefix, instanceId, config.clientEvents);
+      const hub = new Hub({
+        config,
+        instanceId,
+        log: log.child({ component: 'hub' }),
+        broker,
+        auth: verifier,
+        presence,
+        access: authorizer,
+        clientEvents,
+      });
       broker.setSink((topic, event) => hub.publish(topic, event));
+      authorizer.listenForRevocations((userId, projectId) => hub.revoke(userId, projectId));
       // Broadcasts go to every connection: one permanent subscription.
       hub.broker.setInterest('broadcast', true);
 
@@ -78,10 +106,11 @@ export class Sidecar {
           ok();
         });
       });
-      sidecar = new Sidecar(config, instanceId, log, broker, hub, server, embedded);
+      sidecar = new Sidecar(config, instanceId, log, broker, hub, server, embedded, presence, authorizer);
       log.info({ url: sidecar.url, ws: sidecar.wsUrl }, 'nats-ws-sidecar listening');
       return sidecar;
     } catch (err) {
+      await presence?.stop().catch(() => {});
       await broker?.close().catch(() => {});
       await embedded?.stop().catch(() => {});
       throw err;
@@ -122,6 +151,9 @@ export class Sidecar {
       const closed = new Promise<void>((ok) => this.server.close(() => ok()));
       await this.hub.close(CloseCode.GoingAway, 'server shutting down; reconnect');
       this.server.closeAllConnections?.();
+      // The closed connections' users leave (user_left where they were the last) before NATS goes.
+      await this.presence.stop();
+      this.authorizer.stop();
       await this.broker.close();
       await closed;
     })();
