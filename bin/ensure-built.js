@@ -19,7 +19,9 @@ function newest(dir) {
 export function ensureBuilt() {
   const out = join(root, 'dist', 'main.js');
   const src = join(root, 'src');
-  if (existsSync(out) && (!existsSync(src) || statSync(out).mtimeMs >= newest(src))) return;
+  // Compare with the newest file in dist/, not main.js: an incremental build rewrites only outputs
+  // that changed (and its .tsbuildinfo), so main.js alone can stay older than src/ forever.
+  if (existsSync(out) && (!existsSync(src) || newest(join(root, 'dist')) >= newest(src))) return;
   let tsc;
   try {
     tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
