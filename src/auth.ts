@@ -22,6 +22,8 @@ export interface Principal {
   readonly projects: readonly string[] | '*';
   /** Expiry, ms since epoch; undefined when the token has no `exp`. */
   readonly expiresAt: number | undefined;
+  /** Every verified claim, for backends that decide access themselves (`request` authorization). */
+  readonly claims?: Readonly<Record<string, unknown>>;
 }
 
 export interface TokenVerifier {
@@ -71,6 +73,7 @@ function toPrincipal(payload: JWTPayload, graceMs: number): Principal {
     roles: strings(payload.roles),
     projects: projects.includes('*') ? '*' : projects,
     expiresAt: typeof payload.exp === 'number' ? payload.exp * 1000 + graceMs : undefined,
+    claims: payload,
   };
 }
 

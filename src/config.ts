@@ -100,6 +100,22 @@ export const configSchema = z.object({
   fleetHeartbeat: duration(100),
   /** On shutdown, readyz answers 503 for this long before sockets are closed (load balancers move away first). */
   drainDelay: duration(0),
+  /** KV bucket of who is in which project; `<presenceBucket>_INSTANCES` holds instance heartbeats. */
+  presenceBucket: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must match [A-Za-z0-9_-]{1,64}'),
+  /** An instance silent this long is dead: its users leave. Heartbeats every third of it. */
+  presenceTTL: duration(1000),
+  /** Who may subscribe to a project: the token's `projects` claim, anyone, or a backend asked over NATS. */
+  projectAuthorization: z.enum(['claims', 'open', 'request']),
+  /** Subject of `request` mode; default `<subjectPrefix>.authz.project`. */
+  authorizationSubject: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/, 'must be a NATS subject without wildcards')
+    .optional(),
+  authorizationTimeout: duration(1),
+  /** How long a backend's allow/deny answer is reused; 0 asks every time. */
+  authorizationCacheTTL: duration(0),
+  /** Event types clients may send (`client_event`); empty = none. */
+  clientEvents: list().pipe(z.array(z.string().regex(TOKEN_PATTERN, 'each type must match [A-Za-z0-9_-]{1,128}'))),
 });
 
 export type Config = z.infer<typeof configSchema>;

@@ -10,6 +10,8 @@ export const MessageType = {
   Subscription: 'subscription',
   Ping: 'ping',
   Ack: 'ack',
+  Presence: 'presence', // also the answer's type
+  ClientEvent: 'client_event',
   // server -> client
   AuthRequired: 'auth_required',
   AuthSuccess: 'auth_success',
@@ -17,6 +19,9 @@ export const MessageType = {
   Pong: 'pong',
   Error: 'error',
   HistoryTruncated: 'history_truncated',
+  // events the sidecar itself publishes to a project
+  UserJoined: 'user_joined',
+  UserLeft: 'user_left',
 } as const;
 
 /** Codes carried in `{"type":"error","data":{"code":...}}`. */

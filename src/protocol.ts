@@ -44,11 +44,18 @@ const clientMessageSchema = z.discriminatedUnion('type', [
   }),
   z.object({ type: z.literal('ping'), data: z.unknown().optional(), ...envelope }),
   z.object({ type: z.literal('ack'), data: z.object({ seq: seq.min(1) }), ...envelope }),
+  z.object({ type: z.literal('presence'), data: z.object({ project_id: id }), ...envelope }),
+  z.object({
+    type: z.literal('client_event'),
+    // `event` becomes a subject token; unknown fields (a forged user_id, say) are dropped here.
+    data: z.object({ project_id: id, event: id, payload: z.record(z.string(), z.unknown()).optional() }),
+    ...envelope,
+  }),
 ]);
 
 export type ClientMessage = z.infer<typeof clientMessageSchema>;
 export type ClientMessageType = ClientMessage['type'];
-export const CLIENT_MESSAGE_TYPES: readonly string[] = ['auth', 'subscription', 'ping', 'ack'];
+export const CLIENT_MESSAGE_TYPES: readonly string[] = ['auth', 'subscription', 'ping', 'ack', 'presence', 'client_event'];
 
 /** Parse one inbound text frame. Throws ProtocolError(invalid_message) with a precise reason. */
 export function parseClientMessage(text: string): ClientMessage {

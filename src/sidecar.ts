@@ -17,6 +17,9 @@ import { SidecarMetrics } from './http/metrics.js';
 import { createHttpServer, WS_PATH } from './http/server.js';
 import { createLogger } from './logger.js';
 import { NatsBroker } from './nats/broker.js';
+import { NatsClientEvents } from './nats/client-events.js';
+import { NatsPresence } from './nats/presence.js';
+import { ProjectAuthorizer } from './nats/project-authorizer.js';
 import { NatsServerNotFoundError, startEmbeddedNats, type EmbeddedNats } from './nats/embedded-server.js';
 import { Fleet } from './nats/fleet.js';
 import { createOperations } from './operations.js';
@@ -41,6 +44,8 @@ export class Sidecar {
     readonly embeddedNats: EmbeddedNats | undefined,
     readonly fleet: Fleet,
     readonly metrics: SidecarMetrics,
+    readonly presence: NatsPresence,
+    readonly authorizer: ProjectAuthorizer,
   ) {}
 
   /** Start everything; resolves once the port is listening and the stream is ready. */
@@ -66,13 +71,36 @@ export class Sidecar {
     let broker: NatsBroker | undefined;
     let fleet: Fleet | undefined;
     let metrics: SidecarMetrics | undefined;
+    let presence: NatsPresence | undefined;
     try {
       broker = await NatsBroker.connect(natsConfig, log.child({ component: 'nats' }), `nats-ws-sidecar ${instanceId}`);
       await broker.ensureStream();
       const startedAt = Date.now();
-      const hub = new Hub({ config, instanceId, log: log.child({ component: 'hub' }), broker, auth: verifier });
+      const b = broker;
+      presence = await NatsPresence.start({
+        nc: b.nc,
+        js: b.js,
+        jsm: b.jsm,
+        config,
+        instanceId,
+        log: log.child({ component: 'presence' }),
+        publish: (topic, payload, msgId) => b.publish(topic, payload, msgId),
+      });
+      const authorizer = new ProjectAuthorizer(config, b.nc, instanceId, log.child({ component: 'authz' }));
+      const clientEvents = new NatsClientEvents(b.nc, config.subjectPrefix, instanceId, config.clientEvents);
+      const hub = new Hub({
+        config,
+        instanceId,
+        log: log.child({ component: 'hub' }),
+        broker,
+        auth: verifier,
+        presence,
+        access: authorizer,
+        clientEvents,
+      });
       metrics = new SidecarMetrics({ hub, broker, instanceId, startedAt });
       broker.setSink(metrics.timeDelivery((topic, event) => hub.publish(topic, event)));
+      authorizer.listenForRevocations((userId, projectId) => hub.revoke(userId, projectId));
       // Broadcasts go to every connection: one permanent subscription.
       hub.broker.setInterest('broadcast', true);
 
@@ -98,6 +126,7 @@ export class Sidecar {
         operations,
         verifier,
         bodyLimit: config.apiBodyLimit,
+        presence,
       });
       const server = createHttpServer({ config, hub, log, api: api.callback(), draining });
       await new Promise<void>((ok, fail) => {
@@ -107,10 +136,11 @@ export class Sidecar {
           ok();
         });
       });
-      sidecar = new Sidecar(config, instanceId, log, broker, hub, server, embedded, fleet, metrics);
+      sidecar = new Sidecar(config, instanceId, log, broker, hub, server, embedded, fleet, metrics, presence, authorizer);
       log.info({ url: sidecar.url, ws: sidecar.wsUrl }, 'nats-ws-sidecar listening');
       return sidecar;
     } catch (err) {
+      await presence?.stop().catch(() => {});
       fleet?.stop();
       metrics?.close();
       await broker?.close().catch(() => {});
@@ -153,6 +183,9 @@ export class Sidecar {
     const work = (async () => {
       if (this.config.drainDelay > 0) await new Promise((ok) => setTimeout(ok, this.config.drainDelay));
       await this.hub.close(CloseCode.GoingAway, 'server shutting down; reconnect to another instance');
+      // The closed connections' users leave (user_left where they were the last) before NATS goes.
+      await this.presence.stop();
+      this.authorizer.stop();
       this.fleet.stop();
       await this.broker.close();
       // The port stays open until here so readyz can answer 503 while the drain runs.

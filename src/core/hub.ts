@@ -9,7 +9,17 @@ import type { Config } from '../config.js';
 import { CloseCode, ErrorCode, MessageType, errorMessage, serverMessage } from '../protocol.js';
 import { Connection } from './connection.js';
 import { OutboundPacer } from './limits.js';
-import type { AuthPort, BrokerPort, StoredEvent, Topic, Transport } from './ports.js';
+import {
+  topics,
+  type AuthPort,
+  type BrokerPort,
+  type ClientEventPort,
+  type PresencePort,
+  type ProjectAccessPort,
+  type StoredEvent,
+  type Topic,
+  type Transport,
+} from './ports.js';
 import { Subscription } from './subscription.js';
 
 export type HubConfig = Pick<
@@ -49,7 +59,21 @@ export interface HubOptions {
   log: Logger;
   broker: BrokerPort;
   auth: AuthPort;
+  /** Default: none (no user_joined/user_left, empty presence answers). */
+  presence?: PresencePort;
+  /** Default: the token's `projects` claim. */
+  access?: ProjectAccessPort;
+  /** Default: clients may send no events. */
+  clientEvents?: ClientEventPort;
 }
+
+const noPresence: PresencePort = { enter() {}, exit() {}, users: async () => [] };
+const claimsAccess: ProjectAccessPort = {
+  decidedByToken: true,
+  check: async (principal, projectId) =>
+    mayAccessProject(principal, projectId) ? { allowed: true } : { allowed: false, reason: "not in the token's projects claim" },
+};
+const noClientEvents: ClientEventPort = { allows: () => false, publish() {} };
 
 export class Hub {
   readonly config: HubConfig;
@@ -57,6 +81,9 @@ export class Hub {
   readonly log: Logger;
   readonly broker: BrokerPort;
   readonly auth: AuthPort;
+  readonly presence: PresencePort;
+  readonly access: ProjectAccessPort;
+  readonly clientEvents: ClientEventPort;
   readonly pacer: OutboundPacer;
   readonly stats: HubStats = {
     totalConnections: 0,
@@ -84,6 +111,9 @@ export class Hub {
     this.log = options.log;
     this.broker = options.broker;
     this.auth = options.auth;
+    this.presence = options.presence ?? noPresence;
+    this.access = options.access ?? claimsAccess;
+    this.clientEvents = options.clientEvents ?? noClientEvents;
     const leaseInterval = 250;
     this.pacer = new OutboundPacer({ leaseInterval, idleTimeout: 30_000 });
     const c = this.config;
@@ -170,6 +200,7 @@ export class Hub {
       this.broker.setInterest(topic, true);
     }
     room.add(sub);
+    if (conn.userId && topic.startsWith('project.')) this.presence.enter(topic.slice(8), conn.userId);
     return sub;
   }
 
@@ -184,6 +215,7 @@ export class Hub {
       this.topicReady.delete(topic);
       this.broker.setInterest(topic, false);
     }
+    if (conn.userId && topic.startsWith('project.')) this.presence.exit(topic.slice(8), conn.userId);
     return true;
   }
 
@@ -201,7 +233,7 @@ export class Hub {
   /** After a token refresh: leave projects the new token no longer allows. */
   dropForbiddenProjects(conn: Connection): void {
     const principal = conn.principal;
-    if (!principal) return;
+    if (!principal || !this.access.decidedByToken) return;
     for (const topic of [...conn.subscriptions.keys()]) {
       if (!topic.startsWith('project.')) continue;
       const projectId = topic.slice(8);
@@ -211,6 +243,17 @@ export class Hub {
         serverMessage(MessageType.Subscription, { action: 'unsubscribed', project_id: projectId, reason: 'forbidden' }),
       );
     }
+  }
+
+  /** A permission was revoked (from NATS, so on every instance): the user's connections leave the project. */
+  revoke(userId: string, projectId: string): number {
+    let n = 0;
+    for (const conn of [...this.connectionsOf(userId)]) {
+      if (!this.leave(conn, topics.project(projectId))) continue;
+      conn.send(serverMessage(MessageType.Subscription, { action: 'unsubscribed', project_id: projectId, reason: 'revoked' }));
+      n += 1;
+    }
+    return n;
   }
 
   // ---- delivery -----------------------------------------------------------------------------

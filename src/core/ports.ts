@@ -58,3 +58,40 @@ export interface BrokerPort {
 export interface AuthPort {
   verify(token: string): Promise<Principal>;
 }
+
+/**
+ * Fleet-wide presence (nats/presence.ts). The hub calls enter/exit once per connection joining or
+ * leaving a project; the port turns the first enter and the last exit of a user, across every
+ * instance, into `user_joined` / `user_left`.
+ */
+export interface PresencePort {
+  enter(projectId: string, userId: string): void;
+  exit(projectId: string, userId: string): void;
+  /** Users with a connection subscribed to the project anywhere in the fleet, sorted. */
+  users(projectId: string): Promise<string[]>;
+}
+
+export type AccessDecision = { readonly allowed: true } | { readonly allowed: false; readonly reason: string };
+
+/** Who may see a project (nats/project-authorizer.ts). */
+export interface ProjectAccessPort {
+  /** The token's claims alone decide: a refreshed token is re-checked against current subscriptions. */
+  readonly decidedByToken: boolean;
+  check(principal: Principal, projectId: string): Promise<AccessDecision>;
+}
+
+/** An event a client sent to a project, with the identity the sidecar verified. */
+export interface ClientEvent {
+  readonly projectId: string;
+  readonly event: string;
+  readonly payload: Record<string, unknown>;
+  readonly userId: string;
+  readonly connectionId: string;
+  readonly messageId?: string;
+}
+
+/** Where client-sent events go (nats/client-events.ts). */
+export interface ClientEventPort {
+  allows(event: string): boolean;
+  publish(event: ClientEvent): void;
+}

@@ -2,7 +2,6 @@
  * One processor per client message type (the seed's per-type message processors). Each gets the
  * connection and a validated message; throwing a ProtocolError answers the client with its code.
  */
-import { mayAccessProject } from '../auth.js';
 import { AuthError } from '../errors.js';
 import { CloseCode, ErrorCode, MessageType, ProtocolError, serverMessage, type ClientMessage } from '../protocol.js';
 import type { Connection } from './connection.js';
@@ -14,6 +13,16 @@ type Processor<T extends ClientMessage['type']> = (
 ) => void | Promise<void>;
 
 type Processors = { [T in ClientMessage['type']]: Processor<T> };
+
+/** Throws `forbidden` unless the connection may see the project (claims, open or the backend's answer). */
+async function checkAccess(conn: Connection, projectId: string, what: string): Promise<void> {
+  const decision = await conn.hub.access.check(conn.principal!, projectId);
+  if (!decision.allowed) {
+    throw new ProtocolError(ErrorCode.Forbidden, `not allowed to ${what} project "${projectId}": ${decision.reason}`, {
+      project_id: projectId,
+    });
+  }
+}
 
 const processors: Processors = {
   async auth(conn, message) {
@@ -50,11 +59,8 @@ const processors: Processors = {
       conn.send(serverMessage(MessageType.Subscription, { action: 'unsubscribed', project_id: projectId }));
       return;
     }
-    if (!mayAccessProject(conn.principal!, projectId)) {
-      throw new ProtocolError(ErrorCode.Forbidden, `not allowed to subscribe to project "${projectId}"`, {
-        project_id: projectId,
-      });
-    }
+    await checkAccess(conn, projectId, 'subscribe to');
+    if (conn.state !== 'open') return;
     const projectSubs = [...conn.subscriptions.keys()].filter((t) => t.startsWith('project.')).length;
     if (!conn.subscriptions.has(topic) && projectSubs >= conn.hub.config.maxSubscriptionsPerConnection) {
       throw new ProtocolError(ErrorCode.Forbidden, 'too many subscriptions on this connection', { project_id: projectId });
@@ -90,6 +96,35 @@ const processors: Processors = {
 
   ack() {
     // Direct-message acknowledgements are recorded by the offline inbox (see nats/inbox.ts).
+  },
+
+  async presence(conn, message) {
+    const projectId = message.data.project_id;
+    await checkAccess(conn, projectId, 'see');
+    const users = await conn.hub.presence.users(projectId);
+    conn.send(serverMessage(MessageType.Presence, { project_id: projectId, users }));
+  },
+
+  client_event(conn, message) {
+    const { project_id: projectId, event, payload } = message.data;
+    if (!conn.hub.clientEvents.allows(event)) {
+      throw new ProtocolError(ErrorCode.Forbidden, `clients may not send "${event}" events`, { event });
+    }
+    // Subscribed implies authorized: no second access check per event.
+    if (!conn.subscriptions.has(topics.project(projectId))) {
+      throw new ProtocolError(ErrorCode.Forbidden, `subscribe to project "${projectId}" before sending events to it`, {
+        project_id: projectId,
+        event,
+      });
+    }
+    conn.hub.clientEvents.publish({
+      projectId,
+      event,
+      payload: payload ?? {},
+      userId: conn.userId!,
+      connectionId: conn.id,
+      messageId: message.message_id,
+    });
   },
 };
 

@@ -11,7 +11,7 @@ import type { Context, Middleware } from 'koa';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { isAdmin, type Principal } from '../auth.js';
-import { topics, type AuthPort, type Topic } from '../core/ports.js';
+import { topics, type AuthPort, type PresencePort, type Topic } from '../core/ports.js';
 import { AuthErrorCode } from '../errors.js';
 import type { NatsBroker } from '../nats/broker.js';
 import type { FleetAnswer, FleetHandler, Gathered, Fleet } from '../nats/fleet.js';
@@ -23,8 +23,11 @@ import {
   validate,
   type OperationName,
 } from '../operations.js';
+import { TOKEN_PATTERN } from '../config.js';
 import { publishedEventSchema } from '../protocol.js';
 import { readJsonBody } from './json-body.js';
+import { projectPresence } from './presence-routes.js';
+import { publishRevocation } from '../nats/project-authorizer.js';
 import { fleetTotals, type InstanceMetrics, type SidecarMetrics } from './metrics.js';
 
 export const ADMIN_PREFIX = '/api/v1/websocket';
@@ -39,6 +42,7 @@ export interface AdminDeps {
   /** Largest request body, bytes. */
   bodyLimit: number;
   log: Logger;
+  presence: PresencePort;
 }
 
 interface AdminState {
@@ -74,6 +78,7 @@ const adminEvent = publishedEventSchema.extend({
     .optional(),
 });
 const disconnectBody = z.object({ reason: reason.optional() }).optional();
+const revokeBody = z.object({ user_id: z.string().regex(TOKEN_PATTERN, 'must match [A-Za-z0-9_-]{1,128}') });
 
 type Scope = 'cluster' | 'local';
 
@@ -220,6 +225,21 @@ export function createAdminRouter(deps: AdminDeps): Router<AdminState> {
 
   router.post('/users/:id/disconnect', (ctx) => disconnect(ctx, { user_id: ctx.params.id }));
   router.post('/projects/:id/disconnect', (ctx) => disconnect(ctx, { project_id: ctx.params.id }));
+
+  // ---- presence and permissions ---------------------------------------------------------------
+
+  router.get('/projects/:id/presence', async (ctx) => {
+    ctx.body = await projectPresence(deps.presence, id(ctx, 'project_id'));
+  });
+
+  /** Take a project away from a user everywhere: every instance unsubscribes the user's connections. */
+  router.post('/projects/:id/revoke', async (ctx) => {
+    const projectId = id(ctx, 'project_id');
+    const { user_id } = validate(revokeBody, await readJsonBody(ctx, deps.bodyLimit));
+    publishRevocation(broker.nc, broker.prefix, user_id, projectId);
+    audit(ctx, 'revoke', { user_id, project_id: projectId });
+    ctx.body = { ok: true, user_id, project_id: projectId };
+  });
 
   return router;
 }

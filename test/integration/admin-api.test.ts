@@ -58,6 +58,8 @@ const ADMIN_ROUTES: [string, string, unknown?][] = [
   ['POST', `${P}/projects/p1/message`, event],
   ['POST', `${P}/users/u1/disconnect`],
   ['POST', `${P}/projects/p1/disconnect`],
+  ['GET', `${P}/projects/p1/presence`],
+  ['POST', `${P}/projects/p1/revoke`, { user_id: 'u1' }],
 ];
 
 /** An error answer: JSON with a single `error` string, nothing internal. */
@@ -312,6 +314,25 @@ describe('connections, counts and disconnects on one instance', () => {
     for (const c of [s1, s2]) expect((await c.waitForClose()).code).toBe(4010);
     other.send({ type: 'ping' });
     expect((await other.waitForMessage((m) => m.type === 'pong')).type).toBe('pong');
+  });
+});
+
+describe('presence and revocation', () => {
+  it('lists the users present in a project', async () => {
+    await subscribed('pres-a', 'pres-1');
+    await subscribed('pres-b', 'pres-1');
+    const res = await asAdmin('GET', `${P}/projects/pres-1/presence`);
+    expect(res.status).toBe(200);
+    expect(res.body).toMatchObject({ project_id: 'pres-1', users: ['pres-a', 'pres-b'], count: 2 });
+  });
+
+  it('revokes a project from a user: the user is unsubscribed with reason revoked', async () => {
+    const c = await subscribed('rev-a', 'rev-1');
+    const res = await asAdmin('POST', `${P}/projects/rev-1/revoke`, { user_id: 'rev-a' });
+    expect(res.status).toBe(200);
+    const m = await c.waitForMessage((x) => x.type === 'subscription' && x.data.action === 'unsubscribed');
+    expect(m.data).toMatchObject({ project_id: 'rev-1', reason: 'revoked' });
+    expect((await asAdmin('POST', `${P}/projects/rev-1/revoke`, { user_id: 'a.b' })).status).toBe(400);
   });
 });
 

@@ -1,0 +1,220 @@
+/**
+ * Fleet-wide presence with two (and more) sidecars on one nats-server: exactly one user_joined and
+ * one user_left per user per project whatever the tabs, devices and instances; a crashed instance's
+ * users leave after the presence TTL; presence queries from clients and for the admin API.
+ */
+import Koa from 'koa';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { jetstreamManager } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { presenceRoutes, projectPresence } from '../../src/http/presence-routes.js';
+import { startTestNats, type TestNats } from '../helpers/nats.js';
+import { event, publisher, startTestSidecar, type TestSidecar } from '../helpers/sidecar.js';
+import { waitFor } from '../helpers/wait.js';
+import { closeAllClients, connectClient, type TestClient } from '../helpers/ws-client.js';
+
+// Every sidecar on one NATS shares the presence buckets, so they share one TTL too.
+const PRESENCE = { presenceTTL: '3s' };
+
+let nats: TestNats;
+let a: TestSidecar;
+let b: TestSidecar;
+let nc: NatsConnection;
+
+beforeAll(async () => {
+  nats = await startTestNats();
+  [a, b] = await Promise.all([startTestSidecar(nats.url, PRESENCE), startTestSidecar(nats.url, PRESENCE)]);
+  nc = await publisher(nats.url);
+});
+afterEach(() => closeAllClients());
+afterAll(async () => {
+  await nc?.close();
+  await Promise.all([a?.stop(), b?.stop()]);
+  await nats?.cleanup();
+});
+
+async function client(side: TestSidecar, sub: string, projects: string[] = ['*']): Promise<TestClient> {
+  const c = await connectClient(`${side.wsUrl}?token=${await side.token(sub, { projects })}`);
+  await c.waitForMessage((m) => m.type === 'auth_success');
+  return c;
+}
+
+async function subscribe(c: TestClient, project_id: string): Promise<void> {
+  c.send({ type: 'subscription', data: { action: 'subscribe', project_id } });
+  const answer = await c.waitForMessage((m) => m.type === 'subscription' || m.type === 'error');
+  expect(answer.data).toMatchObject({ action: 'subscribed', project_id });
+}
+
+/** A user's connections on an instance, as that instance sees them (a close takes a moment to arrive). */
+const localConnections = (side: TestSidecar, user: string) => side.sidecar.hub.connectionsOf(user).size;
+
+/**
+ * Everything presence had to publish is stored: then a marker published now comes after it, and
+ * once the observer has the marker it has every presence event there will be.
+ */
+async function quiesce(observer: TestClient, project: string, sides: TestSidecar[] = [a, b]): Promise<void> {
+  await Promise.all(sides.map((s) => s.sidecar.presence.settled()));
+  const marker = `marker-${Math.random().toString(36).slice(2)}`;
+  await nc.request(`ws.project.${project}`, event(marker));
+  await observer.waitForMessage((m) => m.type === marker);
+}
+
+const presenceEvents = (c: TestClient, user: string) =>
+  c.messages.filter((m) => (m.type === 'user_joined' || m.type === 'user_left') && m.data.user_id === user).map((m) => m.type);
+
+describe('user_joined and user_left across instances', () => {
+  it('announces a user once per project however many tabs and instances it joins and leaves from', async () => {
+    const project = 'pres-tabs';
+    const observer = await client(a, 'observer');
+    await subscribe(observer, project);
+    // Three tabs on two instances subscribe at once: the instances race on the same presence key.
+    const tabs = await Promise.all([client(a, 'alice'), client(b, 'alice'), client(a, 'alice'), client(b, 'alice')]);
+    await Promise.all(tabs.map((t) => subscribe(t, project)));
+
+    const joined = await observer.waitForMessage((m) => m.type === 'user_joined' && m.data.user_id === 'alice');
+    expect(joined).toMatchObject({ project_id: project, data: { user_id: 'alice', project_id: project } });
+    expect(joined.seq).toBeGreaterThan(0);
+    // Every subscriber hears it, on either instance, including the tabs themselves.
+    await tabs[1].waitForMessage((m) => m.type === 'user_joined' && m.data.user_id === 'alice');
+
+    // Three tabs go (one unsubscribes, two disconnect); one tab on b stays: alice is still there.
+    tabs[0].send({ type: 'subscription', data: { action: 'unsubscribe', project_id: project } });
+    await tabs[0].waitForMessage((m) => m.data?.action === 'unsubscribed');
+    tabs[1].close();
+    tabs[2].close();
+    await waitFor(() => localConnections(a, 'alice') === 1 && localConnections(b, 'alice') === 1);
+    await quiesce(observer, project);
+    expect(presenceEvents(observer, 'alice')).toEqual(['user_joined']);
+
+    tabs[3].close();
+    const left = await observer.waitForMessage((m) => m.type === 'user_left' && m.data.user_id === 'alice');
+    expect(left).toMatchObject({ project_id: project, data: { user_id: 'alice', project_id: project } });
+    await quiesce(observer, project);
+    expect(presenceEvents(observer, 'alice')).toEqual(['user_joined', 'user_left']);
+  });
+
+  it('announces each user of a project separately, and a user in two projects in each', async () => {
+    const observer = await client(b, 'observer2');
+    await subscribe(observer, 'pres-multi-1');
+    await subscribe(observer, 'pres-multi-2');
+    const bob = await client(a, 'bob');
+    const carol = await client(b, 'carol');
+    await subscribe(bob, 'pres-multi-1');
+    await subscribe(bob, 'pres-multi-2');
+    await subscribe(carol, 'pres-multi-1');
+    await quiesce(observer, 'pres-multi-1');
+    const joinedIn = (project: string) =>
+      observer.messages.filter((m) => m.type === 'user_joined' && m.project_id === project).map((m) => m.data.user_id).sort();
+    expect(joinedIn('pres-multi-1')).toEqual(['bob', 'carol', 'observer2']);
+    expect(joinedIn('pres-multi-2')).toEqual(['bob', 'observer2']);
+  });
+
+  it('announces user_left for the users of an instance that stops gracefully', async () => {
+    const project = 'pres-stop';
+    const c = await startTestSidecar(nats.url, PRESENCE);
+    try {
+      const observer = await client(a, 'observer3');
+      await subscribe(observer, project);
+      await subscribe(await client(c, 'dave'), project);
+      await observer.waitForMessage((m) => m.type === 'user_joined' && m.data.user_id === 'dave');
+      await c.stop();
+      await observer.waitForMessage((m) => m.type === 'user_left' && m.data.user_id === 'dave');
+    } finally {
+      await c.stop();
+    }
+  });
+
+  it('announces user_left once, after the TTL, for the users of an instance that died', async () => {
+    const project = 'pres-crash';
+    const doomed = await startTestSidecar(nats.url, PRESENCE);
+    try {
+      const observer = await client(a, 'observer4');
+      await subscribe(observer, project);
+      await subscribe(await client(doomed, 'erin'), project); // only on the doomed instance
+      await subscribe(await client(doomed, 'frank'), project); // on both: frank stays
+      await subscribe(await client(b, 'frank'), project);
+      for (const user of ['erin', 'frank']) {
+        await observer.waitForMessage((m) => m.type === 'user_joined' && m.data.user_id === user);
+      }
+      await doomed.sidecar.presence.settled();
+
+      // A crash as NATS sees it: the connection drops and nothing is cleaned up.
+      const diedAt = Date.now();
+      await doomed.sidecar.broker.nc.close();
+      await observer.waitForMessage((m) => m.type === 'user_left' && m.data.user_id === 'erin', 20_000);
+      expect(Date.now() - diedAt).toBeGreaterThanOrEqual(2_000); // not before its heartbeat expired
+
+      await quiesce(observer, project);
+      expect(presenceEvents(observer, 'erin')).toEqual(['user_joined', 'user_left']);
+      expect(presenceEvents(observer, 'frank')).toEqual(['user_joined']);
+      await waitFor(async () => (await a.sidecar.presence.users(project)).join() === 'frank,observer4');
+    } finally {
+      await doomed.stop();
+    }
+  });
+});
+
+describe('an instance taken for dead while alive', () => {
+  it('registers again and re-adds its users, so presence converges', async () => {
+    const project = 'pres-stall';
+    const observer = await client(a, 'observer5');
+    await subscribe(observer, project);
+    await subscribe(await client(b, 'lena'), project);
+    await observer.waitForMessage((m) => m.type === 'user_joined' && m.data.user_id === 'lena');
+    await b.sidecar.presence.settled();
+
+    // What a long stall or NATS partition looks like to the fleet: b's heartbeat is gone.
+    const sweeps = () => a.sidecar.presence.stats.sweeps + b.sidecar.presence.stats.sweeps;
+    const sweepsBefore = sweeps();
+    const jsm = await jetstreamManager(nc);
+    await jsm.streams.purge('KV_WS_PRESENCE_INSTANCES', { filter: `$KV.WS_PRESENCE_INSTANCES.${b.sidecar.presence.member}` });
+    await waitFor(() => b.sidecar.presence.stats.reregistered === 1, 15_000, 'b registering again');
+    await waitFor(() => sweeps() > sweepsBefore, 15_000, 'the fleet sweeping b\'s old member id');
+    await quiesce(observer, project);
+    // Either b re-added lena before anyone swept (no event), or the sweep came first (left, joined again).
+    expect(['user_joined', 'user_joined,user_left,user_joined']).toContain(presenceEvents(observer, 'lena').join());
+    await waitFor(async () => (await a.sidecar.presence.users(project)).includes('lena'));
+  });
+});
+
+describe('presence queries', () => {
+  it('answers a client with the users present anywhere in the fleet', async () => {
+    const project = 'pres-query';
+    await subscribe(await client(a, 'gina'), project);
+    await subscribe(await client(b, 'hank'), project);
+    // Each instance answers from its watched copy of the bucket: a change elsewhere takes a moment.
+    await waitFor(async () => (await b.sidecar.presence.users(project)).length === 2);
+
+    const asker = await client(b, 'ivy', [project]); // may see the project without being subscribed
+    asker.send({ type: 'presence', data: { project_id: project }, message_id: 'q1' });
+    const answer = await asker.waitForMessage((m) => m.type === 'presence');
+    expect(answer.data).toEqual({ project_id: project, users: ['gina', 'hank'] });
+  });
+
+  it('refuses a presence query for a project the client may not see', async () => {
+    const asker = await client(a, 'jack', ['other']);
+    asker.send({ type: 'presence', data: { project_id: 'pres-secret' }, message_id: 'q2' });
+    const answer = await asker.waitForMessage((m) => m.type === 'error');
+    expect(answer.data).toMatchObject({ code: 'forbidden', project_id: 'pres-secret', in_reply_to: 'q2' });
+  });
+
+  it('gives the admin API the same answer, by function and by route', async () => {
+    const project = 'pres-admin';
+    await subscribe(await client(b, 'kim'), project);
+    await waitFor(async () => (await a.sidecar.presence.users(project)).length === 1);
+    expect(await projectPresence(a.sidecar.presence, project)).toEqual({ project_id: project, users: ['kim'], count: 1 });
+    await expect(projectPresence(a.sidecar.presence, 'a.b')).rejects.toMatchObject({ status: 400 });
+
+    const app = new Koa().use(presenceRoutes(a.sidecar.presence).routes());
+    const server = app.listen(0, '127.0.0.1');
+    try {
+      await new Promise((r) => server.once('listening', r));
+      const { port } = server.address() as { port: number };
+      const res = await fetch(`http://127.0.0.1:${port}/api/v1/websocket/projects/${project}/presence`);
+      expect(res.status).toBe(200);
+      expect(await res.json()).toEqual({ project_id: project, users: ['kim'], count: 1 });
+    } finally {
+      server.close();
+    }
+  });
+});
