@@ -84,7 +84,7 @@ export class Sidecar {
         config,
         instanceId,
         log: log.child({ component: 'presence' }),
-        publish: (topic, payload, msgId) => b.publish(topic, payload, msgId),
+        publish: (topic, payload, msgId, aboutUser) => b.publish(topic, payload, msgId, aboutUser),
       });
       const authorizer = new ProjectAuthorizer(config, b.nc, instanceId, log.child({ component: 'authz' }));
       const clientEvents = new NatsClientEvents(b.nc, config.subjectPrefix, instanceId, config.clientEvents);

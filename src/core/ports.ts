@@ -28,6 +28,8 @@ export interface Transport {
 export interface StoredEvent {
   readonly seq: number;
   readonly frame: OutFrame;
+  /** The event is about this user (their own join or leave): their connections skip it. */
+  readonly aboutUser?: string;
 }
 
 /** Topics are the subject suffix after the prefix: `project.<id>`, `user.<id>`, `broadcast`. */

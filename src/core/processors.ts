@@ -79,7 +79,7 @@ const processors: Processors = {
         const { truncated } = await conn.hub.broker.replay(topic, since, (event) => replayed.push(event));
         if (conn.subscriptions.get(topic) !== sub) return;
         if (truncated) reply.truncated = true;
-        reply.replayed = replayed.length;
+        reply.replayed = replayed.filter((e) => e.aboutUser !== conn.userId).length; // what will actually follow
         conn.send(serverMessage(MessageType.Subscription, reply));
         for (const event of replayed) sub.replayed(event);
       }

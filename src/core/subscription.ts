@@ -31,15 +31,18 @@ export class Subscription {
       else this.held.push(event);
       return;
     }
-    if (event.seq <= this.lastSeq) return;
-    this.lastSeq = event.seq;
-    this.connection.enqueue(event.frame);
+    this.deliver(event);
   }
 
   /** A replayed event: delivered at once, in stream order. */
   replayed(event: StoredEvent): void {
+    this.deliver(event);
+  }
+
+  private deliver(event: StoredEvent): void {
     if (event.seq <= this.lastSeq) return;
     this.lastSeq = event.seq;
+    if (event.aboutUser !== undefined && event.aboutUser === this.connection.userId) return;
     this.connection.enqueue(event.frame);
   }
 

@@ -40,6 +40,8 @@ export interface BrokerStats {
 }
 
 const NANOS_PER_MS = 1_000_000;
+/** Set on events about one user (user_joined / user_left): that user's own connections skip them. */
+const ABOUT_USER_HEADER = 'Ws-About-User';
 
 export class NatsBroker implements BrokerPort {
   readonly stats: BrokerStats = { eventsReceived: 0, eventsInvalid: 0, reconnects: 0, gaps: 0 };
@@ -186,7 +188,7 @@ export class NatsBroker implements BrokerPort {
       this.log.warn({ topic, seq, reason: (err as EventError).message }, 'dropped an invalid event');
       return;
     }
-    this.sink(topic, { seq, frame: { text } });
+    this.sink(topic, { seq, frame: { text }, aboutUser: h.get(ABOUT_USER_HEADER) || undefined });
   }
 
   async replay(topic: Topic, since: number, onEvent: (event: StoredEvent) => void): Promise<{ truncated: boolean }> {
@@ -216,7 +218,7 @@ export class NatsBroker implements BrokerPort {
             msgId: m.headers?.get('Nats-Msg-Id') || undefined,
             storedAt: m.timestamp,
           });
-          onEvent({ seq: m.seq, frame: { text } });
+          onEvent({ seq: m.seq, frame: { text }, aboutUser: m.headers?.get(ABOUT_USER_HEADER) || undefined });
         } catch (err) {
           if (!(err instanceof EventError)) throw err;
         }
@@ -230,9 +232,10 @@ export class NatsBroker implements BrokerPort {
   }
 
   /** Publish an envelope to a subject; returns the stored seq. Used by the admin API. */
-  async publish(topic: Topic, payload: string, msgId?: string): Promise<number> {
+  async publish(topic: Topic, payload: string, msgId?: string, aboutUser?: string): Promise<number> {
     const h = natsHeaders();
     if (msgId) h.set('Nats-Msg-Id', msgId);
+    if (aboutUser) h.set(ABOUT_USER_HEADER, aboutUser);
     const ack = await this.js.publish(this.subjectOf(topic), payload, { headers: h });
     return ack.seq;
   }

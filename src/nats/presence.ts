@@ -48,7 +48,8 @@ export interface PresenceOptions {
   instanceId: string;
   log: Logger;
   /** Store an event on a topic (the broker's JetStream publish); `msgId` deduplicates retries. */
-  publish(topic: Topic, payload: string, msgId: string): Promise<number>;
+  /** `aboutUser`: the event concerns this user, whose own connections skip it. */
+  publish(topic: Topic, payload: string, msgId: string, aboutUser: string): Promise<number>;
 }
 
 export interface PresenceStats {
@@ -280,7 +281,7 @@ export class NatsPresence implements PresencePort {
     for (let attempt = 1; ; attempt++) {
       try {
         // The revision names this transition: a retry that did land the first time is dropped as a duplicate.
-        await this.options.publish(topics.project(projectId), payload, `${type}-${revision}`);
+        await this.options.publish(topics.project(projectId), payload, `${type}-${revision}`, userId);
         break;
       } catch (err) {
         if (attempt >= PUBLISH_ATTEMPTS || this.options.nc.isClosed()) {

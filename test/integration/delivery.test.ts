@@ -115,7 +115,7 @@ describe('routing', () => {
     nc.publish('ws.project.route-5', JSON.stringify({ type: 'no_data' }));
     nc.publish('ws.project.route-5', JSON.stringify([1, 2]));
     nc.publish('ws.project.route-5', event('good'));
-    const m = await a.waitForMessage((x) => x.type !== 'subscription' && x.type !== 'user_joined');
+    const m = await a.waitForMessage((x) => x.type !== 'subscription');
     expect(m.type).toBe('good');
     expect(side.sidecar.broker.stats.eventsInvalid).toBeGreaterThanOrEqual(3);
   });
@@ -165,18 +165,32 @@ describe('resume with since', () => {
     expect(got.map((m) => m.data.i)).toEqual([...Array(400).keys()]);
   });
 
-  it('replays nothing but still subscribes when since is the latest seq', async () => {
+  it('replays nothing but still subscribes when since is the latest seq the client saw', async () => {
     await publishStored('ws.project.resume-3', 'old');
     const probe = await client('u-probe');
     await subscribe(probe, 'resume-3', 0);
-    await probe.waitForMessage((m) => m.type === 'old');
-    // The probe's own user_joined is the project's latest event; a second tab of it adds none.
-    const latest = await probe.waitForMessage((m) => m.type === 'user_joined');
+    const old = await probe.waitForMessage((m) => m.type === 'old');
+    // A second tab of the same user: the only stored event after `old` is this user's own
+    // user_joined, which the user's connections never receive.
     const c = await client('u-probe');
-    const ack = await subscribe(c, 'resume-3', latest.seq);
-    expect(ack.data.replayed).toBe(0);
+    await subscribe(c, 'resume-3', old.seq);
     nc.publish('ws.project.resume-3', event('new'));
     expect((await c.waitForMessage((m) => m.type !== 'subscription')).type).toBe('new');
+    expect(c.messages.some((m) => m.type === 'old' || m.type === 'user_joined')).toBe(false);
+  });
+
+  it('sends user_joined to the other subscribers of a project, never to the joining user', async () => {
+    const first = await client('u-join-a');
+    await subscribe(first, 'join-1');
+    const second = await client('u-join-b');
+    await subscribe(second, 'join-1');
+    const joined = await first.waitForMessage((m) => m.type === 'user_joined');
+    expect(joined).toMatchObject({ project_id: 'join-1', data: { user_id: 'u-join-b', project_id: 'join-1' } });
+    nc.publish('ws.project.join-1', event('marker'));
+    await second.waitForMessage((m) => m.type === 'marker');
+    await first.waitForMessage((m) => m.type === 'marker');
+    expect(second.messages.some((m) => m.type === 'user_joined' && m.data.user_id === 'u-join-b')).toBe(false);
+    expect(first.messages.some((m) => m.type === 'user_joined' && m.data.user_id === 'u-join-a')).toBe(false);
   });
 });
 

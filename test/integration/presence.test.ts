@@ -67,6 +67,8 @@ describe('user_joined and user_left across instances', () => {
     const project = 'pres-tabs';
     const observer = await client(a, 'observer');
     await subscribe(observer, project);
+    const other = await client(b, 'observer-b');
+    await subscribe(other, project);
     // Three tabs on two instances subscribe at once: the instances race on the same presence key.
     const tabs = await Promise.all([client(a, 'alice'), client(b, 'alice'), client(a, 'alice'), client(b, 'alice')]);
     await Promise.all(tabs.map((t) => subscribe(t, project)));
@@ -74,8 +76,10 @@ describe('user_joined and user_left across instances', () => {
     const joined = await observer.waitForMessage((m) => m.type === 'user_joined' && m.data.user_id === 'alice');
     expect(joined).toMatchObject({ project_id: project, data: { user_id: 'alice', project_id: project } });
     expect(joined.seq).toBeGreaterThan(0);
-    // Every subscriber hears it, on either instance, including the tabs themselves.
-    await tabs[1].waitForMessage((m) => m.type === 'user_joined' && m.data.user_id === 'alice');
+    // Every subscriber hears it, on either instance, except alice's own tabs.
+    await other.waitForMessage((m) => m.type === 'user_joined' && m.data.user_id === 'alice');
+    await quiesce(other, project);
+    expect(tabs.some((t) => t.messages.some((m) => m.type === 'user_joined'))).toBe(false);
 
     // Three tabs go (one unsubscribes, two disconnect); one tab on b stays: alice is still there.
     tabs[0].send({ type: 'subscription', data: { action: 'unsubscribe', project_id: project } });
@@ -105,8 +109,9 @@ describe('user_joined and user_left across instances', () => {
     await quiesce(observer, 'pres-multi-1');
     const joinedIn = (project: string) =>
       observer.messages.filter((m) => m.type === 'user_joined' && m.project_id === project).map((m) => m.data.user_id).sort();
-    expect(joinedIn('pres-multi-1')).toEqual(['bob', 'carol', 'observer2']);
-    expect(joinedIn('pres-multi-2')).toEqual(['bob', 'observer2']);
+    // The observer's own joins are stored too, but a user never receives its own.
+    expect(joinedIn('pres-multi-1')).toEqual(['bob', 'carol']);
+    expect(joinedIn('pres-multi-2')).toEqual(['bob']);
   });
 
   it('announces user_left for the users of an instance that stops gracefully', async () => {
