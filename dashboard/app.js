@@ -219,6 +219,16 @@ function stop() {
   session.generation += 1;
   clearTimeout(session.timer);
   live.stop();
+  clearView();
+}
+
+/** Nothing from a previous token stays on screen under another (or no) token. */
+function clearView() {
+  for (const id of ['connections', 'users', 'projects', 'instances', 'out', 'in', 'routed', 'errors']) $(`ov-${id}`).textContent = '–';
+  for (const svg of document.querySelectorAll('.spark polyline')) svg.removeAttribute('points');
+  for (const id of ['instances', 'connections', 'projects', 'errors']) $(id).tBodies[0].replaceChildren();
+  for (const id of ['instances-note', 'connections-note', 'updated']) $(id).textContent = '';
+  lastList = { list: { count: 0 }, connections: [] };
 }
 
 // ---- rendering ---------------------------------------------------------------------------------
