@@ -15,6 +15,7 @@ RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 COPY --from=build /app/dist ./dist
 COPY bin ./bin
 COPY config ./config
+COPY dashboard ./dashboard
 COPY examples ./examples
 # Run as the unprivileged user the node image provides.
 USER node

@@ -69,6 +69,7 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
     // Printed plainly (not through the logger's redaction) so a developer can copy it.
     console.log(`\nDev token (user "demo", role admin, all projects; valid 24 h):\n${token}\n`);
     console.log(`Connect: ${sidecar.wsUrl}?token=${token}\n`);
+    console.log(`Dashboard: ${sidecar.url}/dashboard#token=${token}\n`);
   }
 
   let signalled = 0;

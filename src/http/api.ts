@@ -1,7 +1,7 @@
 /**
- * The Koa app on the sidecar's port: public health, readiness and Prometheus metrics, then the
- * admin API (its own module). One error path turns every failure into `{"error": ...}` JSON with
- * no stack trace or internal message.
+ * The Koa app on the sidecar's port: public health, readiness and Prometheus metrics, the static
+ * dashboard page, then the admin API (each in its own module). One error path turns every failure
+ * into `{"error": ...}` JSON with no stack trace or internal message.
  */
 import Router from '@koa/router';
 import Koa from 'koa';
@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import type { Hub } from '../core/hub.js';
 import type { NatsBroker } from '../nats/broker.js';
 import { createAdminRouter, type AdminDeps } from './admin-routes.js';
+import { createDashboardRouter } from './dashboard.js';
 import type { SidecarMetrics } from './metrics.js';
 
 export interface ApiDeps extends AdminDeps {
@@ -73,8 +74,11 @@ export function createApi(deps: ApiDeps): Koa {
   });
 
   const admin = createAdminRouter(deps);
+  const dashboard = createDashboardRouter(deps.log);
   app.use(router.routes());
   app.use(router.allowedMethods());
+  app.use(dashboard.routes());
+  app.use(dashboard.allowedMethods());
   app.use(admin.routes());
   app.use(admin.allowedMethods());
   return app;

@@ -1,0 +1,723 @@
+/**
+ * nats-ws-sidecar dashboard: a plain ES module with no dependencies and no build step.
+ *
+ * The page holds no data of its own. It takes an admin token (pasted, or from `#token=` in the URL
+ * fragment, which browsers never send to a server), keeps it in sessionStorage (this tab only),
+ * polls the admin API with `Authorization: Bearer`, and opens its own WebSocket to /ws/connect for
+ * the live event view, authenticating with the first message so the token stays out of request
+ * lines and logs. Everything that comes from the server is written as text, never as HTML.
+ */
+
+const POLL_MS = 2000;
+const SPARK_POINTS = 60;
+const MAX_EVENTS = 100;
+const MAX_CONNECTION_ROWS = 200;
+const MAX_PROBLEMS = 30;
+const ROUND_TRIP_TIMEOUT_MS = 10_000;
+const SUBSCRIBE_TIMEOUT_MS = 5_000;
+/** The sidecar's default maxMessageSize: an `auth` frame larger than this is refused (1009). */
+const MAX_AUTH_FRAME = 512;
+const TOKEN_KEY = 'nats-ws-sidecar.dashboard.token';
+const ID_RE = /^[A-Za-z0-9_-]{1,128}$/;
+
+// Relative to the page, so the dashboard also works behind a proxy that adds a path prefix.
+const API_BASE = new URL('api/v1/websocket/', document.baseURI);
+const WS_URL = new URL('ws/connect', document.baseURI);
+WS_URL.protocol = WS_URL.protocol === 'https:' ? 'wss:' : 'ws:';
+
+const $ = (id) => document.getElementById(id);
+
+/** `el('td', {className: 'num'}, 'text', childNode)`: children are text or nodes, never HTML. */
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  Object.assign(node, props);
+  for (const child of children) node.append(child instanceof Node ? child : String(child ?? ''));
+  return node;
+}
+
+// ---- formatting ---------------------------------------------------------------------------------
+
+const fmtInt = (n) => (typeof n === 'number' ? n.toLocaleString('en-US') : '–');
+const fmtRate = (n) => (typeof n !== 'number' ? '–' : n === 0 ? '0' : n < 10 ? n.toFixed(1) : Math.round(n).toLocaleString('en-US'));
+const fmtBytes = (n) => (typeof n === 'number' ? `${(n / 1048576).toFixed(0)} MiB` : '–');
+const fmtMs = (n) => (typeof n === 'number' ? `${n.toFixed(1)} ms` : '–');
+const fmtClock = (d) => d.toTimeString().slice(0, 8);
+
+function fmtAge(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, '0')}s`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+  return `${Math.floor(s / 86400)}d ${Math.floor((s % 86400) / 3600)}h`;
+}
+
+function randomId() {
+  // crypto.randomUUID needs a secure context; getRandomValues works on plain http too.
+  const bytes = crypto.getRandomValues(new Uint8Array(12));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** The token's claims, for display only (the server verifies it). */
+function claimsOf(token) {
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    return JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), '=')));
+  } catch {
+    return null;
+  }
+}
+
+// ---- status lines ------------------------------------------------------------------------------
+
+function setPill(id, kind, text) {
+  const pill = $(id);
+  pill.className = `pill ${kind}`;
+  pill.textContent = text;
+}
+
+function setStatus(id, kind, text) {
+  const p = $(id);
+  p.className = kind;
+  p.textContent = text;
+}
+
+let lastProblem = '';
+/** A problem this page saw (API failure, live socket closed, error frame), newest first. */
+function problem(text) {
+  if (text === lastProblem) return; // a failing poll repeats every 2 s: once is enough
+  lastProblem = text;
+  const list = $('problems');
+  list.querySelector('li.muted')?.remove();
+  list.prepend(el('li', {}, el('time', {}, fmtClock(new Date())), ' ', text));
+  while (list.children.length > MAX_PROBLEMS) list.lastElementChild.remove();
+}
+
+// ---- admin API ---------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.name = 'ApiError';
+    this.status = status;
+  }
+}
+
+const session = { token: '', generation: 0, timer: 0, refused: false };
+
+async function api(path, init = {}) {
+  const headers = { Authorization: `Bearer ${session.token}` };
+  if (init.body) headers['Content-Type'] = 'application/json';
+  let res;
+  try {
+    res = await fetch(new URL(path, API_BASE), { ...init, headers, cache: 'no-store', credentials: 'omit' });
+  } catch {
+    throw new ApiError(0, 'the sidecar is unreachable');
+  }
+  const body = await res.json().catch(() => null);
+  if (!res.ok) throw new ApiError(res.status, body?.error ?? res.statusText);
+  return body;
+}
+
+// ---- polling and rates -------------------------------------------------------------------------
+
+/** Counters per instance from the previous poll, to turn totals into rates. */
+let previous = { at: 0, instances: new Map() };
+const spark = { out: [], in: [], routed: [], errors: [] };
+
+function countersOf(m) {
+  return {
+    out: m.hub?.messages_sent ?? 0,
+    in: m.hub?.messages_received ?? 0,
+    routed: m.hub?.events_routed ?? 0,
+    errors: m.middleware?.error_handler?.total_errors ?? 0,
+    limited: m.middleware?.rate_limiter?.rate_limited ?? 0,
+  };
+}
+
+/**
+ * Rates per instance and for the fleet, from counter deltas. The fleet rate sums the instances
+ * seen in both polls, so an instance joining (counters from its start) or leaving makes no spike.
+ */
+function computeRates(instances, at) {
+  const perInstance = new Map();
+  const fleet = { out: 0, in: 0, routed: 0, errors: 0, limited: 0 };
+  const dt = (at - previous.at) / 1000;
+  const current = new Map();
+  for (const m of instances) {
+    const c = countersOf(m);
+    current.set(m.instance_id, c);
+    const before = previous.instances.get(m.instance_id);
+    if (!before || dt <= 0) continue;
+    const r = {};
+    for (const k of Object.keys(fleet)) {
+      r[k] = Math.max(0, c[k] - before[k]) / dt;
+      fleet[k] += r[k];
+    }
+    perInstance.set(m.instance_id, r);
+  }
+  const first = previous.at === 0;
+  previous = { at, instances: current };
+  return first ? null : { fleet, perInstance };
+}
+
+function schedule(generation, delay = POLL_MS) {
+  clearTimeout(session.timer);
+  session.timer = setTimeout(() => void poll(generation), delay);
+}
+
+async function poll(generation) {
+  if (generation !== session.generation) return;
+  if (document.hidden) return; // resumed by visibilitychange
+  try {
+    const [stats, metrics, list] = await Promise.all([api('stats'), api('metrics'), api('connections')]);
+    if (generation !== session.generation) return; // the token changed meanwhile
+    render(stats, metrics, list, computeRates(metrics.instances ?? [], performance.now()));
+    setPill('api-status', 'ok', `API ok · ${stats.instance_count} instance${stats.instance_count === 1 ? '' : 's'}`);
+    $('updated').textContent = `updated ${fmtClock(new Date())}`;
+    if (!session.signedIn) signedIn();
+    live.start();
+  } catch (err) {
+    if (generation !== session.generation) return;
+    if (err.status === 401 || err.status === 403) return refused(err);
+    setPill('api-status', 'error', err.status ? `API error ${err.status}` : 'API unreachable');
+    problem(`admin API: ${err.status ? `HTTP ${err.status}: ` : ''}${err.message}`);
+  }
+  schedule(generation);
+}
+
+function signedIn() {
+  session.signedIn = true;
+  const c = claimsOf(session.token) ?? {};
+  const roles = Array.isArray(c.roles) ? c.roles.join(', ') : 'admin';
+  const expires = typeof c.exp === 'number' ? ` · token expires in ${fmtAge(c.exp - Date.now() / 1000)}` : '';
+  setStatus('auth-status', 'ok', `Signed in as ${c.sub ?? 'unknown'} (${roles})${expires}.`);
+}
+
+function refused(err) {
+  session.refused = true;
+  live.stop();
+  setPill('api-status', 'error', `token refused (${err.status})`);
+  const hint = err.status === 403 ? 'Use a token whose roles include "admin".' : 'Paste a valid, unexpired admin token.';
+  setStatus('auth-status', 'error', `The admin API refused this token (HTTP ${err.status}: ${err.message}). ${hint}`);
+  problem(`admin API refused the token: HTTP ${err.status}: ${err.message}`);
+}
+
+function useToken(token) {
+  stop();
+  session.token = token;
+  session.refused = false;
+  session.signedIn = false;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  previous = { at: 0, instances: new Map() };
+  for (const k of Object.keys(spark)) spark[k] = [];
+  setPill('api-status', 'pending', 'connecting…');
+  setStatus('auth-status', '', 'Checking the token…');
+  void poll(session.generation);
+}
+
+function stop() {
+  session.generation += 1;
+  clearTimeout(session.timer);
+  live.stop();
+  clearView();
+}
+
+/** Nothing from a previous token stays on screen under another (or no) token. */
+function clearView() {
+  for (const id of ['connections', 'users', 'projects', 'instances', 'out', 'in', 'routed', 'errors']) $(`ov-${id}`).textContent = '–';
+  for (const svg of document.querySelectorAll('.spark polyline')) svg.removeAttribute('points');
+  for (const id of ['instances', 'connections', 'projects', 'errors']) $(id).tBodies[0].replaceChildren();
+  for (const id of ['instances-note', 'connections-note', 'updated']) $(id).textContent = '';
+  lastList = { list: { count: 0 }, connections: [] };
+}
+
+// ---- rendering ---------------------------------------------------------------------------------
+
+function render(stats, metrics, list, rates) {
+  const connections = list.connections ?? [];
+  const projects = new Map(); // id -> { connections, users }
+  const users = new Set();
+  for (const c of connections) {
+    if (c.user_id) users.add(c.user_id);
+    for (const p of c.projects ?? []) {
+      const entry = projects.get(p) ?? { connections: 0, users: new Set() };
+      entry.connections += 1;
+      if (c.user_id) entry.users.add(c.user_id);
+      projects.set(p, entry);
+    }
+  }
+
+  $('ov-connections').textContent = fmtInt(stats.connections);
+  $('ov-users').textContent = fmtInt(users.size);
+  $('ov-projects').textContent = fmtInt(projects.size);
+  $('ov-instances').textContent = fmtInt(stats.instance_count);
+  for (const key of ['out', 'in', 'routed', 'errors']) {
+    const value = rates?.fleet[key];
+    $(`ov-${key}`).textContent = fmtRate(value);
+    if (value !== undefined) {
+      spark[key].push(value);
+      if (spark[key].length > SPARK_POINTS) spark[key].shift();
+      drawSpark($(`sp-${key}`), spark[key]);
+    }
+  }
+
+  renderInstances(stats, metrics, rates);
+  renderConnections(list, connections);
+  renderProjects(projects);
+  renderErrors(metrics, stats, rates);
+}
+
+function drawSpark(svg, values) {
+  const max = Math.max(1, ...values);
+  const step = values.length > 1 ? 60 / (SPARK_POINTS - 1) : 0;
+  const offset = 60 - step * (values.length - 1);
+  const points = values.map((v, i) => `${(offset + i * step).toFixed(1)},${(19 - (v / max) * 18).toFixed(1)}`);
+  svg.querySelector('polyline').setAttribute('points', points.join(' '));
+}
+
+function renderInstances(stats, metrics, rates) {
+  const byId = new Map((metrics.instances ?? []).map((m) => [m.instance_id, m]));
+  const rows = (stats.instances ?? []).map((s) => {
+    const m = byId.get(s.instance_id) ?? {};
+    const r = rates?.perInstance.get(s.instance_id);
+    const nats = s.nats_connected === false || m.nats?.connected === false ? 'down' : s.draining ? 'draining' : 'ok';
+    const name = el('td', {}, s.instance_id);
+    if (s.instance_id === stats.instance_id) name.append(' ', el('span', { className: 'tag' }, 'serving this page'));
+    return el(
+      'tr',
+      { className: nats === 'ok' ? '' : 'bad' },
+      name,
+      el('td', { className: 'num' }, fmtInt(s.connections)),
+      el('td', { className: 'num' }, fmtInt(s.users)),
+      el('td', { className: 'num' }, fmtInt(s.projects)),
+      el('td', { className: 'num' }, fmtRate(r?.out)),
+      el('td', { className: 'num' }, fmtRate(r?.in)),
+      el('td', {}, nats),
+      el('td', { className: 'num' }, typeof s.uptime_seconds === 'number' ? fmtAge(s.uptime_seconds) : '–'),
+      el('td', { className: 'num' }, fmtBytes(m.process?.rss_bytes)),
+      el('td', { className: 'num' }, fmtMs(m.process?.event_loop_lag_ms)),
+    );
+  });
+  const missing = [...new Set([...(stats.missing ?? []), ...(metrics.missing ?? [])])];
+  for (const id of missing) {
+    rows.push(el('tr', { className: 'bad' }, el('td', {}, id), el('td', { colSpan: 9 }, 'did not answer in time: numbers are partial')));
+  }
+  $('instances').tBodies[0].replaceChildren(...rows);
+  $('instances-note').textContent = missing.length ? `${missing.length} not answering` : '';
+}
+
+let lastList = { list: { count: 0 }, connections: [] };
+
+function renderConnections(list, connections) {
+  lastList = { list, connections };
+  const filter = $('conn-filter').value.trim().toLowerCase();
+  const matches = (c) =>
+    !filter ||
+    [c.id, c.user_id ?? '', c.instance_id, ...(c.projects ?? [])].some((s) => String(s).toLowerCase().includes(filter));
+  const shown = connections
+    .filter(matches)
+    .sort((a, b) => String(b.connected_at).localeCompare(String(a.connected_at)))
+    .slice(0, MAX_CONNECTION_ROWS);
+  const now = Date.now();
+  const rows = shown.map((c) => {
+    const id = el('td', { className: 'mono' }, c.id);
+    if (c.id === live.connectionId) id.append(' ', el('span', { className: 'tag' }, 'this page'));
+    const since = new Date(c.connected_at);
+    return el(
+      'tr',
+      { className: c.state === 'open' ? '' : 'muted' },
+      id,
+      el('td', {}, c.user_id ?? '(authenticating)'),
+      el('td', {}, (c.projects ?? []).join(', ') || '–'),
+      el('td', { className: 'mono' }, c.instance_id),
+      el('td', { title: c.connected_at }, `${fmtClock(since)} (${fmtAge((now - since.getTime()) / 1000)})`),
+      el('td', { className: 'num' }, fmtInt(c.messages_in)),
+      el('td', { className: 'num' }, fmtInt(c.messages_out)),
+    );
+  });
+  if (rows.length === 0) rows.push(el('tr', {}, el('td', { colSpan: 7, className: 'muted' }, filter ? 'no match' : 'no connections')));
+  $('connections').tBodies[0].replaceChildren(...rows);
+  const total = list.count ?? connections.length;
+  const notes = [`${fmtInt(total)} total`];
+  if (shown.length < connections.filter(matches).length) notes.push(`showing ${shown.length}`);
+  if (list.truncated) notes.push(`list truncated at ${fmtInt(connections.length)}: project counts are partial`);
+  $('connections-note').textContent = notes.join(' · ');
+}
+
+function renderProjects(projects) {
+  const sorted = [...projects.entries()].sort((a, b) => b[1].connections - a[1].connections || a[0].localeCompare(b[0]));
+  const rows = sorted.map(([id, p]) => {
+    const watch = el('button', { type: 'button', className: 'small' }, 'watch');
+    watch.addEventListener('click', () => {
+      $('send-project').value = id;
+      void live.watch(id).catch(() => {});
+    });
+    return el('tr', {}, el('td', {}, id), el('td', { className: 'num' }, fmtInt(p.connections)), el('td', { className: 'num' }, fmtInt(p.users.size)), el('td', {}, watch));
+  });
+  if (rows.length === 0) rows.push(el('tr', {}, el('td', { colSpan: 4, className: 'muted' }, 'no subscriptions')));
+  $('projects').tBodies[0].replaceChildren(...rows);
+  const names = new Set([...projects.keys(), ...live.watched.keys()]);
+  $('project-list').replaceChildren(...[...names].sort().map((id) => el('option', { value: id })));
+}
+
+function renderErrors(metrics, stats, rates) {
+  const eh = metrics.middleware?.error_handler ?? {};
+  const rl = metrics.middleware?.rate_limiter ?? {};
+  const instances = metrics.instances ?? [];
+  const natsSum = (key) => instances.reduce((n, m) => n + (typeof m.nats?.[key] === 'number' ? m.nats[key] : 0), 0);
+  const missing = new Set([...(stats.missing ?? []), ...(metrics.missing ?? [])]).size;
+  const rows = [
+    ['error frames sent to clients', eh.total_errors, rates?.fleet.errors],
+    ['connections with errors (current window)', eh.connections_with_errors],
+    ['requests refused by the rate limit', rl.rate_limited, rates?.fleet.limited],
+    ['slow consumers closed (4008)', metrics.hub?.slow_consumers],
+    ['invalid events from NATS', natsSum('events_invalid')],
+    ['gaps in live sequences', natsSum('gaps')],
+    ['NATS reconnects', natsSum('reconnects')],
+    ['instances with NATS down', instances.filter((m) => m.nats?.connected === false).length],
+    ['instances not answering', missing],
+    ['direct messages held offline', metrics.offline_messages?.total_messages],
+  ];
+  $('errors').tBodies[0].replaceChildren(
+    ...rows.map(([what, now, rate]) =>
+      el(
+        'tr',
+        { className: (rate ?? 0) > 0 || (what.startsWith('instances') && now > 0) ? 'bad' : '' },
+        el('td', {}, what),
+        el('td', { className: 'num' }, fmtInt(now)),
+        el('td', { className: 'num' }, rate === undefined ? '' : fmtRate(rate)),
+      ),
+    ),
+  );
+}
+
+// ---- live view: the page's own WebSocket --------------------------------------------------------
+
+const live = {
+  ws: null,
+  connectionId: null,
+  authenticated: false,
+  running: false,
+  /** Set when the server closed us for a reason a retry cannot fix (4401, 4010); cleared by the operator. */
+  halted: false,
+  retries: 0,
+  retryTimer: 0,
+  /** After a 1009 on the `auth` frame (token larger than the frame cap): put it in the URL instead. */
+  tokenInUrl: false,
+  /** project -> { status: 'pending' | 'subscribed' | 'refused', lastSeq, waiters: [{resolve, reject}] } */
+  watched: new Map(),
+  /** message_id of a test event -> { sentAt, seq?, arrivedAt?, settle() } */
+  pending: new Map(),
+
+  start() {
+    if (this.running || this.halted) return;
+    this.running = true;
+    this.connect();
+  },
+
+  stop() {
+    this.running = false;
+    this.halted = false;
+    clearTimeout(this.retryTimer);
+    const ws = this.ws;
+    this.ws = null;
+    this.connectionId = null;
+    this.authenticated = false;
+    ws?.close(1000, 'dashboard closed');
+    for (const w of this.watched.values()) w.status = 'pending';
+    renderWatched();
+    setPill('live-status', '', 'live view off');
+  },
+
+  connect() {
+    clearTimeout(this.retryTimer);
+    const url = new URL(WS_URL);
+    if (this.tokenInUrl) url.searchParams.set('token', session.token);
+    const ws = new WebSocket(url);
+    this.ws = ws;
+    this.authenticated = false;
+    setPill('live-status', 'pending', 'live view connecting…');
+    ws.addEventListener('message', (e) => {
+      if (ws === this.ws) this.onMessage(e.data);
+    });
+    ws.addEventListener('close', (e) => {
+      if (ws === this.ws) this.onClose(e);
+    });
+  },
+
+  send(message) {
+    if (this.authenticated) this.ws.send(JSON.stringify(message));
+  },
+
+  subscribe(projectId) {
+    const w = this.watched.get(projectId);
+    const data = { action: 'subscribe', project_id: projectId };
+    if (w?.lastSeq) data.since = w.lastSeq; // resume after a reconnect: no gap, no duplicate
+    this.send({ type: 'subscription', data });
+  },
+
+  /** Watch a project; resolves once subscribed, rejects when refused or not confirmed in time. */
+  watch(projectId) {
+    let w = this.watched.get(projectId);
+    if (w?.status === 'subscribed') return Promise.resolve();
+    if (!w) {
+      w = { status: 'pending', lastSeq: 0, waiters: [] };
+      this.watched.set(projectId, w);
+      this.subscribe(projectId);
+    } else if (w.status === 'refused') {
+      w.status = 'pending';
+      this.subscribe(projectId);
+    }
+    renderWatched();
+    this.halted = false; // the operator asked: try again
+    if (session.signedIn) this.start();
+    return new Promise((resolve, reject) => {
+      const waiter = { resolve, reject };
+      w.waiters.push(waiter);
+      setTimeout(() => {
+        w.waiters = w.waiters.filter((x) => x !== waiter);
+        reject(new Error('the live view did not confirm the subscription in time'));
+      }, SUBSCRIBE_TIMEOUT_MS);
+    });
+  },
+
+  unwatch(projectId) {
+    const w = this.watched.get(projectId);
+    if (!w) return;
+    this.watched.delete(projectId);
+    for (const waiter of w.waiters) waiter.reject(new Error('no longer watched'));
+    this.send({ type: 'subscription', data: { action: 'unsubscribe', project_id: projectId } });
+    renderWatched();
+  },
+
+  settle(projectId, error) {
+    const w = this.watched.get(projectId);
+    if (!w) return;
+    w.status = error ? 'refused' : 'subscribed';
+    for (const waiter of w.waiters) (error ? waiter.reject(error) : waiter.resolve());
+    w.waiters = [];
+    renderWatched();
+  },
+
+  onMessage(text) {
+    let msg;
+    try {
+      msg = JSON.parse(text);
+    } catch {
+      return problem('live view: a frame that is not JSON');
+    }
+    const data = msg.data ?? {};
+    switch (msg.type) {
+      case 'auth_required': {
+        const frame = JSON.stringify({ type: 'auth', data: { token: session.token } });
+        if (new TextEncoder().encode(frame).length > MAX_AUTH_FRAME) {
+          // Too big for one inbound frame: use the upgrade URL instead (the only other way a browser has).
+          this.tokenInUrl = true;
+          return this.reconnectNow();
+        }
+        return this.ws.send(frame);
+      }
+      case 'auth_success':
+        this.authenticated = true;
+        this.retries = 0;
+        this.connectionId = data.connection_id;
+        setPill('live-status', 'ok', `live view connected (${data.connection_id})`);
+        for (const projectId of this.watched.keys()) this.subscribe(projectId);
+        return;
+      case 'auth_failed':
+        return problem(`live view: token refused: ${data.reason ?? data.code ?? 'auth failed'}`);
+      case 'subscription':
+        if (data.action === 'subscribed') this.settle(data.project_id);
+        else if (data.action === 'unsubscribed' && this.watched.has(data.project_id)) {
+          // The server dropped it (e.g. a refreshed token no longer allows the project).
+          this.settle(data.project_id, new Error(data.reason ?? 'unsubscribed by the server'));
+        }
+        return;
+      case 'error':
+        problem(`live view: ${data.code}: ${data.message}`);
+        if (data.project_id && this.watched.has(data.project_id)) this.settle(data.project_id, new Error(data.message ?? data.code));
+        return;
+      case 'pong':
+        return;
+      default:
+        return this.onEvent(msg);
+    }
+  },
+
+  onEvent(msg) {
+    const w = msg.project_id ? this.watched.get(msg.project_id) : undefined;
+    if (w && typeof msg.seq === 'number') w.lastSeq = Math.max(w.lastSeq, msg.seq);
+    const test = msg.message_id ? this.pending.get(msg.message_id) : undefined;
+    if (test) {
+      test.arrivedAt = performance.now();
+      test.settle();
+    }
+    addEvent(msg, Boolean(test));
+  },
+
+  onClose(e) {
+    this.ws = null;
+    this.connectionId = null;
+    const wasAuthenticated = this.authenticated;
+    this.authenticated = false;
+    for (const w of this.watched.values()) w.status = 'pending';
+    renderWatched();
+    if (!this.running) return;
+    if (e.code === 1009 && !wasAuthenticated && !this.tokenInUrl) {
+      this.tokenInUrl = true;
+      return this.reconnectNow();
+    }
+    const reason = e.reason ? `: ${e.reason}` : '';
+    problem(`live view closed (${e.code}${reason})`);
+    if (e.code === 4401 || e.code === 4010) {
+      // Token refused or expired, or an operator disconnected us on purpose: do not loop.
+      this.running = false;
+      this.halted = true;
+      setPill('live-status', 'error', e.code === 4401 ? 'live view: token refused' : 'live view: disconnected by an operator (watch a project to reconnect)');
+      return;
+    }
+    const delay = Math.min(15_000, 500 * 2 ** this.retries) * (0.5 + Math.random() / 2);
+    this.retries += 1;
+    setPill('live-status', 'warn', `live view closed (${e.code}), retrying in ${Math.ceil(delay / 1000)} s`);
+    this.retryTimer = setTimeout(() => this.connect(), delay);
+  },
+
+  reconnectNow() {
+    const ws = this.ws;
+    this.ws = null;
+    ws?.close(1000);
+    this.connect();
+  },
+};
+
+function renderWatched() {
+  const chips = [...live.watched.entries()].map(([id, w]) => {
+    const remove = el('button', { type: 'button', className: 'chip-x', title: `stop watching ${id}` }, '×');
+    remove.addEventListener('click', () => live.unwatch(id));
+    return el('li', { className: `chip ${w.status}`, title: w.status }, id, ' ', remove);
+  });
+  $('watched').replaceChildren(...chips);
+  $('events-note').textContent = live.watched.size ? '' : 'watch a project to see its events';
+}
+
+function addEvent(msg, isTest) {
+  const list = $('events');
+  const data = JSON.stringify(msg.data ?? {});
+  const where = msg.project_id ?? (msg.type === 'broadcast' ? 'broadcast' : 'direct/broadcast');
+  list.prepend(
+    el(
+      'li',
+      { className: isTest ? 'event mine' : 'event' },
+      el('time', { title: msg.timestamp ?? '' }, fmtClock(new Date())),
+      el('span', { className: 'project' }, where),
+      el('span', { className: 'type' }, msg.type),
+      el('span', { className: 'seq' }, msg.seq === undefined ? '' : `#${msg.seq}`),
+      el('code', { className: 'data', title: data }, data.length > 300 ? `${data.slice(0, 300)}…` : data),
+    ),
+  );
+  while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
+}
+
+// ---- test event --------------------------------------------------------------------------------
+
+async function sendTestEvent(e) {
+  e.preventDefault();
+  const projectId = $('send-project').value.trim();
+  const type = $('send-type').value.trim();
+  let data;
+  try {
+    data = JSON.parse($('send-data').value || '{}');
+  } catch {
+    return setStatus('send-result', 'error', 'data is not valid JSON');
+  }
+  if (!ID_RE.test(projectId)) return setStatus('send-result', 'error', 'project ids are 1-128 letters, digits, "_" or "-"');
+  if (data === null || typeof data !== 'object' || Array.isArray(data)) return setStatus('send-result', 'error', 'data must be a JSON object');
+  if (!session.signedIn) return setStatus('send-result', 'error', 'use an admin token first');
+
+  const button = $('send-button');
+  button.disabled = true;
+  try {
+    // Subscribe first, so the event can be seen coming back.
+    let watching = true;
+    setStatus('send-result', 'pending', `Subscribing the live view to ${projectId}…`);
+    await live.watch(projectId).catch((err) => {
+      watching = false;
+      problem(`live view cannot watch ${projectId}: ${err.message}`);
+    });
+
+    const messageId = `dashboard-${randomId()}`;
+    const test = { sentAt: performance.now() };
+    const arrived = new Promise((resolve) => (test.settle = resolve));
+    live.pending.set(messageId, test);
+    let answer;
+    try {
+      answer = await api(`projects/${encodeURIComponent(projectId)}/message`, {
+        method: 'POST',
+        body: JSON.stringify({ type, data, message_id: messageId }),
+      });
+    } catch (err) {
+      live.pending.delete(messageId);
+      if (err.status === 401 || err.status === 403) refused(err);
+      return setStatus('send-result', 'error', `Not sent: ${err.status ? `HTTP ${err.status}: ` : ''}${err.message}`);
+    }
+    if (!watching) {
+      live.pending.delete(messageId);
+      return setStatus('send-result', 'warn', `Stored as seq ${answer.seq} on ${answer.subject}, but the live view cannot watch ${projectId} (see the problems list).`);
+    }
+    setStatus('send-result', 'pending', `Stored as seq ${answer.seq} on ${answer.subject}; waiting for it on the live view…`);
+    let timer;
+    const seen = await Promise.race([arrived.then(() => true), new Promise((r) => (timer = setTimeout(() => r(false), ROUND_TRIP_TIMEOUT_MS)))]);
+    clearTimeout(timer);
+    live.pending.delete(messageId);
+    if (seen) {
+      const ms = Math.max(0, Math.round(test.arrivedAt - test.sentAt));
+      setStatus('send-result', 'ok', `Round trip: seq ${answer.seq} arrived on the live view ${ms} ms after sending.`);
+    } else {
+      setStatus('send-result', 'error', `Stored as seq ${answer.seq}, but not seen on the live view within ${ROUND_TRIP_TIMEOUT_MS / 1000} s.`);
+    }
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---- start -------------------------------------------------------------------------------------
+
+function init() {
+  $('token-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const token = $('token-input').value.trim();
+    $('token-input').value = '';
+    if (token) useToken(token);
+  });
+  $('forget-token').addEventListener('click', () => {
+    stop();
+    session.token = '';
+    session.signedIn = false;
+    sessionStorage.removeItem(TOKEN_KEY);
+    setPill('api-status', '', 'no token');
+    setStatus('auth-status', '', 'Token forgotten. Paste an admin token to continue.');
+  });
+  $('send-form').addEventListener('submit', (e) => void sendTestEvent(e));
+  $('watch-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const id = $('watch-project').value.trim();
+    if (!ID_RE.test(id)) return problem(`not a project id: ${id.slice(0, 40)}`);
+    $('watch-project').value = '';
+    void live.watch(id).catch(() => {});
+  });
+  $('clear-events').addEventListener('click', () => $('events').replaceChildren());
+  $('conn-filter').addEventListener('input', () => renderConnections(lastList.list, lastList.connections));
+  document.addEventListener('visibilitychange', () => {
+    if (!document.hidden && session.token && !session.refused) schedule(session.generation, 0);
+  });
+  renderWatched();
+
+  // A token in the fragment wins; drop it from the address bar (and history) at once.
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const fromFragment = fragment.get('token');
+  if (fromFragment) history.replaceState(null, '', location.pathname + location.search);
+  const token = fromFragment || sessionStorage.getItem(TOKEN_KEY);
+  if (token) useToken(token);
+}
+
+init();

@@ -1,0 +1,100 @@
+/**
+ * The operator dashboard: one static page (HTML, one JavaScript module, one stylesheet) at
+ * `/dashboard`. The page is public and holds no data: it asks the operator for an admin token and
+ * calls the admin API and `/ws/connect` from the browser, so this module only serves files.
+ *
+ * The files live in `dashboard/` at the package root rather than under `src/` (tsc copies only
+ * TypeScript), and are found relative to this module: `src/http/` and `dist/http/` are both two
+ * levels below the root, so the same path works from the sources, from `dist/` and from an
+ * installed package. They are read on first request and kept in memory.
+ */
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import Router from '@koa/router';
+import type { Context } from 'koa';
+import type { Logger } from 'pino';
+
+export const DASHBOARD_PATH = '/dashboard';
+export const DASHBOARD_DIR = fileURLToPath(new URL('../../dashboard/', import.meta.url));
+
+/** URL path → file in DASHBOARD_DIR and its content type. Nothing else is served. */
+const ASSETS: Record<string, { file: string; type: string }> = {
+  [DASHBOARD_PATH]: { file: 'index.html', type: 'text/html; charset=utf-8' },
+  [`${DASHBOARD_PATH}/app.js`]: { file: 'app.js', type: 'text/javascript; charset=utf-8' },
+  [`${DASHBOARD_PATH}/app.css`]: { file: 'app.css', type: 'text/css; charset=utf-8' },
+};
+
+/**
+ * Scripts and styles from this origin only (no inline script or style, no eval), API calls and
+ * the WebSocket to this origin only (CSP3 `'self'` covers ws:/wss: to the same host), never framed.
+ * `img-src data:` is for the empty favicon that keeps the browser from asking for /favicon.ico.
+ */
+export const DASHBOARD_CSP = [
+  "default-src 'none'",
+  "script-src 'self'",
+  "style-src 'self'",
+  "connect-src 'self'",
+  "img-src 'self' data:",
+  "base-uri 'none'",
+  "form-action 'none'",
+  "frame-ancestors 'none'",
+].join('; ');
+
+const SECURITY_HEADERS: Record<string, string> = {
+  'Content-Security-Policy': DASHBOARD_CSP,
+  'X-Content-Type-Options': 'nosniff',
+  'X-Frame-Options': 'DENY',
+  'Referrer-Policy': 'no-referrer',
+  'Cross-Origin-Opener-Policy': 'same-origin',
+  'Cross-Origin-Resource-Policy': 'same-origin',
+  // Small files: always revalidate (ETag), so a new version shows on the next load.
+  'Cache-Control': 'no-cache',
+};
+
+interface Asset {
+  body: Buffer;
+  etag: string;
+}
+
+export function createDashboardRouter(log: Logger): Router {
+  // strict: `/dashboard/` must not serve the page, whose relative links would then miss.
+  const router = new Router({ strict: true });
+  const cache = new Map<string, Asset>();
+
+  async function load(file: string): Promise<Asset | undefined> {
+    const cached = cache.get(file);
+    if (cached) return cached;
+    try {
+      const body = await readFile(DASHBOARD_DIR + file);
+      const asset = { body, etag: `"${createHash('sha1').update(body).digest('base64url')}"` };
+      cache.set(file, asset);
+      return asset;
+    } catch (err) {
+      log.warn({ err, dir: DASHBOARD_DIR }, 'dashboard file missing');
+      return undefined;
+    }
+  }
+
+  async function serve(ctx: Context, file: string, type: string): Promise<void> {
+    const asset = await load(file);
+    if (!asset) ctx.throw(404, 'the dashboard is not installed with this build', { expose: true });
+    ctx.set(SECURITY_HEADERS);
+    ctx.type = type;
+    ctx.etag = asset.etag;
+    ctx.status = 200; // ctx.fresh looks at the status, which is still the default 404 here
+    if (ctx.fresh) {
+      ctx.status = 304;
+      return;
+    }
+    ctx.body = asset.body;
+  }
+
+  for (const [path, { file, type }] of Object.entries(ASSETS)) router.get(path, (ctx) => serve(ctx, file, type));
+  // The page links its files relative to /dashboard; relative, so a path prefix in a proxy survives.
+  router.get(`${DASHBOARD_PATH}/`, (ctx) => {
+    ctx.status = 301;
+    ctx.redirect('../dashboard');
+  });
+  return router;
+}
