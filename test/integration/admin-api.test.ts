@@ -321,6 +321,7 @@ describe('presence and revocation', () => {
   it('lists the users present in a project', async () => {
     await subscribed('pres-a', 'pres-1');
     await subscribed('pres-b', 'pres-1');
+    await side.sidecar.presence.settled(); // the KV writes follow the subscribed answers
     const res = await asAdmin('GET', `${P}/projects/pres-1/presence`);
     expect(res.status).toBe(200);
     expect(res.body).toMatchObject({ project_id: 'pres-1', users: ['pres-a', 'pres-b'], count: 2 });
