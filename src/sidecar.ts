@@ -64,6 +64,7 @@ export class Sidecar {
       await broker.ensureStream();
       const hub = new Hub({ config, instanceId, log: log.child({ component: 'hub' }), broker, auth: verifier });
       broker.setSink((topic, event) => hub.publish(topic, event));
+      broker.setLossSink((topic, afterSeq) => hub.historyLost(topic, afterSeq));
       // Broadcasts go to every connection: one permanent subscription.
       hub.broker.setInterest('broadcast', true);
 

@@ -57,7 +57,7 @@ const processors: Processors = {
       throw new ProtocolError(ErrorCode.Forbidden, 'too many subscriptions on this connection', { project_id: projectId });
     }
     const since = message.data.since;
-    const sub = conn.hub.join(conn, topic, since ?? 0);
+    const sub = conn.hub.join(conn, topic, since);
     try {
       await conn.hub.ready(topic);
       if (conn.subscriptions.get(topic) !== sub) return; // unsubscribed or closed meanwhile
@@ -72,7 +72,10 @@ const processors: Processors = {
         if (truncated) reply.truncated = true;
         reply.replayed = replayed.length;
         conn.send(serverMessage(MessageType.Subscription, reply));
-        for (const event of replayed) sub.replayed(event);
+        for (const event of replayed) {
+          conn.hub.checkDuplicate(topic, event);
+          sub.replayed(event);
+        }
       }
     } catch (err) {
       conn.hub.leave(conn, topic);
@@ -85,8 +88,10 @@ const processors: Processors = {
     conn.send(serverMessage(MessageType.Pong, {}));
   },
 
-  ack() {
-    // Direct-message acknowledgements are recorded by the offline inbox (see nats/inbox.ts).
+  ack(conn, message) {
+    // Applied to the user's inbox consumer in JetStream, whichever instance the client is on (nats/inbox.ts).
+    conn.acksDirect = true;
+    conn.hub.broker.acknowledge(conn.userId!, message.data.seq);
   },
 };
 
