@@ -89,9 +89,13 @@ const processors: Processors = {
   },
 
   ack(conn, message) {
-    // Applied to the user's inbox consumer in JetStream, whichever instance the client is on (nats/inbox.ts).
     conn.acksDirect = true;
-    conn.hub.broker.acknowledge(conn.userId!, message.data.seq);
+    // Only a direct message this connection has: an ack costs a read of the user's inbox in
+    // JetStream, which a made-up seq must not be able to trigger.
+    const seq = message.data.seq;
+    if (!conn.has({ topic: topics.user(conn.userId!), seq })) return;
+    // Applied to the user's inbox consumer, whichever instance the client is on (nats/inbox.ts).
+    conn.hub.broker.acknowledge(conn.userId!, seq);
   },
 };
 

@@ -156,6 +156,22 @@ describe('offline delivery', () => {
 });
 
 describe('acknowledgement modes', () => {
+  it('ignores an ack for a message the connection never received', async () => {
+    const s = await sidecar({ inboxAckMode: 'explicit' });
+    const [other] = await directs('someone-else', 0, 1);
+    await directs('ign-1', 0, 2);
+    const c = await client(s, 'ign-1');
+    await c.waitForMessage((m) => m.data?.i === 1);
+    for (const seq of [other, 999_999]) c.send({ type: 'ack', data: { seq } });
+    await settled(c);
+    expect(c.messages.some((m) => m.type === 'error')).toBe(false);
+    await closeClient(c);
+    const back = await client(s, 'ign-1');
+    await back.waitForMessage((m) => m.data?.i === 1);
+    expect(dms(back)).toEqual([0, 1]);
+  });
+
+
   it('acks on write, after inboxAckWait, for a connection that never acks (auto)', async () => {
     const s = await sidecar({ inboxAckWait: 1_000 });
     await directs('auto-1', 0, 2);
