@@ -280,7 +280,7 @@ export class NatsBroker implements BrokerPort {
   private repair(t: LiveTopic): void {
     t.held ??= [];
     void this.limitRepairs(async () => {
-      for (let attempt = 0; this.topics.get(t.topic) === t; attempt++) {
+      for (let attempt = 0; this.topics.get(t.topic) === t && !this.nc.isClosed(); attempt++) {
         const from = t.last ?? 0;
         try {
           const { truncated, head } = await this.history.plan(t.subject, from);
@@ -318,7 +318,7 @@ export class NatsBroker implements BrokerPort {
           return;
         } catch (err) {
           this.log.warn({ err, topic: t.topic, attempt }, 'gap repair failed; retrying');
-          await new Promise((r) => setTimeout(r, Math.min(5_000, 250 * 2 ** attempt)));
+          await new Promise((r) => setTimeout(r, Math.min(5_000, 250 * 2 ** attempt)).unref());
         }
       }
     });

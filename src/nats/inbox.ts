@@ -251,7 +251,11 @@ export class Inboxes {
         () => finish(new SidecarError('inbox_no_answer', `no answer pulling ${this.consumerName(userId)}`)),
         PULL_TIMEOUT_MS,
       );
-      this.nc.publish(subject, JSON.stringify({ batch, no_wait: true }), { reply: inbox });
+      try {
+        this.nc.publish(subject, JSON.stringify({ batch, no_wait: true }), { reply: inbox });
+      } catch (err) {
+        finish(err as Error); // the connection is closed
+      }
     });
   }
 
