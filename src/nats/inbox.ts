@@ -49,6 +49,10 @@ const BATCH = 256;
 const PULL_TIMEOUT_MS = 2_000;
 /** Acks whose message a snapshot did not find (another instance held it) are retried this often. */
 const SETTLE_RETRIES = 5;
+/** Pulls again (after 10, 30, 90 ms) for messages this instance handed back a moment ago. */
+const RELEASED_RETRIES = 3;
+/** How long an idle user's handed-back seqs are remembered for that. */
+const RELEASED_MEMORY_MS = 1_000;
 
 interface Pulled extends InboxMessage {
   readonly msg: Msg;
@@ -60,8 +64,14 @@ class UserInbox {
   readonly acks = new Set<number>();
   /** Every message up to this seq counts as acknowledged (ack on write). */
   upTo = 0;
+  /**
+   * Seqs this instance nak'd and nobody has acked since. The server applies naks apart from pull
+   * requests, so a snapshot right after one can miss them: it waits a little for these.
+   */
+  readonly released = new Set<number>();
   settleQueued = false;
   retries = 0;
+  forgetTimer: NodeJS.Timeout | undefined;
   /** Snapshots queued or running. */
   pending = 0;
   private tail: Promise<unknown> = Promise.resolve();
@@ -128,7 +138,7 @@ export class Inboxes {
     try {
       return await user.run(async () => {
         await this.ensureConsumer(userId);
-        const pulled = await this.snapshot(userId, Infinity);
+        const pulled = await this.snapshot(userId, user, Infinity);
         const unacked = pulled.filter((m) => !user.acknowledged(m.seq));
         await this.settleAll(user, pulled);
         return unacked.sort((a, b) => a.seq - b.seq);
@@ -167,7 +177,7 @@ export class Inboxes {
         user.settleQueued = false;
         const target = Math.max(user.upTo, ...user.acks);
         if (target <= 0) return;
-        await this.settleAll(user, await this.snapshot(userId, target));
+        await this.settleAll(user, await this.snapshot(userId, user, target));
       })
       .catch((err) => this.log.warn({ err, user: userId }, 'could not apply acknowledgements; retrying'))
       .finally(() => {
@@ -190,7 +200,12 @@ export class Inboxes {
   private async settleAll(user: UserInbox, pulled: Pulled[]): Promise<void> {
     for (const m of pulled) {
       const acked = user.acknowledged(m.seq);
-      if (acked) user.acks.delete(m.seq);
+      if (acked) {
+        user.acks.delete(m.seq);
+        user.released.delete(m.seq);
+      } else {
+        user.released.add(m.seq);
+      }
       respond(m.msg, acked ? '+ACK' : '-NAK');
     }
     if (pulled.length > 0) await this.nc.flush();
@@ -201,7 +216,25 @@ export class Inboxes {
    * left; messages pulled stay held until the caller acks or naks them. A consumer that expired
    * while its user stayed connected (inactive_threshold) is recreated once.
    */
-  private async snapshot(userId: string, until: number): Promise<Pulled[]> {
+  private async snapshot(userId: string, user: UserInbox, until: number): Promise<Pulled[]> {
+    const out = await this.pullAll(userId, until);
+    try {
+      for (let retry = 0; retry < RELEASED_RETRIES; retry++) {
+        const seen = new Set(out.map((m) => m.seq));
+        if (![...user.released].some((seq) => seq <= until && !seen.has(seq))) break;
+        await new Promise((r) => setTimeout(r, 10 * 3 ** retry));
+        for (const m of await this.pullAll(userId, until)) if (!seen.has(m.seq)) out.push(m);
+      }
+    } catch (err) {
+      release(out);
+      throw err;
+    }
+    // Not back by now: acked by another instance, or held by one (it hands them back itself).
+    user.released.clear();
+    return out;
+  }
+
+  private async pullAll(userId: string, until: number): Promise<Pulled[]> {
     const out: Pulled[] = [];
     let recreated = false;
     for (;;) {
@@ -266,9 +299,20 @@ export class Inboxes {
   }
 
   private forgetIfIdle(userId: string, user: UserInbox): void {
-    if (user.pending === 0 && user.acks.size === 0 && !user.settleQueued && this.users.get(userId) === user) {
+    if (user.pending > 0 || user.acks.size > 0 || user.settleQueued || this.users.get(userId) !== user) return;
+    clearTimeout(user.forgetTimer);
+    user.forgetTimer = undefined;
+    if (user.released.size === 0) {
       this.users.delete(userId);
+      return;
     }
+    // What was just handed back is remembered a moment longer, for a snapshot that follows at once.
+    user.forgetTimer = setTimeout(() => {
+      user.forgetTimer = undefined;
+      user.released.clear();
+      this.forgetIfIdle(userId, user);
+    }, RELEASED_MEMORY_MS);
+    user.forgetTimer.unref();
   }
 
   /** Shutdown: let acknowledgements already received reach JetStream (bounded by the caller). */
