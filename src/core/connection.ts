@@ -16,7 +16,8 @@ import {
   truncateCloseReason,
 } from '../protocol.js';
 import { ErrorBudget, TokenBucket } from './limits.js';
-import type { OutFrame, Topic, Transport } from './ports.js';
+import type { EventRef } from './dedupe.js';
+import type { OutFrame, StoredEvent, Topic, Transport } from './ports.js';
 import type { Subscription } from './subscription.js';
 import type { Hub } from './hub.js';
 import { dispatch } from './processors.js';
@@ -43,6 +44,8 @@ export class Connection {
   messagesIn = 0;
   messagesOut = 0;
   log: Logger;
+  /** The client has sent an `ack`: it acknowledges its direct messages itself (inboxAckMode auto). */
+  acksDirect = false;
 
   private queue: OutFrame[] = [];
   /** Characters of text in `queue` (a cheap stand-in for its bytes). */
@@ -57,6 +60,13 @@ export class Connection {
   private readonly errors: ErrorBudget;
   private busy = false;
   private backlog: (() => void | Promise<void>)[] = [];
+  /** The user's own topic (direct messages), once authenticated. */
+  private userSub: Subscription | undefined;
+  /** Direct messages up to this seq have been written to the socket; for ack-on-write. */
+  private directWritten = 0;
+  /** In auto mode: acked on write up to this seq, and the next written ones waiting out inboxAckWait. */
+  private directAcked = 0;
+  private unackedWrite: { seq: number; since: number } | undefined;
 
   constructor(
     readonly hub: Hub,
@@ -207,20 +217,28 @@ export class Connection {
   async authenticate(principal: Principal): Promise<void> {
     const refresh = this.state === 'open';
     this.principal = principal;
+    const backlog: StoredEvent[] = [];
     if (!refresh) {
       if (!this.hub.admitUser(this, principal.userId)) return;
       this.state = 'open';
-      this.hub.join(this, `user.${principal.userId}`);
+      this.userSub = this.hub.join(this, `user.${principal.userId}`);
       this.hub.join(this, 'broadcast');
       await Promise.all([this.hub.ready(`user.${principal.userId}`), this.hub.ready('broadcast')]);
       if (this.state !== 'open') return;
+      // The user's unacknowledged direct messages go first, in order; live ones are held meanwhile.
+      await this.hub.broker.backlog(principal.userId, (event) => backlog.push(event));
+      if (this.state !== 'open') return;
       this.log = this.log.child({ user: principal.userId });
-      this.log.info({ remote: this.remoteAddress }, 'connection authenticated');
+      this.log.info({ remote: this.remoteAddress, backlog: backlog.length }, 'connection authenticated');
     } else {
       this.hub.dropForbiddenProjects(this);
     }
     this.send(serverMessage(MessageType.AuthSuccess, { user_id: principal.userId, connection_id: this.id }));
     if (!refresh) {
+      for (const event of backlog) {
+        this.hub.checkDuplicate(`user.${principal.userId}`, event);
+        this.userSub!.replayed(event);
+      }
       for (const topic of [`user.${principal.userId}`, 'broadcast']) this.subscriptions.get(topic)?.release();
     }
   }
@@ -274,6 +292,11 @@ export class Connection {
       this.transport.write(batch);
       this.messagesOut += n;
       this.hub.stats.messagesSent += n;
+      // A drained queue means every direct message enqueued so far is written: one compare per flush.
+      if (this.queue.length === 0 && this.userSub !== undefined && this.userSub.lastSeq > this.directWritten) {
+        this.directWritten = this.userSub.lastSeq;
+        if (this.hub.config.inboxAckMode === 'write') this.hub.broker.written(this.userId!, this.directWritten);
+      }
       // Start the slow-consumer clock; the next look (next flush or the sweep) decides.
       if (this.stalledSince === 0 && this.transport.bufferedAmount >= this.hub.config.maxBufferedBytes) {
         this.stalledSince = now;
@@ -337,6 +360,29 @@ export class Connection {
   /** Frames and characters waiting in the outbound queue. */
   get queued(): { messages: number; chars: number } {
     return { messages: this.queue.length, chars: this.queuedChars };
+  }
+
+  /** True when the client has event `ref` (used to skip the same message under another seq). */
+  has(ref: EventRef): boolean {
+    return this.subscriptions.get(ref.topic)?.has(ref.seq) ?? false;
+  }
+
+  /**
+   * Ack-on-write for a client that never acks (inboxAckMode auto), run by the hub's sweep: direct
+   * messages written at least inboxAckWait ago are acknowledged on its behalf. A client that
+   * acks shows it within that time and is left to ack for itself.
+   */
+  ackWrittenAfterGrace(now: number): void {
+    if (this.hub.config.inboxAckMode !== 'auto' || this.acksDirect || this.directWritten <= this.directAcked) return;
+    const pending = this.unackedWrite;
+    if (pending === undefined) {
+      this.unackedWrite = { seq: this.directWritten, since: now };
+      return;
+    }
+    if (now - pending.since < this.hub.config.inboxAckWait) return;
+    this.directAcked = pending.seq;
+    this.hub.broker.written(this.userId!, pending.seq);
+    this.unackedWrite = this.directWritten > pending.seq ? { seq: this.directWritten, since: now } : undefined;
   }
 
   slowConsumer(reason: string): void {
