@@ -99,6 +99,11 @@ describe('resume with since', () => {
 
   it('replays what is left and says truncated when since is older than the retained window', async () => {
     const small = await sidecarWith('tw', { maxStoredMessages: 10 });
+    // u-win's user_joined is a project event too: have it stored first, so the window below holds
+    // exactly the last 10 published events (later connections of u-win are tabs: no new join).
+    const tab = await client(small, 'u-win');
+    await subscribe(tab, 'win');
+    await small.sidecar.presence.settled();
     const seqs = await publishRange('tw.project.win', 0, 30);
 
     const old = await client(small, 'u-win');
@@ -176,6 +181,7 @@ describe('gaps on the live path', () => {
     try {
       const c = await client(small, 'u-lost');
       await subscribe(c, 'lost');
+      await small.sidecar.presence.settled(); // u-lost's user_joined is stored before the events
       const seqs = await publishRange('tl.project.lost', 0, 7);
       await c.waitForMessage((m) => m.data?.i === 1);
       await pub.publish('tl.project.lost', 'n', { i: 7 }); // live: reveals the gap; the stream keeps 5, 6, 7
