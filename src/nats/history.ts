@@ -34,9 +34,11 @@ export class StreamHistory {
    * last one stored when the read began (later ones come live).
    */
   async read(subject: string, since: number, onMessage: (m: JsMsg) => void): Promise<HistoryRead> {
-    const plan = await this.plan(subject, since);
-    await this.fetch(subject, since, plan.head, onMessage);
-    return plan;
+    const head = await this.head(subject);
+    await this.fetch(subject, since, head, onMessage);
+    // Checked after the read, not before: an event pushed out of the window while the read ran
+    // (by any newer event, even the reader's own user_joined) is reported, never silently skipped.
+    return { truncated: await this.lost(subject, since), head };
   }
 
   /** Where the subject's history ends now, and whether part of it after `since` is gone. */

@@ -123,6 +123,11 @@ export class Inboxes {
     };
   }
 
+  private async hasStored(userId: string): Promise<boolean> {
+    const subject = `${this.config.subjectPrefix}.user.${userId}`;
+    return (await this.jsm.direct.getMessage(this.config.streamName, { last_by_subj: subject })) !== null;
+  }
+
   /** Create the user's consumer, or bring its mutable settings up to date (the same call: idempotent). */
   ensureConsumer(userId: string): Promise<ConsumerInfo> {
     return this.jsm.consumers.add(this.config.streamName, this.consumerConfig(userId));
@@ -137,6 +142,11 @@ export class Inboxes {
     const user = this.user(userId);
     try {
       return await user.run(async () => {
+        // Nothing ever stored for this user (the common case for a new user): no backlog, and no
+        // durable consumer yet. One direct get instead of a consumer create and a pull per connect;
+        // the consumer is made by the first ack (a pull that finds none creates it) or the next
+        // connect after a direct message, and starts from everything stored, so nothing is missed.
+        if (!(await this.hasStored(userId))) return [];
         await this.ensureConsumer(userId);
         const pulled = await this.snapshot(userId, user, Infinity);
         const unacked = pulled.filter((m) => !user.acknowledged(m.seq));

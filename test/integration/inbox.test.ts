@@ -94,8 +94,12 @@ describe('offline delivery', () => {
     expect(dms(c)).toEqual([0, 1, 2, 3, 4, 5]);
   });
 
-  it('keeps one durable consumer per user: R1, filtered on the user, explicit acks, inactive after the TTL', async () => {
+  it('keeps one durable consumer per user with direct messages: R1, filtered on the user, explicit acks, inactive after the TTL', async () => {
     const s = await sidecar();
+    await client(s, 'cfg-0');
+    // A user with no direct message stored gets no consumer: connecting costs one direct get.
+    expect(await consumerInfo(nc, STREAM, 'inbox-cfg-0')).toBeFalsy();
+    await directs('cfg-1', 0, 1);
     await client(s, 'cfg-1');
     const info = await consumerInfo(nc, STREAM, 'inbox-cfg-1');
     expect(info?.config).toMatchObject({

@@ -123,6 +123,17 @@ describe('resume with since', () => {
     expect((await subscribe(fromStart, 'win', 0)).data).toMatchObject({ truncated: true, replayed: 10 });
   });
 
+  it('never skips silently: an event pushed out of a full window during the replay is reported as truncated', async () => {
+    const full = await sidecarWith('tf', { maxStoredMessages: 10 });
+    await publishRange('tf.project.full', 0, 10); // the window is full; nothing lost yet
+    const c = await client(full, 'u-full'); // its own user_joined will push the oldest event out
+    const ack = await subscribe(c, 'full', 0);
+    await c.waitForMessage((m) => m.data?.i === 9);
+    const got = indexes(ofType(c, 'n'));
+    expect(got).toEqual(range(10 - got.length, 10));
+    if (got.length < 10) expect(ack.data.truncated).toBe(true);
+  });
+
   it('says truncated when since is past the end of the stream (the stream was recreated)', async () => {
     const [seq] = await publishRange('ws.project.res-future', 0, 1);
     const c = await client(side, 'u-future');
