@@ -43,7 +43,6 @@ export class Connection {
   lastPing = 0;
   messagesIn = 0;
   messagesOut = 0;
-  log: Logger;
   /** The client has sent an `ack`: it acknowledges its direct messages itself (inboxAckMode auto). */
   acksDirect = false;
 
@@ -58,6 +57,8 @@ export class Connection {
   private readonly inbound: TokenBucket;
   private outbound: TokenBucket;
   private readonly errors: ErrorBudget;
+  /** Created on first use: most connections never log anything of their own (memory per idle socket). */
+  private childLog: Logger | undefined;
   private busy = false;
   private backlog: (() => void | Promise<void>)[] = [];
   /** The user's own topic (direct messages), once authenticated. */
@@ -81,7 +82,10 @@ export class Connection {
     this.inbound = new TokenBucket(c.requestsPerSecond, c.burstSize, now);
     this.outbound = new TokenBucket(c.outboundMessagesPerSecond, c.outboundBurst, now);
     this.errors = new ErrorBudget(c.maxErrors, c.errorResetInterval);
-    this.log = hub.log.child({ conn: id });
+  }
+
+  get log(): Logger {
+    return (this.childLog ??= this.hub.log.child({ conn: this.id, user: this.userId ?? undefined }));
   }
 
   get userId(): string | null {
@@ -228,8 +232,10 @@ export class Connection {
       // The user's unacknowledged direct messages go first, in order; live ones are held meanwhile.
       await this.hub.broker.backlog(principal.userId, (event) => backlog.push(event));
       if (this.state !== 'open') return;
-      this.log = this.log.child({ user: principal.userId });
-      this.log.info({ remote: this.remoteAddress, backlog: backlog.length }, 'connection authenticated');
+      this.hub.log.info(
+        { conn: this.id, user: principal.userId, remote: this.remoteAddress, backlog: backlog.length },
+        'connection authenticated',
+      );
     } else {
       this.hub.dropForbiddenProjects(this);
     }
@@ -414,8 +420,8 @@ export class Connection {
     if (this.state === 'closed') return;
     this.state = 'closed';
     this.hub.remove(this);
-    this.log.info(
-      { code, reason: reason || undefined, in: this.messagesIn, out: this.messagesOut },
+    this.hub.log.info(
+      { conn: this.id, user: this.userId ?? undefined, code, reason: reason || undefined, in: this.messagesIn, out: this.messagesOut },
       'connection closed',
     );
   }
