@@ -66,6 +66,8 @@ export interface PresenceStats {
 /** Retries of one compare-and-set under contention: many tabs of one user on many instances. */
 const CAS_ATTEMPTS = 20;
 const PUBLISH_ATTEMPTS = 3;
+/** Presence keys whose last revision is remembered (the watched copy of the bucket). */
+const MAX_SEEN = 100_000;
 
 const isWrongLastSequence = (err: unknown): boolean =>
   err instanceof JetStreamApiError &&
@@ -96,6 +98,14 @@ export class NatsPresence implements PresencePort {
   private readonly failed = new Set<string>();
   /** The presence bucket as last seen by the watcher: project -> user -> members. */
   private readonly mirror = new Map<string, Map<string, string[]>>();
+  /**
+   * Each key's last revision and members as the watcher saw them (and as this instance wrote
+   * them): the compare-and-set of an update starts from here instead of a get. A stale copy only
+   * costs a failed CAS and a get; a change is never skipped on its word. Bounded: oldest first.
+   */
+  private readonly seen = new Map<string, { revision: number; members: string[] }>();
+  /** A key was dropped from `seen`: a key missing there may exist after all. */
+  private seenEvicted = false;
   private watcher: QueuedIterator<KvEntry> | undefined;
   /** The watcher has delivered everything the bucket held when it started. */
   private loaded = false;
@@ -209,9 +219,31 @@ export class NatsPresence implements PresencePort {
         } else if (users?.delete(userId) && users.size === 0) {
           this.mirror.delete(projectId);
         }
+        this.remember(entry.key, entry.revision, members);
         if (entry.revision >= loadedAt) this.loaded = true;
       }
     })().catch((err: unknown) => this.log.warn({ err }, 'presence watcher stopped'));
+  }
+
+  private remember(key: string, revision: number, members: string[]): void {
+    const known = this.seen.get(key);
+    if (known !== undefined) {
+      if (known.revision >= revision) return; // the watcher lags behind our own write
+      this.seen.delete(key); // re-inserted last: the map evicts the oldest
+    }
+    this.seen.set(key, { revision, members });
+    if (this.seen.size > MAX_SEEN) {
+      this.seen.delete(this.seen.keys().next().value!);
+      this.seenEvicted = true;
+    }
+  }
+
+  /** What `seen` says of a key, or undefined when only a get can tell. */
+  private known(key: string): { revision: number; members: string[] } | undefined {
+    const known = this.seen.get(key);
+    if (known !== undefined) return known;
+    // Every key the bucket holds has passed the watcher: one it never showed does not exist.
+    return this.loaded && !this.seenEvicted ? { revision: 0, members: [] } : undefined;
   }
 
   // ---- updates ------------------------------------------------------------------------------
@@ -248,24 +280,44 @@ export class NatsPresence implements PresencePort {
 
   /** Compare-and-set `change` on a presence key, then announce the transition it made, if any. */
   private async update(key: string, change: (members: readonly string[]) => string[]): Promise<void> {
+    // First from the watched copy (saves a get per update); after a failed CAS, or when the copy
+    // says nothing needs to change (it may lag), from a get.
+    let cached = this.known(key);
     for (let attempt = 1; ; attempt++) {
-      const entry = await this.presence.get(key);
-      const members = membersOf(entry);
+      let revision: number;
+      let members: string[];
+      if (cached !== undefined) {
+        ({ revision, members } = cached);
+      } else {
+        const entry = await this.presence.get(key);
+        members = membersOf(entry);
+        revision = entry?.revision ?? 0;
+      }
       const next = change(members);
-      if (next.length === members.length && next.every((m) => members.includes(m))) return;
+      if (next.length === members.length && next.every((m) => members.includes(m))) {
+        if (cached === undefined) return;
+        cached = undefined;
+        attempt -= 1;
+        continue;
+      }
+      const fromCache = cached !== undefined;
+      cached = undefined;
       let transition: [type: string, revision: number] | undefined;
       try {
         if (next.length === 0) {
-          await this.presence.delete(key, { previousSeq: entry!.revision });
-          transition = [MessageType.UserLeft, entry!.revision];
+          await this.presence.delete(key, { previousSeq: revision });
+          transition = [MessageType.UserLeft, revision];
         } else {
-          const revision = await this.presence.put(key, JSON.stringify({ members: next }), {
-            previousSeq: entry?.revision ?? 0,
-          });
-          if (members.length === 0) transition = [MessageType.UserJoined, revision];
+          const written = await this.presence.put(key, JSON.stringify({ members: next }), { previousSeq: revision });
+          this.remember(key, written, next);
+          if (members.length === 0) transition = [MessageType.UserJoined, written];
         }
       } catch (err) {
-        if (isWrongLastSequence(err) && attempt < CAS_ATTEMPTS) continue; // someone else wrote first: look again
+        // Someone else wrote first (or the copy was stale): look again. A stale copy is not an attempt.
+        if (isWrongLastSequence(err) && (fromCache || attempt < CAS_ATTEMPTS)) {
+          if (fromCache) attempt -= 1;
+          continue;
+        }
         throw err;
       }
       if (transition) await this.announce(key, ...transition);
