@@ -6,7 +6,7 @@
 import { createServer, type IncomingMessage, type Server, type RequestListener } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import { WebSocketServer } from 'ws';
+import { WebSocketServer, type WebSocket } from 'ws';
 import type { Principal } from '../auth.js';
 import type { Config } from '../config.js';
 import { AuthError } from '../errors.js';
@@ -43,6 +43,32 @@ function refuse(socket: Duplex, status: number, reason: string, message: string)
   );
 }
 
+function destroySocket(this: Duplex): void {
+  this.destroy();
+}
+
+/**
+ * A new WebSocket joins the hub. Outside `upgrade` on purpose: the listeners below live as long as
+ * the socket, and closures made in `upgrade` would keep its request, URL and token with them.
+ */
+function attach(hub: Hub, ws: WebSocket, socket: Duplex, remote: string, principal: Principal | undefined): void {
+  const conn = hub.connect(new WsTransport(ws, socket), remote);
+  ws.on('message', (data, isBinary) => conn.receive(data as Buffer, isBinary));
+  ws.on('pong', () => {
+    conn.lastSeen = Date.now();
+  });
+  ws.on('close', (code, reason) => conn.closed(code, reason.toString()));
+  ws.on('error', (err) => conn.log.debug({ err: err.message }, 'socket error'));
+  if (principal) {
+    conn.authenticate(principal).catch((err) => {
+      conn.log.error({ err }, 'authentication setup failed');
+      conn.close(CloseCode.InternalError, 'internal error');
+    });
+  } else {
+    conn.send(serverMessage(MessageType.AuthRequired, { message: 'send {"type":"auth","data":{"token":"<JWT>"}}' }));
+  }
+}
+
 export function createHttpServer(options: HttpServerOptions): Server {
   const { config, hub, log } = options;
   const wss = new WebSocketServer({
@@ -56,7 +82,9 @@ export function createHttpServer(options: HttpServerOptions): Server {
   const origins = config.allowedOrigins?.length ? new Set(config.allowedOrigins) : undefined;
   const server = createServer(options.api);
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-    socket.on('error', () => socket.destroy());
+    // A shared listener, not a closure: a closure here would keep this request (headers, URL,
+    // token) alive for as long as the socket lives (memory per idle connection).
+    socket.on('error', destroySocket);
     void upgrade(req, socket, head);
   });
 
@@ -94,24 +122,8 @@ export function createHttpServer(options: HttpServerOptions): Server {
       }
     }
     if (socket.destroyed) return;
-    wss.handleUpgrade(req, socket, head, (ws) => {
-      const remote = (req.socket.remoteAddress ?? '') + (req.socket.remotePort ? `:${req.socket.remotePort}` : '');
-      const conn = hub.connect(new WsTransport(ws, socket), remote);
-      ws.on('message', (data, isBinary) => conn.receive(data as Buffer, isBinary));
-      ws.on('pong', () => {
-        conn.lastSeen = Date.now();
-      });
-      ws.on('close', (code, reason) => conn.closed(code, reason.toString()));
-      ws.on('error', (err) => conn.log.debug({ err: err.message }, 'socket error'));
-      if (principal) {
-        conn.authenticate(principal).catch((err) => {
-          conn.log.error({ err }, 'authentication setup failed');
-          conn.close(CloseCode.InternalError, 'internal error');
-        });
-      } else {
-        conn.send(serverMessage(MessageType.AuthRequired, { message: 'send {"type":"auth","data":{"token":"<JWT>"}}' }));
-      }
-    });
+    const remote = (req.socket.remoteAddress ?? '') + (req.socket.remotePort ? `:${req.socket.remotePort}` : '');
+    wss.handleUpgrade(req, socket, head, (ws) => attach(hub, ws, socket, remote, principal));
   }
 
   return server;
