@@ -17,7 +17,7 @@ import {
 } from '../protocol.js';
 import { ErrorBudget, TokenBucket } from './limits.js';
 import type { EventRef } from './dedupe.js';
-import type { OutFrame, StoredEvent, Topic, Transport } from './ports.js';
+import { topics, type OutFrame, type StoredEvent, type Topic, type Transport } from './ports.js';
 import type { Subscription } from './subscription.js';
 import type { Hub } from './hub.js';
 import { dispatch } from './processors.js';
@@ -222,12 +222,14 @@ export class Connection {
     const refresh = this.state === 'open';
     this.principal = principal;
     const backlog: StoredEvent[] = [];
+    // One string for the topic everywhere it is kept (subscriptions, rooms, broker).
+    const userTopic = refresh ? '' : topics.user(principal.userId);
     if (!refresh) {
       if (!this.hub.admitUser(this, principal.userId)) return;
       this.state = 'open';
-      this.userSub = this.hub.join(this, `user.${principal.userId}`);
-      this.hub.join(this, 'broadcast');
-      await Promise.all([this.hub.ready(`user.${principal.userId}`), this.hub.ready('broadcast')]);
+      this.userSub = this.hub.join(this, userTopic);
+      this.hub.join(this, topics.broadcast);
+      await Promise.all([this.hub.ready(userTopic), this.hub.ready(topics.broadcast)]);
       if (this.state !== 'open') return;
       // The user's unacknowledged direct messages go first, in order; live ones are held meanwhile.
       await this.hub.broker.backlog(principal.userId, (event) => backlog.push(event));
@@ -242,10 +244,10 @@ export class Connection {
     this.send(serverMessage(MessageType.AuthSuccess, { user_id: principal.userId, connection_id: this.id }));
     if (!refresh) {
       for (const event of backlog) {
-        this.hub.checkDuplicate(`user.${principal.userId}`, event);
+        this.hub.checkDuplicate(userTopic, event);
         this.userSub!.replayed(event);
       }
-      for (const topic of [`user.${principal.userId}`, 'broadcast']) this.subscriptions.get(topic)?.release();
+      for (const topic of [userTopic, topics.broadcast]) this.subscriptions.get(topic)?.release();
     }
   }
 

@@ -63,6 +63,16 @@ export interface BrokerStats {
 }
 
 const NANOS_PER_MS = 1_000_000;
+const READY: Promise<void> = Promise.resolve();
+
+/**
+ * A header value as a string of its own. `MsgHdrs.get` returns a slice of the whole header block,
+ * and a slice keeps its parent alive: the hub's dedupe memory (RecentIds) would hold every
+ * event's full header text for the id alone.
+ */
+function ownString(value: string | undefined): string | undefined {
+  return value ? Buffer.from(value, 'utf8').toString('utf8') : undefined;
+}
 /** Set on events about one user (user_joined / user_left): that user's own connections skip them. */
 const ABOUT_USER_HEADER = 'Ws-About-User';
 /** Live events held per topic while a gap is repaired; past this they are dropped and read from the stream. */
@@ -225,7 +235,15 @@ export class NatsBroker implements BrokerPort {
       lossReported: false,
     };
     this.topics.set(topic, t);
-    t.ready = this.follow(t);
+    const ready = this.follow(t);
+    t.ready = ready;
+    // Once settled well, the topic holds the one shared resolved promise, not its own (memory per topic).
+    ready.then(
+      () => {
+        if (t.ready === ready) t.ready = READY;
+      },
+      () => {},
+    );
   }
 
   /**
@@ -371,7 +389,7 @@ export class NatsBroker implements BrokerPort {
     storedAt: string | undefined,
   ): StoredEvent | undefined {
     try {
-      const { text, messageId } = encodeStoredEvent(data, { seq, projectId, msgId: h?.get('Nats-Msg-Id') || undefined, storedAt });
+      const { text, messageId } = encodeStoredEvent(data, { seq, projectId, msgId: ownString(h?.get('Nats-Msg-Id')), storedAt });
       return { seq, frame: { text }, messageId, aboutUser: h?.get(ABOUT_USER_HEADER) || undefined };
     } catch (err) {
       if (!(err instanceof EventError)) throw err;
