@@ -248,17 +248,20 @@ export class NatsBroker implements BrokerPort {
 
   /**
    * The SUB is in place (a round trip after it), and the topic's last stored seq is the baseline
-   * for gap checks: every later event must reach us live, so one that does not is a gap.
+   * for gap checks: every later event must reach us live, so one that does not is a gap. The
+   * head request is that round trip: it is sent after the SUB on the same connection, and the
+   * server handles a connection's operations in order. Only when it fails does a PING stand in.
    */
   private async follow(t: LiveTopic): Promise<void> {
-    const [, head] = await Promise.all([
-      this.flushSoon(),
-      this.history.head(t.subject).catch((err: Error) => {
-        this.log.warn({ err, topic: t.topic }, 'no baseline for gap checks until the first live event');
-        return undefined;
-      }),
-    ]);
-    if (head !== undefined && this.topics.get(t.topic) === t) t.last = Math.max(t.last ?? 0, head);
+    const head = await this.history.head(t.subject).catch((err: Error) => {
+      this.log.warn({ err, topic: t.topic }, 'no baseline for gap checks until the first live event');
+      return undefined;
+    });
+    if (head === undefined) {
+      await this.flushSoon();
+      return;
+    }
+    if (this.topics.get(t.topic) === t) t.last = Math.max(t.last ?? 0, head);
   }
 
   /**
