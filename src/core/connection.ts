@@ -17,7 +17,7 @@ import {
 } from '../protocol.js';
 import { ErrorBudget, TokenBucket } from './limits.js';
 import type { EventRef } from './dedupe.js';
-import type { OutFrame, StoredEvent, Topic, Transport } from './ports.js';
+import { topics, type OutFrame, type StoredEvent, type Topic, type Transport } from './ports.js';
 import type { Subscription } from './subscription.js';
 import type { Hub } from './hub.js';
 import { dispatch } from './processors.js';
@@ -56,11 +56,13 @@ export class Connection {
   private stalledSince = 0;
   private readonly inbound: TokenBucket;
   private outbound: TokenBucket;
-  private readonly errors: ErrorBudget;
+  /** Created at the first error: most connections never send one. */
+  private errors: ErrorBudget | undefined;
   /** Created on first use: most connections never log anything of their own (memory per idle socket). */
   private childLog: Logger | undefined;
   private busy = false;
-  private backlog: (() => void | Promise<void>)[] = [];
+  /** Requests waiting behind an async one; created when one has to wait. */
+  private backlog: (() => void | Promise<void>)[] | undefined;
   /** The user's own topic (direct messages), once authenticated. */
   private userSub: Subscription | undefined;
   /** Direct messages up to this seq have been written to the socket; for ack-on-write. */
@@ -81,7 +83,6 @@ export class Connection {
     this.lastSeen = now;
     this.inbound = new TokenBucket(c.requestsPerSecond, c.burstSize, now);
     this.outbound = new TokenBucket(c.outboundMessagesPerSecond, c.outboundBurst, now);
-    this.errors = new ErrorBudget(c.maxErrors, c.errorResetInterval);
   }
 
   get log(): Logger {
@@ -118,7 +119,7 @@ export class Connection {
     }
     // Admitted requests that wait behind a slow one (auth, subscribe) are capped too, so a client
     // cannot pile up work and memory while a handler waits on NATS.
-    if (this.backlog.length >= this.hub.config.burstSize) {
+    if (this.backlog !== undefined && this.backlog.length >= this.hub.config.burstSize) {
       this.hub.stats.rateLimited += 1;
       this.fail(new ProtocolError(ErrorCode.RateLimited, 'too many requests in flight; wait for the answers'));
       return;
@@ -163,7 +164,7 @@ export class Connection {
    */
   private inOrder(task: () => void | Promise<void>): void {
     if (this.busy) {
-      this.backlog.push(task);
+      (this.backlog ??= []).push(task);
       return;
     }
     let next: (() => void | Promise<void>) | undefined = task;
@@ -173,12 +174,12 @@ export class Connection {
         this.busy = true;
         void result.then(() => {
           this.busy = false;
-          const queued = this.backlog.shift();
+          const queued = this.backlog?.shift();
           if (queued) this.inOrder(queued);
         });
         return;
       }
-      next = this.backlog.shift();
+      next = this.backlog?.shift();
     }
   }
 
@@ -206,13 +207,14 @@ export class Connection {
   countError(): void {
     if (this.state === 'closed') return;
     this.hub.stats.errorsSent += 1;
-    if (this.errors.record(Date.now())) {
+    const c = this.hub.config;
+    if ((this.errors ??= new ErrorBudget(c.maxErrors, c.errorResetInterval)).record(Date.now())) {
       this.close(CloseCode.TooManyErrors, 'too many errors');
     }
   }
 
   get errorCount(): number {
-    return this.errors.errors;
+    return this.errors?.errors ?? 0;
   }
 
   // ---- auth ---------------------------------------------------------------------------------
@@ -222,12 +224,14 @@ export class Connection {
     const refresh = this.state === 'open';
     this.principal = principal;
     const backlog: StoredEvent[] = [];
+    // One string for the topic everywhere it is kept (subscriptions, rooms, broker).
+    const userTopic = refresh ? '' : topics.user(principal.userId);
     if (!refresh) {
       if (!this.hub.admitUser(this, principal.userId)) return;
       this.state = 'open';
-      this.userSub = this.hub.join(this, `user.${principal.userId}`);
-      this.hub.join(this, 'broadcast');
-      await Promise.all([this.hub.ready(`user.${principal.userId}`), this.hub.ready('broadcast')]);
+      this.userSub = this.hub.join(this, userTopic);
+      this.hub.join(this, topics.broadcast);
+      await Promise.all([this.hub.ready(userTopic), this.hub.ready(topics.broadcast)]);
       if (this.state !== 'open') return;
       // The user's unacknowledged direct messages go first, in order; live ones are held meanwhile.
       await this.hub.broker.backlog(principal.userId, (event) => backlog.push(event));
@@ -242,10 +246,10 @@ export class Connection {
     this.send(serverMessage(MessageType.AuthSuccess, { user_id: principal.userId, connection_id: this.id }));
     if (!refresh) {
       for (const event of backlog) {
-        this.hub.checkDuplicate(`user.${principal.userId}`, event);
+        this.hub.checkDuplicate(userTopic, event);
         this.userSub!.replayed(event);
       }
-      for (const topic of [`user.${principal.userId}`, 'broadcast']) this.subscriptions.get(topic)?.release();
+      for (const topic of [userTopic, topics.broadcast]) this.subscriptions.get(topic)?.release();
     }
   }
 

@@ -106,7 +106,6 @@ export class Hub {
   readonly connections = new Map<string, Connection>();
   private readonly rooms = new Map<Topic, Set<Subscription>>();
   private readonly users = new Map<string, Set<Connection>>();
-  private readonly topicReady = new Map<Topic, Promise<void>>();
   private readonly recentIds = new RecentIds(RECENT_IDS);
   private dirty: Connection[] = [];
   private flushScheduled = false;
@@ -220,7 +219,6 @@ export class Hub {
     room?.delete(sub);
     if (room?.size === 0) {
       this.rooms.delete(topic);
-      this.topicReady.delete(topic);
       this.broker.setInterest(topic, false);
     }
     if (conn.userId && topic.startsWith('project.')) this.presence.exit(topic.slice(8), conn.userId);
@@ -229,13 +227,7 @@ export class Hub {
 
   /** Resolves once the broker delivers the topic's live events here. */
   ready(topic: Topic): Promise<void> {
-    let p = this.topicReady.get(topic);
-    if (!p) {
-      p = this.broker.interestReady(topic);
-      this.topicReady.set(topic, p);
-      p.catch(() => this.topicReady.delete(topic));
-    }
-    return p;
+    return this.broker.interestReady(topic);
   }
 
   /** After a token refresh: leave projects the new token no longer allows. */

@@ -6,10 +6,11 @@
 import { createServer, type IncomingMessage, type Server, type RequestListener } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import { WebSocketServer } from 'ws';
+import { WebSocketServer, type WebSocket } from 'ws';
 import type { Principal } from '../auth.js';
 import type { Config } from '../config.js';
 import { AuthError } from '../errors.js';
+import type { Connection } from '../core/connection.js';
 import type { Hub } from '../core/hub.js';
 import { CloseCode, MessageType, serverMessage } from '../protocol.js';
 import { WsTransport } from './ws-transport.js';
@@ -43,6 +44,48 @@ function refuse(socket: Duplex, status: number, reason: string, message: string)
   );
 }
 
+function destroySocket(this: Duplex): void {
+  this.destroy();
+}
+
+/** The socket's connection, for listeners shared by every socket (four closures per socket otherwise). */
+const CONNECTION = Symbol('connection');
+type SocketWithConnection = WebSocket & { [CONNECTION]: Connection };
+
+function onMessage(this: WebSocket, data: WebSocket.RawData, isBinary: boolean): void {
+  (this as SocketWithConnection)[CONNECTION].receive(data as Buffer, isBinary);
+}
+function onPong(this: WebSocket): void {
+  (this as SocketWithConnection)[CONNECTION].lastSeen = Date.now();
+}
+function onClose(this: WebSocket, code: number, reason: Buffer): void {
+  (this as SocketWithConnection)[CONNECTION].closed(code, reason.toString());
+}
+function onError(this: WebSocket, err: Error): void {
+  (this as SocketWithConnection)[CONNECTION].log.debug({ err: err.message }, 'socket error');
+}
+
+/**
+ * A new WebSocket joins the hub. Outside `upgrade` on purpose: the listeners below live as long as
+ * the socket, and closures made in `upgrade` would keep its request, URL and token with them.
+ */
+function attach(hub: Hub, ws: WebSocket, socket: Duplex, remote: string, principal: Principal | undefined): void {
+  const conn = hub.connect(new WsTransport(ws, socket), remote);
+  (ws as SocketWithConnection)[CONNECTION] = conn;
+  ws.on('message', onMessage);
+  ws.on('pong', onPong);
+  ws.on('close', onClose);
+  ws.on('error', onError);
+  if (principal) {
+    conn.authenticate(principal).catch((err) => {
+      conn.log.error({ err }, 'authentication setup failed');
+      conn.close(CloseCode.InternalError, 'internal error');
+    });
+  } else {
+    conn.send(serverMessage(MessageType.AuthRequired, { message: 'send {"type":"auth","data":{"token":"<JWT>"}}' }));
+  }
+}
+
 export function createHttpServer(options: HttpServerOptions): Server {
   const { config, hub, log } = options;
   const wss = new WebSocketServer({
@@ -56,7 +99,9 @@ export function createHttpServer(options: HttpServerOptions): Server {
   const origins = config.allowedOrigins?.length ? new Set(config.allowedOrigins) : undefined;
   const server = createServer(options.api);
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-    socket.on('error', () => socket.destroy());
+    // A shared listener, not a closure: a closure here would keep this request (headers, URL,
+    // token) alive for as long as the socket lives (memory per idle connection).
+    socket.on('error', destroySocket);
     void upgrade(req, socket, head);
   });
 
@@ -94,24 +139,8 @@ export function createHttpServer(options: HttpServerOptions): Server {
       }
     }
     if (socket.destroyed) return;
-    wss.handleUpgrade(req, socket, head, (ws) => {
-      const remote = (req.socket.remoteAddress ?? '') + (req.socket.remotePort ? `:${req.socket.remotePort}` : '');
-      const conn = hub.connect(new WsTransport(ws, socket), remote);
-      ws.on('message', (data, isBinary) => conn.receive(data as Buffer, isBinary));
-      ws.on('pong', () => {
-        conn.lastSeen = Date.now();
-      });
-      ws.on('close', (code, reason) => conn.closed(code, reason.toString()));
-      ws.on('error', (err) => conn.log.debug({ err: err.message }, 'socket error'));
-      if (principal) {
-        conn.authenticate(principal).catch((err) => {
-          conn.log.error({ err }, 'authentication setup failed');
-          conn.close(CloseCode.InternalError, 'internal error');
-        });
-      } else {
-        conn.send(serverMessage(MessageType.AuthRequired, { message: 'send {"type":"auth","data":{"token":"<JWT>"}}' }));
-      }
-    });
+    const remote = (req.socket.remoteAddress ?? '') + (req.socket.remotePort ? `:${req.socket.remotePort}` : '');
+    wss.handleUpgrade(req, socket, head, (ws) => attach(hub, ws, socket, remote, principal));
   }
 
   return server;

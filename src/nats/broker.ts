@@ -63,6 +63,16 @@ export interface BrokerStats {
 }
 
 const NANOS_PER_MS = 1_000_000;
+const READY: Promise<void> = Promise.resolve();
+
+/**
+ * A header value as a string of its own. `MsgHdrs.get` returns a slice of the whole header block,
+ * and a slice keeps its parent alive: the hub's dedupe memory (RecentIds) would hold every
+ * event's full header text for the id alone.
+ */
+function ownString(value: string | undefined): string | undefined {
+  return value ? Buffer.from(value, 'utf8').toString('utf8') : undefined;
+}
 /** Set on events about one user (user_joined / user_left): that user's own connections skip them. */
 const ABOUT_USER_HEADER = 'Ws-About-User';
 /** Live events held per topic while a gap is repaired; past this they are dropped and read from the stream. */
@@ -97,6 +107,8 @@ export class NatsBroker implements BrokerPort {
   private readonly topics = new Map<Topic, LiveTopic>();
   private repairsRunning = 0;
   private readonly repairsWaiting: (() => void)[] = [];
+  /** One PING/PONG for every SUB sent in the same tick (a connect storm joins many topics at once). */
+  private pendingFlush: Promise<void> | undefined;
 
   private constructor(
     readonly nc: NatsConnection,
@@ -119,6 +131,10 @@ export class NatsBroker implements BrokerPort {
       maxReconnectAttempts: -1,
       reconnectTimeWait: 500,
       pingInterval: 10_000,
+      // nats.js otherwise builds two Error objects (stack capture) per request, in case it fails:
+      // ~9% of the CPU of a connect storm (profile in BENCHMARKS.md). Errors keep their message and
+      // cause; only the stack of the awaiting caller is lost.
+      noAsyncTraces: true,
     });
     log.info({ server: nc.getServer() }, 'connected to NATS');
     const jsm = await jetstreamManager(nc, { timeout: 10_000 });
@@ -219,22 +235,47 @@ export class NatsBroker implements BrokerPort {
       lossReported: false,
     };
     this.topics.set(topic, t);
-    t.ready = this.follow(t);
+    const ready = this.follow(t);
+    t.ready = ready;
+    // Once settled well, the topic holds the one shared resolved promise, not its own (memory per topic).
+    ready.then(
+      () => {
+        if (t.ready === ready) t.ready = READY;
+      },
+      () => {},
+    );
   }
 
   /**
    * The SUB is in place (a round trip after it), and the topic's last stored seq is the baseline
-   * for gap checks: every later event must reach us live, so one that does not is a gap.
+   * for gap checks: every later event must reach us live, so one that does not is a gap. The
+   * head request is that round trip: it is sent after the SUB on the same connection, and the
+   * server handles a connection's operations in order. Only when it fails does a PING stand in.
    */
   private async follow(t: LiveTopic): Promise<void> {
-    const [, head] = await Promise.all([
-      this.nc.flush(),
-      this.history.head(t.subject).catch((err: Error) => {
-        this.log.warn({ err, topic: t.topic }, 'no baseline for gap checks until the first live event');
-        return undefined;
-      }),
-    ]);
-    if (head !== undefined && this.topics.get(t.topic) === t) t.last = Math.max(t.last ?? 0, head);
+    const head = await this.history.head(t.subject).catch((err: Error) => {
+      this.log.warn({ err, topic: t.topic }, 'no baseline for gap checks until the first live event');
+      return undefined;
+    });
+    if (head === undefined) {
+      await this.flushSoon();
+      return;
+    }
+    if (this.topics.get(t.topic) === t) t.last = Math.max(t.last ?? 0, head);
+  }
+
+  /**
+   * A round trip to the server that covers every SUB sent so far and later in this tick: the PING
+   * goes out after the current I/O callbacks, so many new topics share one.
+   */
+  private flushSoon(): Promise<void> {
+    this.pendingFlush ??= new Promise<void>((resolve, reject) => {
+      setImmediate(() => {
+        this.pendingFlush = undefined;
+        this.nc.flush().then(resolve, reject);
+      });
+    });
+    return this.pendingFlush;
   }
 
   interestReady(topic: Topic): Promise<void> {
@@ -351,7 +392,7 @@ export class NatsBroker implements BrokerPort {
     storedAt: string | undefined,
   ): StoredEvent | undefined {
     try {
-      const { text, messageId } = encodeStoredEvent(data, { seq, projectId, msgId: h?.get('Nats-Msg-Id') || undefined, storedAt });
+      const { text, messageId } = encodeStoredEvent(data, { seq, projectId, msgId: ownString(h?.get('Nats-Msg-Id')), storedAt });
       return { seq, frame: { text }, messageId, aboutUser: h?.get(ABOUT_USER_HEADER) || undefined };
     } catch (err) {
       if (!(err instanceof EventError)) throw err;
@@ -371,7 +412,11 @@ export class NatsBroker implements BrokerPort {
   }
 
   async backlog(userId: string, onEvent: (event: StoredEvent) => void): Promise<void> {
-    for (const m of await this.inboxes.backlog(userId)) {
+    // The user's live topic knows the subject's last stored seq (its baseline, then every live
+    // event): 0 there means nothing was ever stored for this user, so the inbox need not ask.
+    const t = this.topics.get(`user.${userId}`);
+    const nothingStored = t !== undefined && t.last === 0 && t.held === null;
+    for (const m of await this.inboxes.backlog(userId, nothingStored)) {
       const event = this.toEvent(undefined, m.seq, m.data, m.headers, m.storedAt);
       // An invalid payload can never be delivered: acknowledge it so it does not come back.
       if (event) onEvent(event);

@@ -66,10 +66,17 @@ export interface PresenceStats {
 /** Retries of one compare-and-set under contention: many tabs of one user on many instances. */
 const CAS_ATTEMPTS = 20;
 const PUBLISH_ATTEMPTS = 3;
+/** Deleted presence keys whose revision is remembered, so a user who comes back needs no get. */
+const MAX_TOMBSTONES = 10_000;
 
 const isWrongLastSequence = (err: unknown): boolean =>
   err instanceof JetStreamApiError &&
   (err.code === JetStreamApiCodes.StreamWrongLastSequence || err.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown);
+
+interface KnownKey {
+  readonly members: string[];
+  readonly revision: number;
+}
 
 function membersOf(entry: KvEntry | null): string[] {
   if (entry?.operation !== 'PUT') return [];
@@ -94,8 +101,21 @@ export class NatsPresence implements PresencePort {
   private readonly rerun = new Set<string>();
   /** Keys whose update failed (NATS unavailable): retried on each heartbeat. */
   private readonly failed = new Set<string>();
-  /** The presence bucket as last seen by the watcher: project -> user -> members. */
-  private readonly mirror = new Map<string, Map<string, string[]>>();
+  /**
+   * The presence bucket as last seen by the watcher (and as this instance wrote it): project ->
+   * user -> members and the key's revision. The compare-and-set of an update starts from here
+   * instead of a get: a stale copy only costs a failed CAS and a get, and a change is never
+   * skipped on its word.
+   */
+  private readonly mirror = new Map<string, Map<string, KnownKey>>();
+  /**
+   * Each key's last revision and members as the watcher saw them (and as this instance wrote
+   * them): the compare-and-set of an update starts from here instead of a get. A stale copy only
+   * costs a failed CAS and a get; a change is never skipped on its word. Bounded: oldest first.
+   */
+  private readonly tombstones = new Map<string, number>();
+  /** A tombstone was dropped: a key the copy does not know may exist after all. */
+  private tombstonesEvicted = false;
   private watcher: QueuedIterator<KvEntry> | undefined;
   /** The watcher has delivered everything the bucket held when it started. */
   private loaded = false;
@@ -201,17 +221,40 @@ export class NatsPresence implements PresencePort {
         const dot = entry.key.indexOf('.');
         const projectId = entry.key.slice(0, dot);
         const userId = entry.key.slice(dot + 1);
-        const members = membersOf(entry);
-        let users = this.mirror.get(projectId);
-        if (members.length > 0) {
-          if (!users) this.mirror.set(projectId, (users = new Map()));
-          users.set(userId, members);
-        } else if (users?.delete(userId) && users.size === 0) {
-          this.mirror.delete(projectId);
-        }
+        this.remember(projectId, userId, entry.key, entry.revision, membersOf(entry));
         if (entry.revision >= loadedAt) this.loaded = true;
       }
     })().catch((err: unknown) => this.log.warn({ err }, 'presence watcher stopped'));
+  }
+
+  private remember(projectId: string, userId: string, key: string, revision: number, members: string[]): void {
+    let users = this.mirror.get(projectId);
+    const current = users?.get(userId)?.revision ?? this.tombstones.get(key) ?? -1;
+    if (current >= revision) return; // the watcher lags behind this instance's own write
+    if (members.length > 0) {
+      this.tombstones.delete(key);
+      if (!users) this.mirror.set(projectId, (users = new Map()));
+      users.set(userId, { members, revision });
+      return;
+    }
+    if (users?.delete(userId) && users.size === 0) this.mirror.delete(projectId);
+    this.tombstones.delete(key); // re-inserted last: the oldest go first
+    this.tombstones.set(key, revision);
+    if (this.tombstones.size > MAX_TOMBSTONES) {
+      this.tombstones.delete(this.tombstones.keys().next().value!);
+      this.tombstonesEvicted = true;
+    }
+  }
+
+  /** What the copy says of a key, or undefined when only a get can tell. */
+  private known(key: string): KnownKey | undefined {
+    const dot = key.indexOf('.');
+    const live = this.mirror.get(key.slice(0, dot))?.get(key.slice(dot + 1));
+    if (live !== undefined) return live;
+    const deleted = this.tombstones.get(key);
+    if (deleted !== undefined) return { members: [], revision: deleted };
+    // Every key the bucket holds has passed the watcher: one it never showed does not exist.
+    return this.loaded && !this.tombstonesEvicted ? { members: [], revision: 0 } : undefined;
   }
 
   // ---- updates ------------------------------------------------------------------------------
@@ -248,24 +291,45 @@ export class NatsPresence implements PresencePort {
 
   /** Compare-and-set `change` on a presence key, then announce the transition it made, if any. */
   private async update(key: string, change: (members: readonly string[]) => string[]): Promise<void> {
+    // First from the watched copy (saves a get per update); after a failed CAS, or when the copy
+    // says nothing needs to change (it may lag), from a get.
+    let cached = this.known(key);
     for (let attempt = 1; ; attempt++) {
-      const entry = await this.presence.get(key);
-      const members = membersOf(entry);
+      let revision: number;
+      let members: string[];
+      if (cached !== undefined) {
+        ({ revision, members } = cached);
+      } else {
+        const entry = await this.presence.get(key);
+        members = membersOf(entry);
+        revision = entry?.revision ?? 0;
+      }
       const next = change(members);
-      if (next.length === members.length && next.every((m) => members.includes(m))) return;
+      if (next.length === members.length && next.every((m) => members.includes(m))) {
+        if (cached === undefined) return;
+        cached = undefined;
+        attempt -= 1;
+        continue;
+      }
+      const fromCache = cached !== undefined;
+      cached = undefined;
       let transition: [type: string, revision: number] | undefined;
       try {
         if (next.length === 0) {
-          await this.presence.delete(key, { previousSeq: entry!.revision });
-          transition = [MessageType.UserLeft, entry!.revision];
+          await this.presence.delete(key, { previousSeq: revision });
+          transition = [MessageType.UserLeft, revision];
         } else {
-          const revision = await this.presence.put(key, JSON.stringify({ members: next }), {
-            previousSeq: entry?.revision ?? 0,
-          });
-          if (members.length === 0) transition = [MessageType.UserJoined, revision];
+          const written = await this.presence.put(key, JSON.stringify({ members: next }), { previousSeq: revision });
+          const dot = key.indexOf('.');
+          this.remember(key.slice(0, dot), key.slice(dot + 1), key, written, next);
+          if (members.length === 0) transition = [MessageType.UserJoined, written];
         }
       } catch (err) {
-        if (isWrongLastSequence(err) && attempt < CAS_ATTEMPTS) continue; // someone else wrote first: look again
+        // Someone else wrote first (or the copy was stale): look again. A stale copy is not an attempt.
+        if (isWrongLastSequence(err) && (fromCache || attempt < CAS_ATTEMPTS)) {
+          if (fromCache) attempt -= 1;
+          continue;
+        }
         throw err;
       }
       if (transition) await this.announce(key, ...transition);
@@ -361,7 +425,7 @@ export class NatsPresence implements PresencePort {
   private async removeDeadMembers(alive: ReadonlySet<string>): Promise<void> {
     const suspects: [key: string, members: string[]][] = [];
     for (const [projectId, users] of this.mirror) {
-      for (const [userId, members] of users) {
+      for (const [userId, { members }] of users) {
         if (members.some((m) => !alive.has(m))) suspects.push([`${projectId}.${userId}`, members]);
       }
     }

@@ -6,6 +6,7 @@
 import Koa from 'koa';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { jetstreamManager } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { presenceRoutes, projectPresence } from '../../src/http/presence-routes.js';
 import { startTestNats, type TestNats } from '../helpers/nats.js';
@@ -112,6 +113,40 @@ describe('user_joined and user_left across instances', () => {
     // The observer's own joins are stored too, but a user never receives its own.
     expect(joinedIn('pres-multi-1')).toEqual(['bob', 'carol']);
     expect(joinedIn('pres-multi-2')).toEqual(['bob']);
+  });
+
+  it('starts its compare-and-set from the watched copy, and a stale copy costs a retry, never a wrong key', async () => {
+    const project = 'pres-stale';
+    const kv = await new Kvm(nc).open(a.sidecar.config.presenceBucket);
+    const members = async () => {
+      const e = await kv.get(`${project}.sam`);
+      return e?.operation === 'PUT' ? (e.json<{ members: string[] }>().members ?? []) : [];
+    };
+    // The copy is poked directly: a watcher that lags behind another instance's write looks like this.
+    const copy = (a.sidecar.presence as unknown as { mirror: Map<string, Map<string, { members: string[]; revision: number }>> }).mirror;
+    const observer = await client(b, 'observer-stale');
+    await subscribe(observer, project);
+    let sam = await client(a, 'sam');
+    await subscribe(sam, project);
+    await observer.waitForMessage((m) => m.type === 'user_joined' && m.data.user_id === 'sam');
+    expect(await members()).toEqual([a.sidecar.presence.member]);
+
+    // A wrong revision: the delete fails its CAS once, then reads the key and goes through.
+    copy.get(project)!.set('sam', { members: [a.sidecar.presence.member], revision: 1 });
+    sam.close();
+    await observer.waitForMessage((m) => m.type === 'user_left' && m.data.user_id === 'sam');
+    await a.sidecar.presence.settled();
+    expect(await members()).toEqual([]);
+
+    // A copy that says the member is already there (it is not): the no-op is checked with a get.
+    if (!copy.has(project)) copy.set(project, new Map());
+    copy.get(project)!.set('sam', { members: [a.sidecar.presence.member], revision: 1_000_000 });
+    sam = await client(a, 'sam');
+    await subscribe(sam, project);
+    await a.sidecar.presence.settled();
+    expect(await members()).toEqual([a.sidecar.presence.member]);
+    await quiesce(observer, project);
+    expect(presenceEvents(observer, 'sam')).toEqual(['user_joined', 'user_left', 'user_joined']);
   });
 
   it('announces user_left for the users of an instance that stops gracefully', async () => {

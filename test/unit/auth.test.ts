@@ -135,3 +135,66 @@ describe('claims and clock', () => {
     expect(await refusal(v.verify(''))).toBe('token_missing');
   });
 });
+
+describe('HMAC fast path (node:crypto signature check, jose claim checks)', () => {
+  const now = () => Math.floor(Date.now() / 1000);
+  const b64 = (v: unknown) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
+
+  /** Same outcome and message as jose's jwtVerify, for the tokens the fast path takes and those it leaves to jose. */
+  it('answers exactly as jose does, accepted or refused', async () => {
+    const { jwtVerify } = await import('jose');
+    const options = { jwtSecret: SECRET, jwtIssuer: 'iss', jwtAudience: 'aud', jwtClockTolerance: '5s', jwtAlgorithms: 'HS256,HS512' };
+    const v = verifier(options);
+    const good = await sign('HS256', secretKey, { iss: 'iss', aud: 'aud' });
+    const [h, p, s] = good.split('.');
+    const resign = async (header: unknown, payload: string) => {
+      const { createHmac } = await import('node:crypto');
+      const head = `${b64(header)}.${payload}`;
+      return `${head}.${createHmac('sha256', secretKey).update(head).digest('base64url')}`;
+    };
+    const tokens = [
+      good,
+      await sign('HS512', secretKey, { iss: 'iss', aud: 'aud' }),
+      await sign('HS384', secretKey, { iss: 'iss', aud: 'aud' }), // not in the allow-list
+      await sign('HS256', secretKey, { iss: 'iss', aud: 'aud', exp: now() - 2 }), // within tolerance
+      await sign('HS256', secretKey, { iss: 'iss', aud: 'aud', exp: now() - 60 }),
+      await sign('HS256', secretKey, { iss: 'iss', aud: 'aud', nbf: now() + 60 }),
+      await sign('HS256', secretKey, { iss: 'other', aud: 'aud' }),
+      await sign('HS256', secretKey, { iss: 'iss', aud: ['x', 'aud'] }),
+      await sign('HS256', secretKey, { iss: 'iss' }),
+      await sign('HS256', new TextEncoder().encode(`${SECRET}x`), { iss: 'iss', aud: 'aud' }),
+      `${h}.${p}.${s.slice(0, -2)}`,
+      `${h}.${p}.${s}=`,
+      `${h}.${p}.${s}!`,
+      `${h}.${p}`,
+      `${h}.${p}.`,
+      `${h}..${s}`,
+      `${b64({ alg: 'none' })}.${p}.`,
+      await resign({ alg: 'HS256', crit: ['exp'], exp: 1 }, p),
+      await resign({ alg: 'HS256', b64: false, crit: ['b64'] }, p),
+      await resign({ alg: 'HS256', typ: 'JWT', kid: 'k1' }, p),
+      await resign(['HS256'], p),
+      await resign({ alg: 'HS256' }, b64('[1,2]')),
+      await resign({ alg: 'HS256' }, b64('not json')),
+      await resign({ alg: 'HS256' }, b64({ sub: 'bob', iss: 'iss', aud: 'aud', exp: 'soon' })),
+      await resign({ alg: 'HS256' }, b64({ sub: 'bob', iss: 'iss', aud: 'aud', iat: 'then' })),
+      await resign({ alg: 'HS256' }, b64({ sub: 'bob', iss: 'iss', aud: 'aud', exp: now() + 60, projects: ['*'] })),
+    ];
+    const joseOptions = { algorithms: ['HS256', 'HS512'], issuer: 'iss', audience: 'aud', clockTolerance: 5 };
+    for (const token of tokens) {
+      const ours = await v.verify(token).then(
+        (principal) => ({ ok: true, sub: principal.userId, claims: principal.claims }),
+        (err: AuthError) => ({ ok: false, code: err.code, message: err.message }),
+      );
+      const theirs = await jwtVerify(token, secretKey, joseOptions).then(
+        ({ payload }) => ({ ok: true, sub: payload.sub, claims: payload }),
+        (err: { code: string }) => ({
+          ok: false,
+          code: err.code === 'ERR_JWT_EXPIRED' ? 'token_expired' : 'token_invalid',
+          message: err.code === 'ERR_JWT_EXPIRED' ? 'token expired' : `invalid token (${err.code})`,
+        }),
+      );
+      expect(ours, token).toEqual(theirs);
+    }
+  });
+});
