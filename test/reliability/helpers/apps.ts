@@ -1,5 +1,6 @@
 /** Apps built on the client SDK, as a frontend would use it, with quick reconnects for tests. */
 import WebSocket from 'ws';
+import { connect } from '@nats-io/transport-node';
 import { Client, type Options } from '../../../src/client/index.js';
 import { Publisher } from '../../../src/publisher/index.js';
 import { mintToken } from '../../../src/auth.js';
@@ -27,9 +28,15 @@ export async function closeAllApps(): Promise<void> {
   clients.clear();
 }
 
-/** A publisher that rides out NATS failovers: short attempts, many of them (about 30 s in all). */
-export function reliablePublisher(servers: string | string[]): Promise<Publisher> {
-  return Publisher.connect({ servers, timeout: 2000, maxAttempts: 9, retryDelay: 100 });
+/**
+ * A publisher that rides out NATS failovers: short attempts, many of them (about 30 s in all).
+ * It reconnects faster than the sidecar (100 ms against 500 ms), as one of many backends would:
+ * its retries can land while the sidecar is still reconnecting, which is what a live-path gap is.
+ */
+export async function reliablePublisher(servers: string | string[]): Promise<Publisher> {
+  const nc = await connect({ servers, maxReconnectAttempts: -1, reconnectTimeWait: 100, name: 'reliability publisher' });
+  const pub = new Publisher(nc, { timeout: 2000, maxAttempts: 9, retryDelay: 100 });
+  return Object.assign(pub, { close: () => nc.drain().catch(() => nc.close()) });
 }
 
 export interface AppPlan {
