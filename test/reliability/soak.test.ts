@@ -17,8 +17,8 @@ import { ProcSampler } from './helpers/proc.js';
 import { mib, report, round, slope } from './helpers/report.js';
 import { FULL, size } from './helpers/sizes.js';
 
-const DURATION_MS = size(25_000, 10 * 60_000);
-const WARMUP_MS = size(8_000, 2 * 60_000);
+const DURATION_MS = size(20_000, 10 * 60_000);
+const WARMUP_MS = size(6_000, 2 * 60_000);
 const STABLE_APPS = size(8, 40);
 const PROJECTS = 20;
 const CHURN_CONCURRENCY = size(10, 20);
