@@ -75,6 +75,17 @@ export const configSchema = z.object({
   errorResetInterval: duration(1),
   maxStoredMessages: int(1),
   messageTTL: duration(1000),
+  /**
+   * When a direct message counts as delivered for the offline inbox: `explicit` only on the
+   * client's `ack`; `write` once written to one of the user's sockets; `auto` like `explicit` for
+   * clients that ack, and like `write` (after `inboxAckWait`) for connections that never do.
+   */
+  inboxAckMode: z.enum(['auto', 'explicit', 'write']),
+  /**
+   * How long a connection that never acks has before its direct messages are acked on write
+   * (`auto`), and the inbox consumers' ack_wait (what an instance that dies mid-read holds comes back after it).
+   */
+  inboxAckWait: duration(1000),
   pingInterval: duration(10),
   pongTimeout: duration(10),
   maxMessageSize: int(64),

@@ -120,6 +120,18 @@ export function encodeEvent(
   payload: Uint8Array | string,
   meta: { seq: number; projectId?: string; msgId?: string; storedAt?: string },
 ): string {
+  return encodeStoredEvent(payload, meta).text;
+}
+
+/**
+ * `encodeEvent`, also returning the publisher's id for the event (the envelope's `message_id`,
+ * else the `Nats-Msg-Id` header), which delivery uses to drop duplicates. Undefined when the
+ * publisher gave none (the id sent is then `seq-<seq>`, unique anyway).
+ */
+export function encodeStoredEvent(
+  payload: Uint8Array | string,
+  meta: { seq: number; projectId?: string; msgId?: string; storedAt?: string },
+): { text: string; messageId?: string } {
   let raw: unknown;
   try {
     raw = JSON.parse(typeof payload === 'string' ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString('utf8'));
@@ -134,16 +146,18 @@ export function encodeEvent(
   if (!ev.data || typeof ev.data !== 'object' || Array.isArray(ev.data)) {
     throw new EventError('event "data" must be an object');
   }
+  // An empty id is no id: deduplicating on "" would drop every later event that has one.
+  const messageId = (typeof ev.message_id === 'string' && ev.message_id) || meta.msgId || undefined;
   const out: Record<string, unknown> = {
     type: ev.type,
     data: ev.data,
     timestamp: typeof ev.timestamp === 'string' ? ev.timestamp : (meta.storedAt ?? new Date().toISOString()),
     // Stable across replays, so a client can dedupe on it too.
-    message_id: typeof ev.message_id === 'string' ? ev.message_id : (meta.msgId ?? `seq-${meta.seq}`),
+    message_id: messageId ?? `seq-${meta.seq}`,
     seq: meta.seq,
   };
   if (meta.projectId !== undefined) out.project_id = meta.projectId;
-  return JSON.stringify(out);
+  return { text: JSON.stringify(out), messageId };
 }
 
 /** Validate an event body given to the admin API or the publisher SDK before it goes to NATS. */

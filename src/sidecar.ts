@@ -100,6 +100,7 @@ export class Sidecar {
       });
       metrics = new SidecarMetrics({ hub, broker, instanceId, startedAt });
       broker.setSink(metrics.timeDelivery((topic, event) => hub.publish(topic, event)));
+      broker.setLossSink((topic, afterSeq) => hub.historyLost(topic, afterSeq));
       authorizer.listenForRevocations((userId, projectId) => hub.revoke(userId, projectId));
       // Broadcasts go to every connection: one permanent subscription.
       hub.broker.setInterest('broadcast', true);

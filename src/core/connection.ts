@@ -16,7 +16,8 @@ import {
   truncateCloseReason,
 } from '../protocol.js';
 import { ErrorBudget, TokenBucket } from './limits.js';
-import type { OutFrame, Topic, Transport } from './ports.js';
+import type { EventRef } from './dedupe.js';
+import type { OutFrame, StoredEvent, Topic, Transport } from './ports.js';
 import type { Subscription } from './subscription.js';
 import type { Hub } from './hub.js';
 import { dispatch } from './processors.js';
@@ -42,7 +43,8 @@ export class Connection {
   lastPing = 0;
   messagesIn = 0;
   messagesOut = 0;
-  log: Logger;
+  /** The client has sent an `ack`: it acknowledges its direct messages itself (inboxAckMode auto). */
+  acksDirect = false;
 
   private queue: OutFrame[] = [];
   /** Characters of text in `queue` (a cheap stand-in for its bytes). */
@@ -55,8 +57,17 @@ export class Connection {
   private readonly inbound: TokenBucket;
   private outbound: TokenBucket;
   private readonly errors: ErrorBudget;
+  /** Created on first use: most connections never log anything of their own (memory per idle socket). */
+  private childLog: Logger | undefined;
   private busy = false;
   private backlog: (() => void | Promise<void>)[] = [];
+  /** The user's own topic (direct messages), once authenticated. */
+  private userSub: Subscription | undefined;
+  /** Direct messages up to this seq have been written to the socket; for ack-on-write. */
+  private directWritten = 0;
+  /** In auto mode: acked on write up to this seq, and the next written ones waiting out inboxAckWait. */
+  private directAcked = 0;
+  private unackedWrite: { seq: number; since: number } | undefined;
 
   constructor(
     readonly hub: Hub,
@@ -71,7 +82,10 @@ export class Connection {
     this.inbound = new TokenBucket(c.requestsPerSecond, c.burstSize, now);
     this.outbound = new TokenBucket(c.outboundMessagesPerSecond, c.outboundBurst, now);
     this.errors = new ErrorBudget(c.maxErrors, c.errorResetInterval);
-    this.log = hub.log.child({ conn: id });
+  }
+
+  get log(): Logger {
+    return (this.childLog ??= this.hub.log.child({ conn: this.id, user: this.userId ?? undefined }));
   }
 
   get userId(): string | null {
@@ -207,20 +221,30 @@ export class Connection {
   async authenticate(principal: Principal): Promise<void> {
     const refresh = this.state === 'open';
     this.principal = principal;
+    const backlog: StoredEvent[] = [];
     if (!refresh) {
       if (!this.hub.admitUser(this, principal.userId)) return;
       this.state = 'open';
-      this.hub.join(this, `user.${principal.userId}`);
+      this.userSub = this.hub.join(this, `user.${principal.userId}`);
       this.hub.join(this, 'broadcast');
       await Promise.all([this.hub.ready(`user.${principal.userId}`), this.hub.ready('broadcast')]);
       if (this.state !== 'open') return;
-      this.log = this.log.child({ user: principal.userId });
-      this.log.info({ remote: this.remoteAddress }, 'connection authenticated');
+      // The user's unacknowledged direct messages go first, in order; live ones are held meanwhile.
+      await this.hub.broker.backlog(principal.userId, (event) => backlog.push(event));
+      if (this.state !== 'open') return;
+      this.hub.log.info(
+        { conn: this.id, user: principal.userId, remote: this.remoteAddress, backlog: backlog.length },
+        'connection authenticated',
+      );
     } else {
       this.hub.dropForbiddenProjects(this);
     }
     this.send(serverMessage(MessageType.AuthSuccess, { user_id: principal.userId, connection_id: this.id }));
     if (!refresh) {
+      for (const event of backlog) {
+        this.hub.checkDuplicate(`user.${principal.userId}`, event);
+        this.userSub!.replayed(event);
+      }
       for (const topic of [`user.${principal.userId}`, 'broadcast']) this.subscriptions.get(topic)?.release();
     }
   }
@@ -274,6 +298,11 @@ export class Connection {
       this.transport.write(batch);
       this.messagesOut += n;
       this.hub.stats.messagesSent += n;
+      // A drained queue means every direct message enqueued so far is written: one compare per flush.
+      if (this.queue.length === 0 && this.userSub !== undefined && this.userSub.lastSeq > this.directWritten) {
+        this.directWritten = this.userSub.lastSeq;
+        if (this.hub.config.inboxAckMode === 'write') this.hub.broker.written(this.userId!, this.directWritten);
+      }
       // Start the slow-consumer clock; the next look (next flush or the sweep) decides.
       if (this.stalledSince === 0 && this.transport.bufferedAmount >= this.hub.config.maxBufferedBytes) {
         this.stalledSince = now;
@@ -339,6 +368,29 @@ export class Connection {
     return { messages: this.queue.length, chars: this.queuedChars };
   }
 
+  /** True when the client has event `ref` (used to skip the same message under another seq). */
+  has(ref: EventRef): boolean {
+    return this.subscriptions.get(ref.topic)?.has(ref.seq) ?? false;
+  }
+
+  /**
+   * Ack-on-write for a client that never acks (inboxAckMode auto), run by the hub's sweep: direct
+   * messages written at least inboxAckWait ago are acknowledged on its behalf. A client that
+   * acks shows it within that time and is left to ack for itself.
+   */
+  ackWrittenAfterGrace(now: number): void {
+    if (this.hub.config.inboxAckMode !== 'auto' || this.acksDirect || this.directWritten <= this.directAcked) return;
+    const pending = this.unackedWrite;
+    if (pending === undefined) {
+      this.unackedWrite = { seq: this.directWritten, since: now };
+      return;
+    }
+    if (now - pending.since < this.hub.config.inboxAckWait) return;
+    this.directAcked = pending.seq;
+    this.hub.broker.written(this.userId!, pending.seq);
+    this.unackedWrite = this.directWritten > pending.seq ? { seq: this.directWritten, since: now } : undefined;
+  }
+
   slowConsumer(reason: string): void {
     if (this.state === 'closed') return;
     this.hub.stats.slowConsumers += 1;
@@ -368,8 +420,8 @@ export class Connection {
     if (this.state === 'closed') return;
     this.state = 'closed';
     this.hub.remove(this);
-    this.log.info(
-      { code, reason: reason || undefined, in: this.messagesIn, out: this.messagesOut },
+    this.hub.log.info(
+      { conn: this.id, user: this.userId ?? undefined, code, reason: reason || undefined, in: this.messagesIn, out: this.messagesOut },
       'connection closed',
     );
   }

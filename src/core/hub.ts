@@ -8,6 +8,7 @@ import { mayAccessProject } from '../auth.js';
 import type { Config } from '../config.js';
 import { CloseCode, ErrorCode, MessageType, errorMessage, serverMessage } from '../protocol.js';
 import { Connection } from './connection.js';
+import { RecentIds } from './dedupe.js';
 import { OutboundPacer } from './limits.js';
 import {
   topics,
@@ -16,6 +17,7 @@ import {
   type ClientEventPort,
   type PresencePort,
   type ProjectAccessPort,
+  type OutFrame,
   type StoredEvent,
   type Topic,
   type Transport,
@@ -40,7 +42,12 @@ export type HubConfig = Pick<
   | 'maxConnectionsPerUser'
   | 'maxSubscriptionsPerConnection'
   | 'maxMessageSize'
+  | 'inboxAckMode'
+  | 'inboxAckWait'
 >;
+
+/** How many publisher message ids the hub remembers for deduplication. */
+const RECENT_IDS = 10_000;
 
 export interface HubStats {
   totalConnections: number;
@@ -100,6 +107,7 @@ export class Hub {
   private readonly rooms = new Map<Topic, Set<Subscription>>();
   private readonly users = new Map<string, Set<Connection>>();
   private readonly topicReady = new Map<Topic, Promise<void>>();
+  private readonly recentIds = new RecentIds(RECENT_IDS);
   private dirty: Connection[] = [];
   private flushScheduled = false;
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -186,7 +194,7 @@ export class Hub {
   // ---- topics -------------------------------------------------------------------------------
 
   /** Add a connection to a topic; the subscription holds live events until released. */
-  join(conn: Connection, topic: Topic, since = 0): Subscription {
+  join(conn: Connection, topic: Topic, since?: number): Subscription {
     const existing = conn.subscriptions.get(topic);
     if (existing) {
       existing.hold(since);
@@ -264,8 +272,28 @@ export class Hub {
     if (!room) return 0;
     this.stats.eventsRouted += 1;
     if (topic === 'broadcast') this.stats.broadcastsSent += 1;
+    this.checkDuplicate(topic, event);
     for (const sub of room) sub.offer(event);
     return room.size;
+  }
+
+  /** Mark an event whose publisher id came with another seq before (see RecentIds). Once per event. */
+  checkDuplicate(topic: Topic, event: StoredEvent): void {
+    if (event.messageId !== undefined) event.duplicateOf = this.recentIds.check(topic, event);
+  }
+
+  /**
+   * Events of `topic` after `afterSeq` were lost on the way here and the stream no longer holds
+   * them all: tell the topic's subscribers, so they refetch state from the backend.
+   */
+  historyLost(topic: Topic, afterSeq: number): void {
+    const room = this.rooms.get(topic);
+    if (!room) return;
+    const scope = topic.startsWith('project.')
+      ? { scope: 'project', project_id: topic.slice(8) }
+      : { scope: topic === 'broadcast' ? 'broadcast' : 'user' };
+    const frame: OutFrame = { text: serverMessage(MessageType.HistoryTruncated, { ...scope, after_seq: afterSeq }) };
+    for (const sub of room) sub.connection.enqueue(frame);
   }
 
   markDirty(conn: Connection): void {
@@ -312,6 +340,7 @@ export class Hub {
         conn.transport.ping();
       }
       if (conn.stalled) conn.recheckStalled(now);
+      conn.ackWrittenAfterGrace(now);
     }
   }
 

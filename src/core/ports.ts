@@ -30,6 +30,10 @@ export interface StoredEvent {
   readonly frame: OutFrame;
   /** The event is about this user (their own join or leave): their connections skip it. */
   readonly aboutUser?: string;
+  /** The publisher's id for it (envelope `message_id` or `Nats-Msg-Id`), when it gave one. */
+  readonly messageId?: string;
+  /** Set by the hub: another stored event with the same messageId, so a connection that has it skips this one. */
+  duplicateOf?: { readonly topic: Topic; readonly seq: number };
 }
 
 /** Topics are the subject suffix after the prefix: `project.<id>`, `user.<id>`, `broadcast`. */
@@ -55,6 +59,15 @@ export interface BrokerPort {
    * when the stream no longer holds the event at `since`: some history after it may be gone.
    */
   replay(topic: Topic, since: number, onEvent: (event: StoredEvent) => void): Promise<{ truncated: boolean }>;
+  /**
+   * The user's direct messages nobody has acknowledged yet, in order, through `onEvent`: what a
+   * connection that just opened gets before live ones. Never rejects.
+   */
+  backlog(userId: string, onEvent: (event: StoredEvent) => void): Promise<void>;
+  /** The client acknowledged the direct message `seq` (from any of the user's connections, on any instance). */
+  acknowledge(userId: string, seq: number): void;
+  /** Every direct message of the user up to `seq` was written to one of its sockets here (ack-on-write). */
+  written(userId: string, seq: number): void;
 }
 
 export interface AuthPort {

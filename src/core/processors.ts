@@ -66,7 +66,7 @@ const processors: Processors = {
       throw new ProtocolError(ErrorCode.Forbidden, 'too many subscriptions on this connection', { project_id: projectId });
     }
     const since = message.data.since;
-    const sub = conn.hub.join(conn, topic, since ?? 0);
+    const sub = conn.hub.join(conn, topic, since);
     try {
       await conn.hub.ready(topic);
       if (conn.subscriptions.get(topic) !== sub) return; // unsubscribed or closed meanwhile
@@ -81,7 +81,10 @@ const processors: Processors = {
         if (truncated) reply.truncated = true;
         reply.replayed = replayed.filter((e) => e.aboutUser !== conn.userId).length; // what will actually follow
         conn.send(serverMessage(MessageType.Subscription, reply));
-        for (const event of replayed) sub.replayed(event);
+        for (const event of replayed) {
+          conn.hub.checkDuplicate(topic, event);
+          sub.replayed(event);
+        }
       }
     } catch (err) {
       conn.hub.leave(conn, topic);
@@ -94,8 +97,14 @@ const processors: Processors = {
     conn.send(serverMessage(MessageType.Pong, {}));
   },
 
-  ack() {
-    // Direct-message acknowledgements are recorded by the offline inbox (see nats/inbox.ts).
+  ack(conn, message) {
+    conn.acksDirect = true;
+    // Only a direct message this connection has: an ack costs a read of the user's inbox in
+    // JetStream, which a made-up seq must not be able to trigger.
+    const seq = message.data.seq;
+    if (!conn.has({ topic: topics.user(conn.userId!), seq })) return;
+    // Applied to the user's inbox consumer, whichever instance the client is on (nats/inbox.ts).
+    conn.hub.broker.acknowledge(conn.userId!, seq);
   },
 
   async presence(conn, message) {

@@ -9,19 +9,30 @@ import type { StoredEvent, Topic } from './ports.js';
  */
 export class Subscription {
   lastSeq: number;
+  /**
+   * The lowest seq the client has on this topic: 0 after a resume with `since` (it claims every
+   * event up to there), else the first one delivered. With `lastSeq` it answers `has(seq)`.
+   */
+  private firstSeq: number;
   /** Non-null while the subscription is catching up; live events wait here. */
   private held: StoredEvent[] | null = [];
 
   constructor(
     readonly connection: Connection,
     readonly topic: Topic,
-    since = 0,
+    since?: number,
   ) {
-    this.lastSeq = since;
+    this.lastSeq = since ?? 0;
+    this.firstSeq = since === undefined ? Infinity : 0;
   }
 
   get catchingUp(): boolean {
     return this.held !== null;
+  }
+
+  /** True when the client has (or, through `since`, said it has) event `seq` of this topic. */
+  has(seq: number): boolean {
+    return seq >= this.firstSeq && seq <= this.lastSeq;
   }
 
   /** A live event from the broker. Hot path: a compare and a push. */
@@ -42,20 +53,30 @@ export class Subscription {
   private deliver(event: StoredEvent): void {
     if (event.seq <= this.lastSeq) return;
     this.lastSeq = event.seq;
+    // The same message under another seq (a publisher's retry, or sent to a project and a user):
+    // a client never gets one message_id twice.
+    if (event.duplicateOf !== undefined && this.connection.has(event.duplicateOf)) return;
+    if (this.firstSeq === Infinity) this.firstSeq = event.seq;
     if (event.aboutUser !== undefined && event.aboutUser === this.connection.userId) return;
     this.connection.enqueue(event.frame);
   }
 
   /** Start (again) holding live events, e.g. for a new replay from `since`. */
-  hold(since: number): void {
+  hold(since?: number): void {
     this.held ??= [];
-    this.lastSeq = since;
+    if (since !== undefined) {
+      this.lastSeq = since;
+      this.firstSeq = 0;
+    }
   }
 
   /** The replay is done: release what arrived live meanwhile, skipping what was replayed. */
   release(): void {
     const held = this.held;
     this.held = null;
-    if (held) for (const event of held) this.offer(event);
+    if (!held) return;
+    // Live events and a user's inbox backlog can arrive interleaved; the client gets stream order.
+    held.sort((a, b) => a.seq - b.seq);
+    for (const event of held) this.deliver(event);
   }
 }

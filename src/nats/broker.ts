@@ -7,9 +7,15 @@
  * instance holds one core subscription per topic it has local subscribers for, so an event costs
  * NATS one message per interested instance, and each event arrives here already numbered.
  */
-import { connect, headers as natsHeaders, type Msg, type NatsConnection, type Subscription as NatsSub } from '@nats-io/transport-node';
 import {
-  DeliverPolicy,
+  connect,
+  headers as natsHeaders,
+  type Msg,
+  type MsgHdrs,
+  type NatsConnection,
+  type Subscription as NatsSub,
+} from '@nats-io/transport-node';
+import {
   DiscardPolicy,
   jetstream,
   jetstreamManager,
@@ -17,41 +23,80 @@ import {
   StorageType,
   type JetStreamClient,
   type JetStreamManager,
+  type JsMsg,
   type StreamConfig,
 } from '@nats-io/jetstream';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import type { BrokerPort, StoredEvent, Topic } from '../core/ports.js';
-import { encodeEvent, EventError } from '../protocol.js';
+import { SidecarError } from '../errors.js';
+import { encodeStoredEvent, EventError } from '../protocol.js';
+import { StreamHistory } from './history.js';
+import { Inboxes } from './inbox.js';
 
 export type BrokerConfig = Pick<
   Config,
-  'natsUrl' | 'subjectPrefix' | 'streamName' | 'streamReplicas' | 'maxStoredMessages' | 'messageTTL'
+  | 'natsUrl'
+  | 'subjectPrefix'
+  | 'streamName'
+  | 'streamReplicas'
+  | 'maxStoredMessages'
+  | 'messageTTL'
+  | 'inboxAckWait'
 >;
 
 /** Where live events go: the hub, in production. */
 export type EventSink = (topic: Topic, event: StoredEvent) => void;
+/** Events of a topic after `afterSeq` were lost and the stream no longer has them all. */
+export type LossSink = (topic: Topic, afterSeq: number) => void;
 
 export interface BrokerStats {
   eventsReceived: number;
   eventsInvalid: number;
   reconnects: number;
+  /** Gaps seen on the live path (a Nats-Last-Sequence ahead of the last event delivered). */
   gaps: number;
+  /** Events fetched from the stream to fill gaps or catch up after a reconnect. */
+  eventsRecovered: number;
+  /** Times subscribers were told history was cut (history_truncated). */
+  historyLost: number;
 }
 
 const NANOS_PER_MS = 1_000_000;
 /** Set on events about one user (user_joined / user_left): that user's own connections skip them. */
 const ABOUT_USER_HEADER = 'Ws-About-User';
+/** Live events held per topic while a gap is repaired; past this they are dropped and read from the stream. */
+const MAX_HELD = 10_000;
+/** Concurrent gap repairs (after a reconnect every topic catches up). */
+const MAX_REPAIRS = 8;
+
+/** One topic this instance has local subscribers for. */
+interface LiveTopic {
+  readonly topic: Topic;
+  readonly subject: string;
+  readonly projectId?: string;
+  readonly sub: NatsSub;
+  ready: Promise<void>;
+  /** Highest seq handed to the hub; undefined until the baseline (or a first event) is known. */
+  last: number | undefined;
+  /** Non-null while a repair reads the stream: live events wait here, in arrival order. */
+  held: Msg[] | null;
+  overflowed: boolean;
+  /** A repair that is retried reports a loss once. */
+  lossReported: boolean;
+}
 
 export class NatsBroker implements BrokerPort {
-  readonly stats: BrokerStats = { eventsReceived: 0, eventsInvalid: 0, reconnects: 0, gaps: 0 };
+  readonly stats: BrokerStats = { eventsReceived: 0, eventsInvalid: 0, reconnects: 0, gaps: 0, eventsRecovered: 0, historyLost: 0 };
   connected = false;
   streamReady = false;
+  readonly history: StreamHistory;
+  readonly inboxes: Inboxes;
   private sink: EventSink = () => {};
-  private readonly subs = new Map<Topic, NatsSub>();
-  private readonly flushes = new Map<Topic, Promise<void>>();
-  /** Last seq seen live per topic, for gap detection with Nats-Last-Sequence. */
-  private readonly lastLive = new Map<Topic, number>();
+  private lossSink: LossSink = () => {};
+  private readonly topics = new Map<Topic, LiveTopic>();
+  private repairsRunning = 0;
+  private readonly repairsWaiting: (() => void)[] = [];
 
   private constructor(
     readonly nc: NatsConnection,
@@ -61,6 +106,8 @@ export class NatsBroker implements BrokerPort {
     private readonly log: Logger,
   ) {
     this.connected = true;
+    this.history = new StreamHistory(js, jsm, config.streamName, config.maxStoredMessages);
+    this.inboxes = new Inboxes(nc, jsm, config, log);
     void this.watchStatus();
   }
 
@@ -121,7 +168,18 @@ export class NatsBroker implements BrokerPort {
       this.log.info({ stream: wanted.name, subjects: wanted.subjects }, 'created JetStream stream');
     } else {
       const { storage: _storage, retention: _retention, ...mutable } = wanted;
-      await this.jsm.streams.update(wanted.name, { ...existing.config, ...mutable });
+      await this.jsm.streams.update(wanted.name, { ...existing.config, ...mutable }).catch((err: Error) => {
+        // nats-server before 2.10 cannot add or change republish in place, and recreating the
+        // stream would lose what it stores: say what to do instead.
+        if (!/republish/i.test(err.message)) throw err;
+        throw new SidecarError(
+          'stream_incompatible',
+          `JetStream stream ${wanted.name} exists without republish ${mutable.republish?.src} -> ${mutable.republish?.dest}, ` +
+            `and this nats-server cannot add it in place (${err.message}). Upgrade nats-server to 2.10 or later, ` +
+            'or configure another streamName (the old stream is left untouched)',
+          { cause: err },
+        );
+      });
       this.log.info({ stream: wanted.name, messages: existing.state.messages }, 'JetStream stream up to date');
     }
     this.streamReady = true;
@@ -132,103 +190,201 @@ export class NatsBroker implements BrokerPort {
     this.sink = sink;
   }
 
+  /** Unrecoverable gaps go to `sink` (the hub tells the topic's subscribers). */
+  setLossSink(sink: LossSink): void {
+    this.lossSink = sink;
+  }
+
   setInterest(topic: Topic, interested: boolean): void {
     if (!interested) {
-      this.subs.get(topic)?.unsubscribe();
-      this.subs.delete(topic);
-      this.flushes.delete(topic);
-      this.lastLive.delete(topic);
+      this.topics.get(topic)?.sub.unsubscribe();
+      this.topics.delete(topic);
       return;
     }
-    if (this.subs.has(topic) || this.nc.isClosed()) return;
-    const projectId = topic.startsWith('project.') ? topic.slice(8) : undefined;
-    const sub = this.nc.subscribe(this.liveSubjectOf(topic), {
-      callback: (err, msg) => {
-        if (err) {
-          this.log.warn({ err, topic }, 'live subscription error');
-          return;
-        }
-        this.onLive(topic, projectId, msg);
-      },
-    });
-    this.subs.set(topic, sub);
+    if (this.topics.has(topic) || this.nc.isClosed()) return;
+    const t: LiveTopic = {
+      topic,
+      subject: this.subjectOf(topic),
+      projectId: topic.startsWith('project.') ? topic.slice(8) : undefined,
+      sub: this.nc.subscribe(this.liveSubjectOf(topic), {
+        callback: (err, msg) => {
+          if (err) this.log.warn({ err, topic }, 'live subscription error');
+          else this.onLive(t, msg);
+        },
+      }),
+      ready: Promise.resolve(),
+      last: undefined,
+      held: null,
+      overflowed: false,
+      lossReported: false,
+    };
+    this.topics.set(topic, t);
+    t.ready = this.follow(t);
+  }
+
+  /**
+   * The SUB is in place (a round trip after it), and the topic's last stored seq is the baseline
+   * for gap checks: every later event must reach us live, so one that does not is a gap.
+   */
+  private async follow(t: LiveTopic): Promise<void> {
+    const [, head] = await Promise.all([
+      this.nc.flush(),
+      this.history.head(t.subject).catch((err: Error) => {
+        this.log.warn({ err, topic: t.topic }, 'no baseline for gap checks until the first live event');
+        return undefined;
+      }),
+    ]);
+    if (head !== undefined && this.topics.get(t.topic) === t) t.last = Math.max(t.last ?? 0, head);
   }
 
   interestReady(topic: Topic): Promise<void> {
-    let p = this.flushes.get(topic);
-    if (!p) {
-      // A round trip to the server after SUB: from then on, every stored event of the topic reaches us.
-      p = this.nc.flush();
-      this.flushes.set(topic, p);
-      p.catch(() => this.flushes.delete(topic));
-    }
-    return p;
+    return this.topics.get(topic)?.ready ?? Promise.reject(new SidecarError('no_interest', `not subscribed to ${topic}`));
   }
 
-  private onLive(topic: Topic, projectId: string | undefined, msg: Msg): void {
+  private onLive(t: LiveTopic, msg: Msg): void {
     this.stats.eventsReceived += 1;
+    if (t.held !== null) {
+      if (t.held.length < MAX_HELD) t.held.push(msg);
+      else t.overflowed = true;
+      return;
+    }
+    this.accept(t, msg);
+  }
+
+  /** One live event, in order: delivered, dropped as already delivered, or the start of a repair. */
+  private accept(t: LiveTopic, msg: Msg): void {
     const h = msg.headers;
     const seq = Number(h?.get('Nats-Sequence'));
     if (!h || !(seq > 0)) {
       this.stats.eventsInvalid += 1;
       return;
     }
-    const previous = Number(h.get('Nats-Last-Sequence'));
-    const last = this.lastLive.get(topic);
-    if (last !== undefined && previous > last) {
-      this.stats.gaps += 1;
-      this.log.warn({ topic, expected: last, previous }, 'gap in live events');
+    if (t.last !== undefined) {
+      if (seq <= t.last) return; // already delivered, e.g. by a repair
+      if (Number(h.get('Nats-Last-Sequence')) > t.last) {
+        // An event of this subject never reached us (reconnect, slow consumer): fetch it first.
+        this.stats.gaps += 1;
+        this.log.warn({ topic: t.topic, last: t.last, seq }, 'gap in live events: repairing from the stream');
+        t.held = [msg];
+        this.repair(t);
+        return;
+      }
     }
-    this.lastLive.set(topic, seq);
-    let text: string;
+    t.last = seq;
+    const event = this.toEvent(t.projectId, seq, msg.data, h, h.get('Nats-Time-Stamp') || undefined);
+    if (event) this.sink(t.topic, event);
+  }
+
+  /**
+   * Deliver, from the stream, what the live path missed after `t.last`, then the live events held
+   * meanwhile. Events the stream no longer has are reported to the topic's subscribers.
+   */
+  private repair(t: LiveTopic): void {
+    t.held ??= [];
+    void this.limitRepairs(async () => {
+      for (let attempt = 0; this.topics.get(t.topic) === t && !this.nc.isClosed(); attempt++) {
+        const from = t.last ?? 0;
+        try {
+          const { truncated, head } = await this.history.plan(t.subject, from);
+          if (this.topics.get(t.topic) !== t) return;
+          if (truncated && !t.lossReported) {
+            // Said before the events that follow it, so a client knows while it processes them.
+            t.lossReported = true;
+            this.stats.historyLost += 1;
+            this.log.warn({ topic: t.topic, after: from }, 'events lost: the stream no longer has them');
+            this.lossSink(t.topic, from);
+          }
+          await this.history.fetch(t.subject, from, head, (m) => {
+            if (this.topics.get(t.topic) !== t || m.seq <= (t.last ?? 0)) return;
+            t.last = m.seq;
+            this.stats.eventsRecovered += 1;
+            this.deliverStored(t.topic, m, t.projectId);
+          });
+          if (this.topics.get(t.topic) !== t) return;
+          t.lossReported = false;
+          // Everything up to head that the stream still had is delivered now.
+          t.last = Math.max(t.last ?? 0, head);
+          if (t.overflowed) {
+            // Held events were dropped; they are in the stream: read again from where we are.
+            t.overflowed = false;
+            t.held = [];
+            attempt = -1;
+            continue;
+          }
+          const held = t.held ?? [];
+          t.held = null;
+          for (const msg of held) {
+            if (t.held !== null) (t.held as Msg[]).push(msg);
+            else this.accept(t, msg);
+          }
+          return;
+        } catch (err) {
+          this.log.warn({ err, topic: t.topic, attempt }, 'gap repair failed; retrying');
+          await new Promise((r) => setTimeout(r, Math.min(5_000, 250 * 2 ** attempt)).unref());
+        }
+      }
+    });
+  }
+
+  private async limitRepairs(job: () => Promise<void>): Promise<void> {
+    if (this.repairsRunning >= MAX_REPAIRS) await new Promise<void>((r) => this.repairsWaiting.push(r));
+    this.repairsRunning += 1;
     try {
-      text = encodeEvent(msg.data, { seq, projectId, msgId: h.get('Nats-Msg-Id') || undefined });
-    } catch (err) {
-      this.stats.eventsInvalid += 1;
-      this.log.warn({ topic, seq, reason: (err as EventError).message }, 'dropped an invalid event');
-      return;
+      await job();
+    } finally {
+      this.repairsRunning -= 1;
+      this.repairsWaiting.shift()?.();
     }
-    this.sink(topic, { seq, frame: { text }, aboutUser: h.get(ABOUT_USER_HEADER) || undefined });
+  }
+
+  /** A stored message (from a repair) to the hub. */
+  private deliverStored(topic: Topic, m: JsMsg, projectId?: string): void {
+    const event = this.toEvent(projectId, m.seq, m.data, m.headers, m.timestamp);
+    if (event) this.sink(topic, event);
+  }
+
+  private toEvent(
+    projectId: string | undefined,
+    seq: number,
+    data: Uint8Array,
+    h: MsgHdrs | undefined,
+    storedAt: string | undefined,
+  ): StoredEvent | undefined {
+    try {
+      const { text, messageId } = encodeStoredEvent(data, { seq, projectId, msgId: h?.get('Nats-Msg-Id') || undefined, storedAt });
+      return { seq, frame: { text }, messageId, aboutUser: h?.get(ABOUT_USER_HEADER) || undefined };
+    } catch (err) {
+      if (!(err instanceof EventError)) throw err;
+      this.stats.eventsInvalid += 1;
+      this.log.warn({ seq, reason: err.message }, 'dropped an invalid event');
+      return undefined;
+    }
   }
 
   async replay(topic: Topic, since: number, onEvent: (event: StoredEvent) => void): Promise<{ truncated: boolean }> {
-    const subject = this.subjectOf(topic);
-    const stream = this.config.streamName;
-    const [last, atSince] = await Promise.all([
-      this.jsm.streams.getMessage(stream, { last_by_subj: subject }),
-      since > 0 ? this.jsm.streams.getMessage(stream, { seq: since }) : Promise.resolve(undefined),
-    ]);
-    // The event the client last saw is gone (age or per-subject limit): some history may be missing.
-    const truncated = since > 0 && atSince === null;
-    if (!last || last.seq <= since) return { truncated };
-
     const projectId = topic.startsWith('project.') ? topic.slice(8) : undefined;
-    const consumer = await this.js.consumers.get(stream, {
-      filter_subjects: subject,
-      deliver_policy: DeliverPolicy.StartSequence,
-      opt_start_seq: since + 1,
+    const { truncated } = await this.history.read(this.subjectOf(topic), since, (m) => {
+      const event = this.toEvent(projectId, m.seq, m.data, m.headers, m.timestamp);
+      if (event) onEvent(event);
     });
-    const messages = await consumer.consume({ max_messages: 1000 });
-    try {
-      for await (const m of messages) {
-        try {
-          const text = encodeEvent(m.data, {
-            seq: m.seq,
-            projectId,
-            msgId: m.headers?.get('Nats-Msg-Id') || undefined,
-            storedAt: m.timestamp,
-          });
-          onEvent({ seq: m.seq, frame: { text }, aboutUser: m.headers?.get(ABOUT_USER_HEADER) || undefined });
-        } catch (err) {
-          if (!(err instanceof EventError)) throw err;
-        }
-        // Stop at the last event stored when the replay began; later ones arrive live.
-        if (m.seq >= last.seq || m.info.pending === 0) break;
-      }
-    } finally {
-      await messages.close().catch(() => {});
-    }
     return { truncated };
+  }
+
+  async backlog(userId: string, onEvent: (event: StoredEvent) => void): Promise<void> {
+    for (const m of await this.inboxes.backlog(userId)) {
+      const event = this.toEvent(undefined, m.seq, m.data, m.headers, m.storedAt);
+      // An invalid payload can never be delivered: acknowledge it so it does not come back.
+      if (event) onEvent(event);
+      else this.inboxes.acknowledge(userId, m.seq);
+    }
+  }
+
+  acknowledge(userId: string, seq: number): void {
+    this.inboxes.acknowledge(userId, seq);
+  }
+
+  written(userId: string, seq: number): void {
+    this.inboxes.written(userId, seq);
   }
 
   /** Publish an envelope to a subject; returns the stored seq. Used by the admin API. */
@@ -250,7 +406,8 @@ export class NatsBroker implements BrokerPort {
         case 'reconnect':
           this.connected = true;
           this.stats.reconnects += 1;
-          this.log.info({ server: s.server }, 'NATS reconnected; subscriptions restored');
+          this.log.info({ server: s.server, topics: this.topics.size }, 'NATS reconnected; subscriptions restored, catching up');
+          this.catchUp();
           break;
         case 'error':
           this.log.warn({ err: s.error }, 'NATS error');
@@ -261,9 +418,19 @@ export class NatsBroker implements BrokerPort {
     }
   }
 
+  /** After a reconnect: events stored while we were away never came live; read them from the stream. */
+  private catchUp(): void {
+    for (const t of this.topics.values()) {
+      if (t.last === undefined) void this.follow(t).catch(() => {});
+      else if (t.held === null) this.repair(t);
+    }
+  }
+
   async close(): Promise<void> {
     this.connected = false;
     if (this.nc.isClosed()) return;
+    // Acknowledgements already received reach JetStream before the connection goes.
+    await Promise.race([this.inboxes.idle(), new Promise((r) => setTimeout(r, 2_000).unref())]);
     await this.nc.drain().catch(() => this.nc.close());
   }
 }

@@ -132,7 +132,7 @@ function installExitHook(): void {
 // --- helpers -----------------------------------------------------------------------------------
 
 /** Reserves `count` distinct free ports by holding them all open at once, then releases them. */
-async function pickFreePorts(count: number, host: string): Promise<number[]> {
+export async function pickFreePorts(count: number, host = '127.0.0.1'): Promise<number[]> {
   const servers: net.Server[] = [];
   try {
     for (let i = 0; i < count; i++) {

@@ -1,28 +1,15 @@
 /**
- * The numbers behind `offline_messages` in the metrics.
- *
- * For now they count the direct messages the stream holds on `<prefix>.user.*` (one stream-info
- * request with a subject filter). The offline inbox (per-user durable consumers) may replace this
- * with its consumers' pending counts: keep the shape, change the body of `offlineMessageStats`.
+ * The numbers behind `offline_messages` in the metrics, from JetStream: per user, what the user's
+ * inbox consumer still holds (pending + delivered-unacked); for a user without an inbox consumer
+ * yet, the direct messages the stream holds for them (see Inboxes.stats in inbox.ts).
  */
 import type { NatsBroker } from './broker.js';
+import type { OfflineStats } from './inbox.js';
 
-export interface OfflineStats {
-  total_messages: number;
-  users_with_messages: number;
-}
+export type { OfflineStats };
 
-export async function offlineMessageStats(broker: NatsBroker): Promise<OfflineStats> {
-  const info = await broker.jsm.streams.info(broker.streamConfig().name, {
-    subjects_filter: `${broker.prefix}.user.*`,
-  });
-  let total = 0;
-  let users = 0;
-  for (const n of Object.values(info.state.subjects ?? {})) {
-    total += n;
-    if (n > 0) users += 1;
-  }
-  return { total_messages: total, users_with_messages: users };
+export function offlineMessageStats(broker: NatsBroker): Promise<OfflineStats> {
+  return broker.inboxes.stats();
 }
 
 /**

@@ -38,6 +38,9 @@ function makeHub(overrides: ConfigInput = {}, auth?: AuthPort): Hub {
     setInterest() {},
     interestReady: async () => {},
     replay: async () => ({ truncated: false }),
+    backlog: async () => {},
+    acknowledge() {},
+    written() {},
   };
   const hub = new Hub({
     config,

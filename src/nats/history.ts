@@ -1,0 +1,109 @@
+/**
+ * A subject's stored history in the stream: every event after a seq, in order, and whether some
+ * of it is gone. Shared by resume (a client's `since`) and gap repair on the live path.
+ */
+import { DeliverPolicy, type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream';
+import { SidecarError } from '../errors.js';
+
+export interface HistoryRead {
+  /** Events after `since` may have been removed by the stream's limits. */
+  truncated: boolean;
+  /** The subject's last seq when the read began; the read delivered everything up to it that is stored. */
+  head: number;
+}
+
+/** A read that made no progress for this long is abandoned (JetStream unreachable or overloaded). */
+const STALL_MS = 5_000;
+
+export class StreamHistory {
+  constructor(
+    private readonly js: JetStreamClient,
+    private readonly jsm: JetStreamManager,
+    private readonly stream: string,
+    private readonly maxPerSubject: number,
+  ) {}
+
+  /** Seq of the last stored event of `subject`; 0 when there is none. */
+  async head(subject: string): Promise<number> {
+    const m = await this.jsm.streams.getMessage(this.stream, { last_by_subj: subject });
+    return m?.seq ?? 0;
+  }
+
+  /**
+   * Every stored event of `subject` with seq > `since`, in order, through `onMessage`, up to the
+   * last one stored when the read began (later ones come live).
+   */
+  async read(subject: string, since: number, onMessage: (m: JsMsg) => void): Promise<HistoryRead> {
+    const head = await this.head(subject);
+    await this.fetch(subject, since, head, onMessage);
+    // Checked after the read, not before: an event pushed out of the window while the read ran
+    // (by any newer event, even the reader's own user_joined) is reported, never silently skipped.
+    return { truncated: await this.lost(subject, since), head };
+  }
+
+  /** Where the subject's history ends now, and whether part of it after `since` is gone. */
+  async plan(subject: string, since: number): Promise<HistoryRead> {
+    const [head, truncated] = await Promise.all([this.head(subject), this.lost(subject, since)]);
+    return { truncated, head };
+  }
+
+  /** The stored events of `subject` in (since, head], in order. One ordered consumer, no acks. */
+  async fetch(subject: string, since: number, head: number, onMessage: (m: JsMsg) => void): Promise<void> {
+    if (head <= since) return;
+    const consumer = await this.js.consumers.get(this.stream, {
+      filter_subjects: subject,
+      deliver_policy: DeliverPolicy.StartSequence,
+      opt_start_seq: since + 1,
+    });
+    const messages = await consumer.consume({ max_messages: 1000 });
+    let lastActivity = Date.now();
+    let stalled = false;
+    // One timer per read, not per message: a read that stops moving is given up, not awaited forever.
+    const watchdog = setInterval(() => {
+      if (Date.now() - lastActivity < STALL_MS) return;
+      stalled = true;
+      void messages.close().catch(() => {});
+    }, STALL_MS / 5);
+    try {
+      for await (const m of messages) {
+        lastActivity = Date.now();
+        onMessage(m);
+        if (m.seq >= head || m.info.pending === 0) break;
+      }
+    } finally {
+      clearInterval(watchdog);
+      await messages.close().catch(() => {});
+    }
+    if (stalled) throw new SidecarError('history_stalled', `reading ${subject} from the stream stalled`);
+  }
+
+  /**
+   * Whether events of `subject` after `since` may be gone. Limits retention removes a subject's
+   * events oldest first (by age across the stream, or by max_msgs_per_subject), so what the stream
+   * holds of a subject is always its most recent part: when that part reaches back to `since`,
+   * nothing after it is missing. Usually one request (the event at `since` is still there).
+   */
+  async lost(subject: string, since: number): Promise<boolean> {
+    if (since > 0) {
+      const at = await this.jsm.streams.getMessage(this.stream, { seq: since });
+      if (at?.subject === subject) return false;
+      if (!at) {
+        // The event at `since` is gone (aged out or pushed out), or `since` is past the end (the
+        // stream was recreated): unless the subject still holds an older event, history is cut.
+        const [first, info] = await Promise.all([this.firstStored(subject), this.jsm.streams.info(this.stream)]);
+        return first === undefined || first > since || since > info.state.last_seq;
+      }
+      // `since` is another subject's event, still stored: nothing after it has aged out.
+    }
+    // Only the per-subject limit can have dropped events after `since`.
+    const info = await this.jsm.streams.info(this.stream, { subjects_filter: subject });
+    if ((info.state.subjects?.[subject] ?? 0) < this.maxPerSubject) return false;
+    const first = await this.firstStored(subject);
+    return first !== undefined && first > since + 1;
+  }
+
+  private async firstStored(subject: string): Promise<number | undefined> {
+    const m = await this.jsm.direct.getMessage(this.stream, { next_by_subj: subject, seq: 1 });
+    return m?.seq;
+  }
+}

@@ -1,0 +1,45 @@
+/**
+ * The benchmark's smoke run (tiny sizes): every scenario completes against the sidecar and
+ * NATS's own WebSocket listener, with every delivery accounted for. Figures are not checked here;
+ * they live in BENCHMARKS.md (`npm run bench`).
+ */
+import { execFile } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { expect, it } from 'vitest';
+
+const root = join(import.meta.dirname, '..', '..');
+
+it('runs every benchmark scenario at tiny sizes against the sidecar and NATS without an error', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'bench-smoke-'));
+  try {
+    const out = join(dir, 'results.json');
+    await promisify(execFile)(
+      process.execPath,
+      ['bench/run.js', '--quick', '--targets', 'nats,sidecar', '--no-write', '--json', out],
+      { cwd: root, timeout: 150_000 },
+    );
+    const { results, unavailable } = JSON.parse(await readFile(out, 'utf8'));
+    expect(unavailable).toEqual({});
+    const keys = Object.keys(results);
+    for (const scenario of ['fanout', 'spread', 'latency', 'idle', 'connect', 'resume']) {
+      expect(keys.some((k) => k.startsWith(scenario)), scenario).toBe(true);
+    }
+    for (const [row, byTarget] of Object.entries(results as Record<string, Record<string, any[]>>)) {
+      for (const target of ['nats', 'sidecar']) {
+        const runs = byTarget[target];
+        expect(runs?.length, `${row}/${target}`).toBeGreaterThan(0);
+        for (const run of runs) {
+          expect(run.error, `${row}/${target}`).toBeUndefined();
+          const values = Object.values(run.metrics);
+          expect(values.length, `${row}/${target}`).toBeGreaterThan(0);
+          expect(values.every((v) => typeof v === 'number' && v >= 0), `${row}/${target}`).toBe(true);
+        }
+      }
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}, 180_000);
