@@ -31,6 +31,23 @@ afterAll(async () => {
   await cluster?.cleanup();
 }, 60_000);
 
+/** Resolves once every replica of the stream is current (a restarted node has caught up). */
+async function replicasCurrent(nc: NatsConnection, replicas: number): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    try {
+      const jsm = await jetstreamManager(nc, { timeout: 2000, checkAPI: false });
+      const cluster = (await jsm.streams.info('WS_EVENTS')).cluster;
+      const followers = cluster?.replicas ?? [];
+      if (cluster?.leader && followers.length === replicas - 1 && followers.every((r) => r.current && !r.offline)) return;
+    } catch {
+      /* a failover in progress: ask again */
+    }
+    if (Date.now() > deadline) throw new Error('stream replicas not current within 30 s');
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
 /** The stream's current leader (server name), asked through a connection that rides out failovers. */
 async function streamLeader(nc: NatsConnection): Promise<string> {
   const deadline = Date.now() + 20_000;
@@ -73,6 +90,7 @@ describe('NATS cluster failover (R3)', () => {
     const byName = (name: string | undefined) => c.servers.find((s, i) => `n${i + 1}` === name);
     const events: string[] = [];
     let firstVictim: string | undefined;
+    let caughtUp: Promise<void> = Promise.resolve();
     const started = Date.now();
     await publishAll(ledger, pub, streams, PER_STREAM, INTERVAL_MS, [
       {
@@ -89,18 +107,24 @@ describe('NATS cluster failover (R3)', () => {
         run: async () => {
           await byName(firstVictim)!.restart();
           events.push(`restart ${firstVictim} at ${Date.now() - started} ms`);
+          caughtUp = replicasCurrent(pub!.connection, 3).then(() => {
+            events.push(`${firstVictim} caught up at ${Date.now() - started} ms`);
+          });
         },
       },
       {
         at: Math.floor((3 * PER_STREAM) / 4),
         run: async () => {
+          await caughtUp; // a quorum of current replicas is left, as in a rolling failure
           const leader = await streamLeader(pub!.connection);
           events.push(`kill ${leader} (stream leader) at ${Date.now() - started} ms`);
           await byName(leader)!.kill();
         },
       },
     ]);
+    const publishedAt = Date.now() - started;
     const complete = await waitComplete(ledger, 30_000);
+    const completeAt = Date.now() - started;
     // One more event per stream: a late duplicate of anything earlier would arrive before it.
     await publishAll(ledger, pub, streams, 1, 0);
     const completeWithMarker = await waitComplete(ledger, 15_000);
@@ -111,12 +135,14 @@ describe('NATS cluster failover (R3)', () => {
       ...figures,
       faults: events,
       gaps_detected: a.sidecar.broker.stats.gaps + b.sidecar.broker.stats.gaps,
+      publishing_done_ms: publishedAt,
+      all_delivered_ms: completeAt,
       duration_s: Math.round((Date.now() - started) / 1000),
     });
     expect(ledger.missing(), 'missing deliveries').toEqual([]);
     expect(complete && completeWithMarker).toBe(true);
     expect(figures).toMatchObject({ lost: 0, duplicated: 0, out_of_order: 0, publish_failures: 0 });
     expect(figures.events_published).toBe(streams.length * (PER_STREAM + 1));
-    expect(events).toHaveLength(3);
+    expect(events).toHaveLength(4);
   }, 180_000);
 });

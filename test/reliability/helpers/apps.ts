@@ -29,13 +29,13 @@ export async function closeAllApps(): Promise<void> {
 }
 
 /**
- * A publisher that rides out NATS failovers: short attempts, many of them (about 30 s in all).
+ * A publisher for failovers: short attempts (the ledger tries again with the same message id).
  * It reconnects faster than the sidecar (100 ms against 500 ms), as one of many backends would:
  * its retries can land while the sidecar is still reconnecting, which is what a live-path gap is.
  */
 export async function reliablePublisher(servers: string | string[]): Promise<Publisher> {
   const nc = await connect({ servers, maxReconnectAttempts: -1, reconnectTimeWait: 100, name: 'reliability publisher' });
-  const pub = new Publisher(nc, { timeout: 2000, maxAttempts: 9, retryDelay: 100 });
+  const pub = new Publisher(nc, { timeout: 2000, maxAttempts: 4, retryDelay: 100 });
   return Object.assign(pub, { close: () => nc.drain().catch(() => nc.close()) });
 }
 

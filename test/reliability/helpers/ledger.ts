@@ -18,6 +18,8 @@ interface App {
 export interface DeliveryFigures {
   events_published: number;
   publish_failures: number;
+  publish_retries_after_sdk_gave_up: number;
+  longest_publish_ms: number;
   deliveries_expected: number;
   deliveries_received: number;
   lost: number;
@@ -46,20 +48,41 @@ export class DeliveryLedger {
     });
   }
 
-  /** Publish the next number on a stream (a project's task_created, or a user's direct_message). */
+  /**
+   * Publish the next number on a stream (a project's task_created, or a user's direct_message).
+   * The publisher SDK retries with backoff; past its attempts, the publish is tried again with the
+   * same Nats-Msg-Id (so it is stored once) every 250 ms, as a backend would, for up to a minute.
+   */
   async publishNext(pub: Publisher, key: StreamKey): Promise<void> {
     const n = (this.next.get(key) ?? 0) + 1;
     this.next.set(key, n);
     const [kind, id] = key.split(':');
-    try {
-      if (kind === 'project') await pub.notifyTaskCreated({ id: `t${n}`, n }, id);
-      else await pub.sendDirectMessage(id, 'direct_message', { n, user: id });
-      push(this.published, key, n);
-    } catch (err) {
-      if (!(err instanceof PublishError)) throw err;
-      push(this.failed, key, n);
+    const msgId = `${kind}-${id}-${n}`;
+    const started = Date.now();
+    const deadline = started + 60_000;
+    for (;;) {
+      try {
+        if (kind === 'project') await pub.notifyTaskCreated({ id: `t${n}`, n }, id, { msgId });
+        else await pub.sendDirectMessage(id, 'direct_message', { n, user: id }, { msgId });
+        push(this.published, key, n);
+        this.longestPublishMs = Math.max(this.longestPublishMs, Date.now() - started);
+        return;
+      } catch (err) {
+        if (!(err instanceof PublishError)) throw err;
+        if (Date.now() > deadline) {
+          push(this.failed, key, n);
+          return;
+        }
+        this.retries += 1;
+        await new Promise((r) => setTimeout(r, 250));
+      }
     }
   }
+
+  /** Publishes the SDK gave up on and this ledger tried again. */
+  retries = 0;
+  /** The longest time from a publish to JetStream's ack: how long the stream was unavailable. */
+  longestPublishMs = 0;
 
   /** Every confirmed event has reached every app (or every app `only` accepts) that follows its stream. */
   complete(only: (app: string) => boolean = () => true): boolean {
@@ -120,6 +143,8 @@ export class DeliveryLedger {
     return {
       events_published: published,
       publish_failures: failures,
+      publish_retries_after_sdk_gave_up: this.retries,
+      longest_publish_ms: this.longestPublishMs,
       deliveries_expected: expected,
       deliveries_received: received,
       lost,
