@@ -90,6 +90,8 @@ export const configSchema = z.object({
   pongTimeout: duration(10),
   maxMessageSize: int(64),
   authTimeout: duration(10),
+  /** A connection must finish its HTTP request head (an upgrade or an API call) this soon (HTTP 408). */
+  handshakeTimeout: duration(100),
   shutdownTimeout: duration(0),
 
   outboundMessagesPerSecond: positive(),

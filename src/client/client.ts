@@ -26,9 +26,17 @@ export type WebSocketConstructor = new (url: string) => WebSocketLike;
 /** Returns a fresh JWT; called to connect (when the last token is missing or expiring) and to refresh. */
 export type TokenProvider = () => string | Promise<string>;
 
+/** Returns the endpoint for a connection attempt (`attempt` counts every attempt from 0). */
+export type UrlProvider = (attempt: number) => string;
+
 export interface Options {
-  /** The sidecar's WebSocket endpoint, e.g. `ws://localhost:8098/ws/connect`. Required. */
-  url: string;
+  /**
+   * The sidecar's WebSocket endpoint, e.g. `ws://localhost:8098/ws/connect`. Required. With a list
+   * of instances' endpoints, each connection attempt takes the next one in turn (the first attempt
+   * the first), so a client whose instance went away reconnects to another. With a function, it is
+   * asked before every attempt (service discovery, a load balancer of your own).
+   */
+  url: string | readonly string[] | UrlProvider;
   /**
    * A JWT, or a function that returns one. With a function the client refreshes the token before
    * its `exp` and reconnects after the server refused an expired one (4401). Required.
@@ -181,6 +189,9 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
   private currentState: ConnectionState = 'disconnected';
   private socket: WebSocketLike | undefined;
   private attempts = 0;
+  /** Connection attempts so far, for choosing the URL. */
+  private opened = 0;
+  private lastUrl: string | undefined;
   private everConnected = false;
   private closing = false;
   private closeWaiters: (() => void)[] = [];
@@ -211,7 +222,12 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
 
   constructor(options: Options) {
     super();
-    if (!options || typeof options.url !== 'string') throw new ClientError(ClientErrorCode.InvalidArgument, 'options.url is required');
+    const url = options?.url;
+    const urlOk =
+      typeof url === 'string' ||
+      typeof url === 'function' ||
+      (Array.isArray(url) && url.length > 0 && url.every((u) => typeof u === 'string'));
+    if (!urlOk) throw new ClientError(ClientErrorCode.InvalidArgument, 'options.url must be a URL, a non-empty list of URLs or a function');
     if (typeof options.token !== 'string' && typeof options.token !== 'function') {
       throw new ClientError(ClientErrorCode.InvalidArgument, 'options.token must be a JWT or a function returning one');
     }
@@ -220,6 +236,11 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
 
   get state(): ConnectionState {
     return this.currentState;
+  }
+
+  /** The endpoint of the current (or last) connection attempt. */
+  get currentUrl(): string | undefined {
+    return this.lastUrl;
   }
 
   /** The projects the client is subscribed to (or subscribing to), with the last seq seen of each. */
@@ -276,7 +297,7 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
     let ws: WebSocketLike;
     try {
       if (!WS) throw new Error('no WebSocket implementation: pass options.WebSocket (e.g. from the "ws" package)');
-      ws = new WS(this.options.url);
+      ws = new WS(this.nextUrl());
     } catch (err) {
       const error = new ClientError(ClientErrorCode.TransportError, (err as Error).message, { cause: err });
       this.fire('error', error);
@@ -298,6 +319,16 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
     ws.onerror = () => {
       // A close event always follows; the close code says what happened.
     };
+  }
+
+  /** One URL; the next of a list, in turn; or the provider's answer for this attempt. */
+  private nextUrl(): string {
+    const source = this.options.url;
+    const attempt = this.opened++;
+    const url = typeof source === 'string' ? source : typeof source === 'function' ? source(attempt) : source[attempt % source.length];
+    if (typeof url !== 'string' || url.length === 0) throw new Error('options.url gave no URL');
+    this.lastUrl = url;
+    return url;
   }
 
   /** Give up on a socket that stopped answering: close it and go on as if the network dropped it. */

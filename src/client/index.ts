@@ -12,6 +12,7 @@ export {
   type ClientEvents,
   type EventTypes,
   type TokenProvider,
+  type UrlProvider,
   type WebSocketLike,
   type WebSocketConstructor,
 } from './client.js';

@@ -18,7 +18,7 @@ import { WsTransport } from './ws-transport.js';
 export const WS_PATH = '/ws/connect';
 
 export interface HttpServerOptions {
-  config: Pick<Config, 'maxMessageSize' | 'maxTokenLength' | 'allowedOrigins'>;
+  config: Pick<Config, 'maxMessageSize' | 'maxTokenLength' | 'allowedOrigins' | 'handshakeTimeout'>;
   hub: Hub;
   log: Logger;
   /** Koa's `app.callback()` */
@@ -97,7 +97,16 @@ export function createHttpServer(options: HttpServerOptions): Server {
     clientTracking: false,
   });
   const origins = config.allowedOrigins?.length ? new Set(config.allowedOrigins) : undefined;
-  const server = createServer(options.api);
+  // A socket that never finishes its request head (a half-open connection, slowloris) is answered
+  // 408 and closed after handshakeTimeout; Node's own default is 60 s, checked every 30 s.
+  const server = createServer(
+    {
+      headersTimeout: config.handshakeTimeout,
+      requestTimeout: Math.max(300_000, config.handshakeTimeout), // Node's default; never below headersTimeout
+      connectionsCheckingInterval: Math.max(100, Math.min(1000, config.handshakeTimeout / 4)),
+    },
+    options.api,
+  );
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     // A shared listener, not a closure: a closure here would keep this request (headers, URL,
     // token) alive for as long as the socket lives (memory per idle connection).

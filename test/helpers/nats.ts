@@ -3,7 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { connect } from '@nats-io/transport-node';
-import { jetstreamManager } from '@nats-io/jetstream';
+import { jetstreamManager, StorageType } from '@nats-io/jetstream';
 import { startEmbeddedNats, type EmbeddedNats, type EmbeddedNatsOptions } from '../../src/nats/embedded-server.js';
 import { freePorts } from './ports.js';
 
@@ -67,11 +67,38 @@ export async function startTestCluster(size = 3): Promise<TestCluster> {
   try {
     const deadline = Date.now() + META_LEADER_TIMEOUT_MS;
     await Promise.all(servers.map((s) => waitForJetStream(s.url, deadline)));
+    await waitForPlacement(servers[0].url, size, deadline);
   } catch (err) {
     await cleanup();
     throw err;
   }
   return { servers, urls: servers.map((s) => s.url), cleanup };
+}
+
+/**
+ * A meta leader can answer before it knows every peer; until it does, an R`size` stream fails
+ * with "no suitable peers for placement" (seen on a loaded machine). Place a throwaway stream of
+ * that size, retrying, then delete it.
+ */
+async function waitForPlacement(url: string, size: number, deadline: number): Promise<void> {
+  const nc = await connect({ servers: url, reconnect: false });
+  try {
+    const jsm = await jetstreamManager(nc, { timeout: 2_000, checkAPI: false });
+    let lastError: unknown;
+    for (let delay = 50; Date.now() < deadline; delay = Math.min(delay * 2, 500)) {
+      try {
+        await jsm.streams.add({ name: 'PLACEMENT_PROBE', subjects: ['placement-probe.>'], num_replicas: size, storage: StorageType.Memory });
+        await jsm.streams.delete('PLACEMENT_PROBE');
+        return;
+      } catch (err) {
+        lastError = err;
+        await new Promise((r) => setTimeout(r, delay));
+      }
+    }
+    throw new Error(`the cluster cannot place an R${size} stream within ${META_LEADER_TIMEOUT_MS} ms`, { cause: lastError });
+  } finally {
+    await nc.close();
+  }
 }
 
 /** Retries a JetStream account-info request until it succeeds (meta leader elected) or the deadline. */

@@ -4,28 +4,21 @@
  * Also: RS tokens larger than maxMessageSize, the algorithm allow-list, expiry and refresh, and a
  * JWKS key server (a local Koa app) with key rotation, cooldown and injected key headers.
  */
-import { createHmac, generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto';
+import { generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import Koa from 'koa';
 import { exportJWK, SignJWT, type JWK } from 'jose';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { b64, handmade } from '../helpers/jwt-forge.js';
 import { startTestNats, type TestNats } from '../helpers/nats.js';
 import { startTestSidecar, type TestSidecar } from '../helpers/sidecar.js';
 import { closeAllClients, connectClient, UpgradeRejectedError } from '../helpers/ws-client.js';
 
 const ISSUER = 'https://issuer.test';
 const AUDIENCE = 'nats-ws-sidecar';
-const b64 = (v: unknown) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
 const now = () => Math.floor(Date.now() / 1000);
-
-/** A token assembled by hand, for what jose will not sign (alg none, HS with a PEM as the key). */
-function handmade(header: Record<string, unknown>, payload: Record<string, unknown>, hmacKey?: string | Buffer): string {
-  const input = `${b64(header)}.${b64(payload)}`;
-  const sig = hmacKey === undefined ? '' : createHmac('sha256', hmacKey).update(input).digest('base64url');
-  return `${input}.${sig}`;
-}
 
 interface SignOptions {
   sub?: string | null;

@@ -243,6 +243,42 @@ describe('client SDK logic', () => {
     await client.close();
   });
 
+  it('with a list of URLs, takes the next one for each connection attempt, so a lost instance is left for another', async () => {
+    const urls = ['ws://a/ws/connect', 'ws://b/ws/connect'];
+    const { client, socket } = await connected({ url: urls });
+    expect(socket.url).toBe(urls[0]);
+    expect(client.currentUrl).toBe(urls[0]);
+    void client.subscribe('p');
+    await socket.answerSubscribe('p');
+    socket.deliver(event(21, { project_id: 'p' }));
+
+    let before = FakeSocket.all.length;
+    socket.serverClose(1006); // the instance died
+    const second = await nextSocket(before);
+    expect(second.url).toBe(urls[1]);
+    await second.accept();
+    expect((await second.answerSubscribe('p')).since).toBe(21); // resumed on the other instance
+    expect(client.currentUrl).toBe(urls[1]);
+
+    before = FakeSocket.all.length;
+    second.serverClose(1001);
+    expect((await nextSocket(before)).url).toBe(urls[0]);
+    await client.close();
+  });
+
+  it('asks a URL callback before every attempt, and refuses an empty list', async () => {
+    const asked: number[] = [];
+    const { client, socket } = await connected({ url: (attempt) => (asked.push(attempt), `ws://host-${attempt}/ws/connect`) });
+    expect(socket.url).toBe('ws://host-0/ws/connect');
+    const before = FakeSocket.all.length;
+    socket.serverClose(1006);
+    expect((await nextSocket(before)).url).toBe('ws://host-1/ws/connect');
+    expect(asked).toEqual([0, 1]);
+    await client.close();
+    expect(() => makeClient({ url: [] })).toThrow(ClientError);
+    expect(() => makeClient({ url: 42 as never })).toThrow(/options\.url/);
+  });
+
   it('after 4401 reconnects with a new token from the callback', async () => {
     const tokens = ['first.e30.x', 'second.e30.x'];
     const { client, socket } = await connected({ token: () => tokens.shift()! });
