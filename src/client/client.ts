@@ -206,6 +206,8 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
   private readonly unsubscribing = new Map<string, Deferred<void>[]>();
   private readonly inflight = new Map<string, Request>();
   private nextRequestId = 0;
+  /** Subscribes answered with processing_error in a row, for the retry backoff. */
+  private subscribeRetries = 0;
   /** Seqs of direct and broadcast events seen -> whether they were acked. Bounded by dedupeWindow. */
   private readonly seen = new Map<number, boolean>();
   private maxSeq = 0;
@@ -581,6 +583,7 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
     if (typeof projectId !== 'string') return;
     if (data.action === 'subscribed') {
       this.settleRequest('subscribe', projectId);
+      this.subscribeRetries = 0;
       const st = this.projects.get(projectId);
       if (!st || st.confirmed) return; // unsubscribed meanwhile, or a repeated answer
       st.confirmed = true;
@@ -627,6 +630,13 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
         this.timers.retry = undefined;
         this.resendUnconfirmed();
       }, 1000);
+    } else if (code === ErrorCode.ProcessingError && request?.action === 'subscribe') {
+      // The server could not serve it now (e.g. JetStream failing over): ask again with backoff,
+      // keeping the project and its resume point. Dropping it would end the app's events for good.
+      this.timers.retry ??= setTimeout(() => {
+        this.timers.retry = undefined;
+        this.resendUnconfirmed();
+      }, this.backoff(this.subscribeRetries++));
     } else if (request?.action === 'subscribe') {
       const st = this.projects.get(request.projectId);
       if (st && !st.confirmed) {
@@ -655,7 +665,8 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
 
   /**
    * Subscribe to a project's events. Resolves when the server confirms (after a reconnect the
-   * client re-subscribes by itself, resuming from the last seq seen). `since` asks for the stored
+   * client re-subscribes by itself, resuming from the last seq seen). Rejects when the server
+   * refuses it (`forbidden`, `invalid_message`); a `processing_error` is retried with backoff. `since` asks for the stored
    * events after that seq first (e.g. the seq your backend snapshot is at); it applies only when
    * the project is not subscribed yet.
    */

@@ -23,7 +23,6 @@ import {
   StorageType,
   type JetStreamClient,
   type JetStreamManager,
-  type JsMsg,
   type StreamConfig,
 } from '@nats-io/jetstream';
 import type { Logger } from 'pino';
@@ -31,7 +30,7 @@ import type { Config } from '../config.js';
 import type { BrokerPort, StoredEvent, Topic } from '../core/ports.js';
 import { SidecarError } from '../errors.js';
 import { encodeStoredEvent, EventError } from '../protocol.js';
-import { StreamHistory } from './history.js';
+import { READER_CREATE_TIMEOUT_MS, StreamHistory, type StoredMessage } from './history.js';
 import { Inboxes } from './inbox.js';
 
 export type BrokerConfig = Pick<
@@ -118,7 +117,7 @@ export class NatsBroker implements BrokerPort {
     private readonly log: Logger,
   ) {
     this.connected = true;
-    this.history = new StreamHistory(js, jsm, config.streamName, config.maxStoredMessages);
+    this.history = new StreamHistory(js, jsm, config.streamName, config.maxStoredMessages, jetstream(nc, { timeout: READER_CREATE_TIMEOUT_MS }));
     this.inboxes = new Inboxes(nc, jsm, config, log);
     void this.watchStatus();
   }
@@ -379,7 +378,7 @@ export class NatsBroker implements BrokerPort {
   }
 
   /** A stored message (from a repair) to the hub. */
-  private deliverStored(topic: Topic, m: JsMsg, projectId?: string): void {
+  private deliverStored(topic: Topic, m: StoredMessage, projectId?: string): void {
     const event = this.toEvent(projectId, m.seq, m.data, m.headers, m.timestamp);
     if (event) this.sink(topic, event);
   }

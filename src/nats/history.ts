@@ -2,7 +2,8 @@
  * A subject's stored history in the stream: every event after a seq, in order, and whether some
  * of it is gone. Shared by resume (a client's `since`) and gap repair on the live path.
  */
-import { DeliverPolicy, type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream';
+import { DeliverPolicy, type Consumer, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
+import { errors as natsErrors, type MsgHdrs } from '@nats-io/transport-node';
 import { SidecarError } from '../errors.js';
 
 export interface HistoryRead {
@@ -14,13 +15,33 @@ export interface HistoryRead {
 
 /** A read that made no progress for this long is abandoned (JetStream unreachable or overloaded). */
 const STALL_MS = 5_000;
+/**
+ * A read's ordered consumer is R1, and nats-server may place it on a peer of the stream that is
+ * down: a node killed without a clean shutdown stays a placement candidate for a long time (about
+ * one creation in three timed out with one node of three down, the first ones in a row). So
+ * creation gets a short timeout and a second try, and then the read falls back to direct gets,
+ * which only live replicas answer.
+ */
+export const READER_CREATE_TIMEOUT_MS = 2_000;
+const READER_CREATE_ATTEMPTS = 2;
+
+/** One stored event, from a reader consumer or a direct get. */
+export interface StoredMessage {
+  seq: number;
+  data: Uint8Array;
+  headers?: MsgHdrs;
+  /** When the stream stored it (RFC 3339). */
+  timestamp: string;
+}
 
 export class StreamHistory {
+  /** `readerJs` creates the readers' consumers: a client with READER_CREATE_TIMEOUT_MS (default `js`). */
   constructor(
     private readonly js: JetStreamClient,
     private readonly jsm: JetStreamManager,
     private readonly stream: string,
     private readonly maxPerSubject: number,
+    private readonly readerJs: JetStreamClient = js,
   ) {}
 
   /** Seq of the last stored event of `subject`; 0 when there is none. */
@@ -33,7 +54,7 @@ export class StreamHistory {
    * Every stored event of `subject` with seq > `since`, in order, through `onMessage`, up to the
    * last one stored when the read began (later ones come live).
    */
-  async read(subject: string, since: number, onMessage: (m: JsMsg) => void): Promise<HistoryRead> {
+  async read(subject: string, since: number, onMessage: (m: StoredMessage) => void): Promise<HistoryRead> {
     const head = await this.head(subject);
     await this.fetch(subject, since, head, onMessage);
     // Checked after the read, not before: an event pushed out of the window while the read ran
@@ -48,13 +69,10 @@ export class StreamHistory {
   }
 
   /** The stored events of `subject` in (since, head], in order. One ordered consumer, no acks. */
-  async fetch(subject: string, since: number, head: number, onMessage: (m: JsMsg) => void): Promise<void> {
+  async fetch(subject: string, since: number, head: number, onMessage: (m: StoredMessage) => void): Promise<void> {
     if (head <= since) return;
-    const consumer = await this.js.consumers.get(this.stream, {
-      filter_subjects: subject,
-      deliver_policy: DeliverPolicy.StartSequence,
-      opt_start_seq: since + 1,
-    });
+    const consumer = await this.reader(subject, since);
+    if (!consumer) return this.fetchDirect(subject, since, head, onMessage);
     const messages = await consumer.consume({ max_messages: 1000 });
     let lastActivity = Date.now();
     let stalled = false;
@@ -75,6 +93,37 @@ export class StreamHistory {
       await messages.close().catch(() => {});
     }
     if (stalled) throw new SidecarError('history_stalled', `reading ${subject} from the stream stalled`);
+  }
+
+  /** An ordered consumer of `subject` from `since + 1`, or undefined when creating one timed out (READER_CREATE_TIMEOUT_MS). */
+  private async reader(subject: string, since: number): Promise<Consumer | undefined> {
+    for (let attempt = 1; attempt <= READER_CREATE_ATTEMPTS; attempt++) {
+      try {
+        return await this.readerJs.consumers.get(this.stream, {
+          filter_subjects: subject,
+          deliver_policy: DeliverPolicy.StartSequence,
+          opt_start_seq: since + 1,
+        });
+      } catch (err) {
+        if (!(err instanceof natsErrors.TimeoutError)) throw err;
+      }
+    }
+    return undefined;
+  }
+
+  /**
+   * The same read with direct gets, one event per request. A replica still catching up holds a
+   * prefix of the stream, so it answers the right next event or nothing: nothing before `head` is
+   * an error (the caller retries), never the end of the history.
+   */
+  private async fetchDirect(subject: string, since: number, head: number, onMessage: (m: StoredMessage) => void): Promise<void> {
+    for (let cursor = since; cursor < head; ) {
+      const m = await this.jsm.direct.getMessage(this.stream, { next_by_subj: subject, seq: cursor + 1 });
+      if (!m) throw new SidecarError('history_unavailable', `no stored event of ${subject} after ${cursor} answered; retrying`);
+      if (m.seq > head) return;
+      onMessage({ seq: m.seq, data: m.data, headers: m.header, timestamp: m.timestamp });
+      cursor = m.seq;
+    }
   }
 
   /**

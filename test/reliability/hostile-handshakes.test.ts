@@ -226,46 +226,56 @@ describe('hostile handshakes', () => {
   it(`closes ${HALF_OPEN} half-open TCP connections at the handshake timeout, with bounded memory, while serving others`, async () => {
     const before = { rss: side.rss(), fds: side.fds() };
     const sockets: net.Socket[] = [];
-    const closedAt: number[] = [];
+    /** Per socket: from its connect to its close. */
+    const lifetimes: number[] = [];
     const answers: string[] = [];
-    const opened = Date.now();
-    for (let i = 0; i < HALF_OPEN; i++) {
-      const s = net.connect({ port: side.port, host: '127.0.0.1' });
-      s.on('error', () => undefined);
-      s.once('connect', () => {
-        if (i % 3 === 1) s.write('GET /ws/connect HTTP/1.1\r\nHost: x\r\n'); // a request head that never ends
-        if (i % 3 === 2) s.write('G'); // slowloris' first byte
+    // In batches, so the listen backlog (511) never overflows: an overflowing SYN is the kernel's
+    // business (the client sees a connection the server never accepted), not the sidecar's.
+    for (let i = 0; i < HALF_OPEN; i += 250) {
+      const batch = Array.from({ length: Math.min(250, HALF_OPEN - i) }, (_, j) => {
+        const k = i + j;
+        const s = net.connect({ port: side.port, host: '127.0.0.1' });
+        s.on('error', () => undefined);
+        s.on('data', (d) => answers.push(d.toString('latin1').split('\r\n')[0]));
+        sockets.push(s);
+        return new Promise<void>((resolve) => {
+          s.once('connect', () => {
+            const at = Date.now();
+            if (k % 3 === 1) s.write('GET /ws/connect HTTP/1.1\r\nHost: x\r\n'); // a request head that never ends
+            if (k % 3 === 2) s.write('G'); // slowloris' first byte
+            s.once('close', () => lifetimes.push(Date.now() - at));
+            resolve();
+          });
+          s.once('close', () => resolve());
+        });
       });
-      s.on('data', (d) => answers.push(d.toString('latin1').split('\r\n')[0]));
-      s.once('close', () => closedAt.push(Date.now() - opened));
-      sockets.push(s);
+      await Promise.all(batch);
     }
-    await Promise.all(sockets.map((s) => new Promise((r) => (s.connecting ? s.once('connect', r).once('close', r) : r(undefined)))));
     await new Promise((r) => setTimeout(r, 200));
     const during = { rss: side.rss(), fds: side.fds() };
     const served = Date.now();
     expect(await stillServes()).toBe(true);
     const servedMs = Date.now() - served;
     const deadline = Date.now() + HANDSHAKE_TIMEOUT_MS + 10_000;
-    while (closedAt.length < HALF_OPEN && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    while (lifetimes.length < HALF_OPEN && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     await new Promise((r) => setTimeout(r, 300));
     const after = { rss: side.rss(), fds: side.fds() };
     for (const s of sockets) s.destroy();
-    const latest = Math.max(...closedAt);
     report('half-open-tcp', {
       sockets: HALF_OPEN,
       handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS,
-      closed: closedAt.length,
-      closed_between_ms: [Math.min(...closedAt), latest],
+      closed: lifetimes.length,
+      lifetime_ms_min_max: [Math.min(...lifetimes), Math.max(...lifetimes)],
       answers: [...new Set(answers)],
       sidecar_fds: [before.fds, during.fds, after.fds],
       sidecar_rss_mib: [mib(before.rss), mib(during.rss), mib(after.rss)],
       kib_per_socket: round((during.rss - before.rss) / HALF_OPEN / 1024, 2),
       valid_client_served_in_ms: servedMs,
     });
-    expect(closedAt.length).toBe(HALF_OPEN);
-    expect(Math.min(...closedAt)).toBeGreaterThanOrEqual(HANDSHAKE_TIMEOUT_MS - 100);
-    expect(latest).toBeLessThan(HANDSHAKE_TIMEOUT_MS + 3000);
+    expect(lifetimes.length).toBe(HALF_OPEN);
+    expect(Math.min(...lifetimes)).toBeGreaterThanOrEqual(HANDSHAKE_TIMEOUT_MS - 100);
+    // Node checks the deadline every handshakeTimeout / 4 (at most every second).
+    expect(Math.max(...lifetimes)).toBeLessThan(HANDSHAKE_TIMEOUT_MS + 3000);
     expect(new Set(answers)).toEqual(new Set(['HTTP/1.1 408 Request Timeout']));
     expect(during.fds - before.fds).toBeGreaterThanOrEqual(HALF_OPEN * 0.9);
     expect(after.fds - before.fds).toBeLessThan(20);

@@ -87,6 +87,7 @@ describe('NATS cluster failover (R3)', () => {
     await startApps(ledger, plans);
     const streams: StreamKey[] = [...projects.map((p) => `project:${p}`), ...plans.filter((p) => p.direct).map((p) => `user:${p.userId}`)];
 
+    const initialServers = [a, b].map((x) => x.sidecar.broker.nc.info?.server_name);
     const byName = (name: string | undefined) => c.servers.find((s, i) => `n${i + 1}` === name);
     const events: string[] = [];
     let firstVictim: string | undefined;
@@ -133,8 +134,11 @@ describe('NATS cluster failover (R3)', () => {
       apps: APPS,
       streams: streams.length,
       ...figures,
+      missing_sample: ledger.missing(10),
       faults: events,
       gaps_detected: a.sidecar.broker.stats.gaps + b.sidecar.broker.stats.gaps,
+      sidecar_nats: [a, b].map((x) => ({ server: x.sidecar.broker.nc.info?.server_name, ...x.sidecar.broker.stats })),
+      initial_servers: initialServers,
       publishing_done_ms: publishedAt,
       all_delivered_ms: completeAt,
       duration_s: Math.round((Date.now() - started) / 1000),

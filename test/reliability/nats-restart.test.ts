@@ -77,6 +77,7 @@ describe('NATS server restart with its store kept', () => {
       apps: APPS,
       streams: streams.length,
       ...figures,
+      missing_sample: ledger.missing(10),
       faults,
       sidecar_nats_reconnects: side.sidecar.broker.stats.reconnects,
       gaps_detected: side.sidecar.broker.stats.gaps,

@@ -127,17 +127,26 @@ describe('soak', () => {
 
     // An operator's dashboard: admin reads every 2 s.
     const admin = await s.token('soak-admin', { roles: ['admin'] });
+    const readFailures: string[] = [];
     const reading = (async () => {
-      while (running()) {
-        await fetch(`${s.httpUrl}/api/v1/websocket/metrics`, { headers: { Authorization: `Bearer ${admin}` } }).then((r) => r.text());
-        await fetch(`${s.httpUrl}/metrics`).then((r) => r.text());
-        counts.adminReads += 2;
+      while (running() && s.alive) {
+        try {
+          await fetch(`${s.httpUrl}/api/v1/websocket/metrics`, { headers: { Authorization: `Bearer ${admin}` } }).then((r) => r.text());
+          await fetch(`${s.httpUrl}/metrics`).then((r) => r.text());
+          counts.adminReads += 2;
+        } catch (err) {
+          readFailures.push((err as Error).message);
+        }
         await sleep(2000);
       }
     })();
 
     await Promise.all([publishing, churning, reading]);
     const samples = sampler.stop();
+    if (!s.alive) {
+      const { code, signal } = await s.exited;
+      throw new Error(`the sidecar exited (${code ?? signal}) during the soak; its last output:\n${s.tail()}`);
+    }
     const complete = await waitComplete(ledger, 30_000);
     const figures = ledger.figures();
     await closeAllClients();
@@ -165,7 +174,9 @@ describe('soak', () => {
       project_events_published: counts.events,
       direct_messages_published: counts.direct,
       admin_reads: counts.adminReads,
+      admin_read_failures: readFailures.length,
       ...figures,
+      missing_sample: ledger.missing(10),
       rss_mib_start_warm_end: [mib(samples[0].rss), mib(after[0]?.rss ?? Number.NaN), mib(samples[samples.length - 1].rss)],
       rss_mib_min_max_after_warmup: [mib(Math.min(...after.map((x) => x.rss))), mib(Math.max(...after.map((x) => x.rss)))],
       rss_growth_mib_per_min: mib(rssSlope),

@@ -216,6 +216,34 @@ describe('client SDK logic', () => {
     await client.close();
   });
 
+  it('retries a subscribe the server could not process (processing_error) instead of dropping it, also when resuming', async () => {
+    const { client, socket } = await connected();
+    const errors: string[] = [];
+    client.on('error', (e) => errors.push(e.code));
+    const sub = client.subscribe('busy');
+    const first = await socket.nextSent((m) => m.type === 'subscription' && m.data.project_id === 'busy');
+    socket.deliver({ type: 'error', data: { code: 'processing_error', message: 'try later', in_reply_to: first.message_id } });
+    const again = await socket.nextSent((m) => m.type === 'subscription' && m.data.project_id === 'busy' && m !== first);
+    socket.deliver({ type: 'subscription', data: { action: 'subscribed', project_id: 'busy' } });
+    expect(await sub).toMatchObject({ projectId: 'busy' });
+    expect(again.message_id).not.toBe(first.message_id);
+    socket.deliver(event(30, { project_id: 'busy' }));
+
+    // After a reconnect the resume fails once (JetStream failing over): still resumed from seq 30.
+    const before = FakeSocket.all.length;
+    socket.serverClose(1006);
+    const next = await nextSocket(before);
+    await next.accept();
+    const resume = await next.nextSent((m) => m.type === 'subscription' && m.data.project_id === 'busy');
+    expect(resume.data.since).toBe(30);
+    next.deliver({ type: 'error', data: { code: 'processing_error', message: 'try later', in_reply_to: resume.message_id } });
+    const retried = await next.nextSent((m) => m.type === 'subscription' && m !== resume);
+    expect(retried.data).toMatchObject({ project_id: 'busy', since: 30 });
+    expect(client.subscriptions.get('busy')).toBe(30);
+    expect(errors).toEqual(['processing_error', 'processing_error']);
+    await client.close();
+  });
+
   it('surfaces truncated history as an event', async () => {
     const { client, socket } = await connected();
     const truncated = once<any>(client, 'history_truncated');

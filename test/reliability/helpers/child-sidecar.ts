@@ -4,6 +4,7 @@
  * process alone (/proc/PID). Logs at info on stdout are parsed for the port and for warnings.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -86,11 +87,15 @@ export async function startChildSidecar(natsUrl: string | string[], env: Sidecar
   };
   const child = spawn(process.execPath, [bin], { cwd: root, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
   live.add(child);
+  // RELIABILITY_LOG_DIR keeps each child's whole output, for a post-mortem.
+  const logFile = process.env.RELIABILITY_LOG_DIR ? createWriteStream(join(process.env.RELIABILITY_LOG_DIR, `sidecar-${child.pid}.log`)) : undefined;
+  logFile?.on('error', () => undefined);
   const lines: string[] = [];
   const warnings = new Map<string, number>();
   let listening: ((v: { url: string; instance: string }) => void) | undefined;
   let partial = '';
   const onText = (chunk: string) => {
+    logFile?.write(chunk);
     const parts = (partial + chunk).split('\n');
     partial = parts.pop() ?? '';
     for (const line of parts) {
@@ -113,6 +118,7 @@ export async function startChildSidecar(natsUrl: string | string[], env: Sidecar
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
     child.once('exit', (code, signal) => {
       alive = false;
+      logFile?.end();
       live.delete(child);
       resolve({ code, signal });
     });

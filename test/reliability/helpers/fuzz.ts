@@ -89,14 +89,14 @@ export type Outcome = { answers: any[]; close?: number };
  */
 export function judge(c: FuzzCase, out: Outcome, limits: Limits): string | undefined {
   const e = c.expect;
-  if ('close' in e) return out.close === e.close ? undefined : `expected close ${e.close}, got ${describe(out)}`;
+  if ('close' in e) return out.close === e.close ? undefined : `expected close ${e.close}, got ${summarize(out)}`;
   for (const a of out.answers) {
     const p = envelopeProblem(a);
     if (p) return `bad answer (${p}): ${JSON.stringify(a).slice(0, 200)}`;
   }
   const errors = out.answers.filter((a) => a.type === 'error');
   const only = (pred: (a: any) => boolean) => out.close === undefined && out.answers.length === 1 && pred(out.answers[0]);
-  const invalid = () => (only((a) => a.type === 'error' && a.data.code === 'invalid_message') ? undefined : `expected one invalid_message, got ${describe(out)}`);
+  const invalid = () => (only((a) => a.type === 'error' && a.data.code === 'invalid_message') ? undefined : `expected one invalid_message, got ${summarize(out)}`);
   if (e.binary) return invalid();
   const text = e.message.toString('utf8');
   let parsed: unknown;
@@ -109,17 +109,17 @@ export function judge(c: FuzzCase, out: Outcome, limits: Limits): string | undef
   const valid = isJson && validMessage(parsed);
   const type = isJson && isObj(parsed) ? parsed.type : undefined;
   if (e.message.length > limits.maxMessageSize && !(valid && type === 'auth')) {
-    return out.close === 1009 ? undefined : `expected close 1009 for ${e.message.length} bytes, got ${describe(out)}`;
+    return out.close === 1009 ? undefined : `expected close 1009 for ${e.message.length} bytes, got ${summarize(out)}`;
   }
   if (!valid) return invalid();
-  if (out.close !== undefined) return `a valid message closed the connection: ${describe(out)}`;
+  if (out.close !== undefined) return `a valid message closed the connection: ${summarize(out)}`;
   if (errors.some((a) => a.data.code === 'processing_error')) return `processing_error: ${JSON.stringify(errors[0].data)}`;
   const d = (parsed as { data: Record<string, unknown> }).data;
   switch (type) {
     case 'ping':
-      return only((a) => a.type === 'pong') ? undefined : `ping: ${describe(out)}`;
+      return only((a) => a.type === 'pong') ? undefined : `ping: ${summarize(out)}`;
     case 'auth':
-      return only((a) => a.type === 'auth_success' || a.type === 'auth_failed') ? undefined : `auth: ${describe(out)}`;
+      return only((a) => a.type === 'auth_success' || a.type === 'auth_failed') ? undefined : `auth: ${summarize(out)}`;
     case 'subscription':
       return only(
         (a) =>
@@ -127,22 +127,22 @@ export function judge(c: FuzzCase, out: Outcome, limits: Limits): string | undef
           (a.type === 'error' && a.data.code === 'forbidden'),
       )
         ? undefined
-        : `subscription: ${describe(out)}`;
+        : `subscription: ${summarize(out)}`;
     case 'presence':
       return only((a) => (a.type === 'presence' && a.data.project_id === d.project_id) || (a.type === 'error' && a.data.code === 'forbidden'))
         ? undefined
-        : `presence: ${describe(out)}`;
+        : `presence: ${summarize(out)}`;
     case 'ack':
-      return out.answers.length === 0 ? undefined : `ack answered: ${describe(out)}`;
+      return out.answers.length === 0 ? undefined : `ack answered: ${summarize(out)}`;
     case 'client_event':
       // No client event types are allowed in the run.
-      return only((a) => a.type === 'error' && a.data.code === 'forbidden') ? undefined : `client_event: ${describe(out)}`;
+      return only((a) => a.type === 'error' && a.data.code === 'forbidden') ? undefined : `client_event: ${summarize(out)}`;
     default:
       return `unhandled type ${String(type)}`;
   }
 }
 
-function describe(out: Outcome): string {
+function summarize(out: Outcome): string {
   const a = out.answers.map((m) => (m?.type === 'error' ? `error:${m.data?.code}` : String(m?.type))).join(',') || 'no answer';
   return out.close !== undefined ? `${a}; close ${out.close}` : a;
 }
