@@ -196,6 +196,8 @@ describe('soak', () => {
     expect(fdsAfter).toBeLessThanOrEqual(fdsBaseline);
     // Flat after warm-up. The short run is too short for a slope to mean much: it catches gross leaks.
     expect(rssSlope).toBeLessThan((FULL ? 2 : 80) * 1024 * 1024);
-    expect(fdSlope).toBeLessThan(FULL ? 1 : 30);
+    // Descriptors follow the connections in flight (churn lanes run at the machine's pace), so the
+    // slope is noisy; the exact check is the one above: all closed, fewer than at the start.
+    expect(fdSlope).toBeLessThan(FULL ? 5 : 30);
   }, DURATION_MS + 180_000);
 });
