@@ -64,7 +64,7 @@ export async function startApps(ledger: DeliveryLedger, plans: AppPlan[], extra:
 }
 
 /** Polls until every confirmed event reached every app (that `only` accepts); false at the deadline. */
-export async function waitComplete(ledger: DeliveryLedger, timeoutMs: number, only?: (app: string) => boolean): Promise<boolean> {
+export async function waitComplete(ledger: DeliveryLedger, timeoutMs: number, only?: (app: string, stream: string) => boolean): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   while (!ledger.complete(only)) {
     if (Date.now() > deadline) return false;

@@ -34,6 +34,8 @@ export interface ChildSidecar {
   rss(): number;
   fds(): number;
   token(sub: string, o?: Omit<MintOptions, 'sub'>): Promise<string>;
+  /** With `gcProbe`: a full GC in the child, then its memory (heap used is what is retained). */
+  heapAfterGc(): Promise<{ heapUsed: number; external: number; arrayBuffers: number; rss: number }>;
   /** SIGKILL; resolves once the process is gone and its port refuses connections. */
   kill9(): Promise<void>;
   /** SIGTERM (graceful drain); SIGKILL after `graceMs`. */
@@ -67,7 +69,12 @@ export function portRefuses(port: number): Promise<boolean> {
 /** Sidecar config as SIDECAR_* / contract environment variables (see README). */
 export type SidecarEnv = Record<string, string | number>;
 
-export async function startChildSidecar(natsUrl: string | string[], env: SidecarEnv = {}): Promise<ChildSidecar> {
+export interface ChildOptions {
+  /** Preload gc-probe.cjs (with --expose-gc) so that heapAfterGc() works. */
+  gcProbe?: boolean;
+}
+
+export async function startChildSidecar(natsUrl: string | string[], env: SidecarEnv = {}, opts: ChildOptions = {}): Promise<ChildSidecar> {
   await ensureBuilt();
   const dataDir = await mkdtemp(join(tmpdir(), 'sidecar-child-'));
   const base: Record<string, string> = {};
@@ -85,6 +92,10 @@ export async function startChildSidecar(natsUrl: string | string[], env: Sidecar
     LOG_LEVEL: 'info',
     ...Object.fromEntries(Object.entries(env).map(([k, v]) => [k, String(v)])),
   };
+  if (opts.gcProbe) {
+    const probe = join(import.meta.dirname, 'gc-probe.cjs');
+    childEnv.NODE_OPTIONS = `${base.NODE_OPTIONS ?? ''} --expose-gc --require ${JSON.stringify(probe)}`.trim();
+  }
   const child = spawn(process.execPath, [bin], { cwd: root, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
   live.add(child);
   // RELIABILITY_LOG_DIR keeps each child's whole output, for a post-mortem.
@@ -93,6 +104,7 @@ export async function startChildSidecar(natsUrl: string | string[], env: Sidecar
   const lines: string[] = [];
   const warnings = new Map<string, number>();
   let listening: ((v: { url: string; instance: string }) => void) | undefined;
+  const probes: ((m: { heapUsed: number; external: number; arrayBuffers: number; rss: number }) => void)[] = [];
   let partial = '';
   const onText = (chunk: string) => {
     logFile?.write(chunk);
@@ -102,7 +114,7 @@ export async function startChildSidecar(natsUrl: string | string[], env: Sidecar
       lines.push(line);
       if (lines.length > TAIL_LINES) lines.shift();
       if (!line.startsWith('{')) continue;
-      let rec: { level?: number; msg?: string; url?: string; instance?: string };
+      let rec: { level?: number; msg?: string; url?: string; instance?: string; heapUsed?: number; external?: number; arrayBuffers?: number; rss?: number };
       try {
         rec = JSON.parse(line);
       } catch {
@@ -110,6 +122,10 @@ export async function startChildSidecar(natsUrl: string | string[], env: Sidecar
       }
       if ((rec.level ?? 0) >= 40) warnings.set(String(rec.msg), (warnings.get(String(rec.msg)) ?? 0) + 1);
       if (rec.msg === 'nats-ws-sidecar listening' && rec.url) listening?.({ url: rec.url, instance: String(rec.instance) });
+      if (rec.msg === 'gc probe') {
+        const m = { heapUsed: rec.heapUsed!, external: rec.external!, arrayBuffers: rec.arrayBuffers!, rss: rec.rss! };
+        for (const fn of probes.splice(0)) fn(m);
+      }
     }
   };
   child.stdout!.setEncoding('utf8').on('data', onText); // always drained, or the child would block on a full pipe
@@ -156,6 +172,17 @@ export async function startChildSidecar(natsUrl: string | string[], env: Sidecar
     rss: () => rssOf(pid),
     fds: () => fdsOf(pid),
     token: (sub, o = {}) => mintToken(TEST_SECRET, { sub, projects: ['*'], ...o }),
+    heapAfterGc() {
+      if (!opts.gcProbe) return Promise.reject(new Error('started without gcProbe'));
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error('no gc probe answer within 10 s')), 10_000);
+        probes.push((m) => {
+          clearTimeout(timer);
+          resolve(m);
+        });
+        child.kill('SIGUSR2');
+      });
+    },
     async kill9() {
       if (alive) child.kill('SIGKILL');
       await exited;
