@@ -335,6 +335,9 @@ function resetClose(ws) {
   else ws?.terminate();
 }
 
+/** The user of the resume scenario (its resuming connection and the one holding its presence). */
+const RESUME_USER = 'resume-user';
+
 /** HS256 tokens for users `${prefix}${i}`, signed before any timing starts. */
 async function signTokens(secret, subs) {
   const key = new TextEncoder().encode(secret);
@@ -500,7 +503,7 @@ const handlers = {
     };
     let client;
     if (kind === 'contract') {
-      const [token] = await signTokens(secret, ['resume-user']);
+      const [token] = await signTokens(secret, [RESUME_USER]);
       const c = (client = new ContractClient(url, token, project, { since }));
       await c.open(timeoutMs, true);
       c.onEvent = (buf) => {
@@ -562,6 +565,21 @@ const handlers = {
     client.close();
     const error = apiError || (received === 0 ? `no replayed event within ${timeoutMs} ms` : '');
     return { ms: received ? lastAt - t0 : NaN, received, firstSeq, lastSeq, orderErrors, outcome, error };
+  },
+
+  /**
+   * Contract only: another connection ("tab") of the resume scenario's user, subscribed to
+   * `project` and kept open. Presence is per user, so the resuming connection's subscribe then
+   * stores no `user_joined`, which would otherwise push the oldest of exactly `maxStoredMessages`
+   * events out of the project's window (presence events are stored project events).
+   */
+  async holdPresence({ url, secret, project, timeoutMs = 10_000 }) {
+    const [token] = await signTokens(secret, [RESUME_USER]);
+    const c = new ContractClient(url, token, project);
+    await c.open(timeoutMs);
+    c.onEvent = () => {};
+    clients.push(c);
+    return {};
   },
 
   /**

@@ -40,10 +40,10 @@ export class Unavailable extends Error {}
 
 /**
  * @param {'nats' | 'sidecar' | 'naive'} name
- * @param {{ verbose?: boolean, sidecarBin?: string, startTimeoutMs?: number }} opts
+ * @param {{ verbose?: boolean, sidecarBin?: string, nodeArgs?: string[], startTimeoutMs?: number }} opts
  * @returns {Promise<Target>}
  */
-export async function startTarget(name, { verbose = false, sidecarBin = 'bin/nats-ws-sidecar.js', startTimeoutMs = 30_000 } = {}) {
+export async function startTarget(name, { verbose = false, sidecarBin = 'bin/nats-ws-sidecar.js', nodeArgs = [], startTimeoutMs = 30_000 } = {}) {
   const def = TARGETS[name];
   if (!def) throw new Error(`unknown target ${name}`);
   if (name === 'sidecar' && !existsSync(join(ROOT, sidecarBin))) {
@@ -65,7 +65,7 @@ export async function startTarget(name, { verbose = false, sidecarBin = 'bin/nat
     SIDECAR_CONFIG: '',
   };
   const script = name === 'sidecar' ? join(ROOT, sidecarBin) : join(here, 'naive-bridge.js');
-  const proc = new Proc(name, process.execPath, [script], { env, cwd: ROOT, verbose });
+  const proc = new Proc(name, process.execPath, [...nodeArgs, script], { env, cwd: ROOT, verbose });
   const stop = async () => {
     await proc.stop(2000);
     await nats.stop();

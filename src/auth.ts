@@ -23,7 +23,10 @@ export interface Principal {
   readonly projects: readonly string[] | '*';
   /** Expiry, ms since epoch; undefined when the token has no `exp`. */
   readonly expiresAt: number | undefined;
-  /** Every verified claim, for backends that decide access themselves (`request` authorization). */
+  /**
+   * Every verified claim, for backends that decide access themselves: kept only with `request`
+   * project authorization (a connection holds its principal for its lifetime).
+   */
   readonly claims?: Readonly<Record<string, unknown>>;
 }
 
@@ -60,21 +63,23 @@ function algorithmsForKey(key: KeyObject): string[] {
   }
 }
 
+const NONE: readonly string[] = Object.freeze([]);
+
 /** `graceMs`: the clock tolerance, so a token accepted within it is not closed as expired at once. */
-function toPrincipal(payload: JWTPayload, graceMs: number): Principal {
+function toPrincipal(payload: JWTPayload, graceMs: number, keepClaims: boolean): Principal {
   const sub = payload.sub;
   if (typeof sub !== 'string' || sub.length === 0) throw new AuthError(AuthErrorCode.NoSubject, 'token has no "sub"');
   if (!/^[A-Za-z0-9_-]{1,128}$/.test(sub)) {
     throw new AuthError(AuthErrorCode.Invalid, '"sub" must match [A-Za-z0-9_-]{1,128}');
   }
-  const strings = (v: unknown) => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []);
+  const strings = (v: unknown) => (Array.isArray(v) && v.length > 0 ? v.filter((x): x is string => typeof x === 'string') : NONE);
   const projects = strings(payload.projects);
   return {
     userId: sub,
     roles: strings(payload.roles),
     projects: projects.includes('*') ? '*' : projects,
     expiresAt: typeof payload.exp === 'number' ? payload.exp * 1000 + graceMs : undefined,
-    claims: payload,
+    claims: keepClaims ? payload : undefined,
   };
 }
 
@@ -135,7 +140,8 @@ type VerifyConfig = Pick<
   | 'maxTokenLength'
   | 'jwksCooldown'
   | 'jwksCacheMaxAge'
->;
+> &
+  Partial<Pick<Config, 'projectAuthorization'>>;
 
 export function createTokenVerifier(config: VerifyConfig): TokenVerifier {
   let key: Uint8Array | KeyObject | JWTVerifyGetKey;
@@ -173,6 +179,7 @@ export function createTokenVerifier(config: VerifyConfig): TokenVerifier {
     clockTolerance: Math.round(config.jwtClockTolerance / 1000),
   };
   const graceMs = options.clockTolerance * 1000;
+  const keepClaims = config.projectAuthorization === 'request';
 
   return {
     async verify(token: string): Promise<Principal> {
@@ -180,10 +187,10 @@ export function createTokenVerifier(config: VerifyConfig): TokenVerifier {
       if (token.length > config.maxTokenLength) throw new AuthError(AuthErrorCode.TooLarge, 'token too large');
       try {
         const fast = key instanceof Uint8Array ? verifyHmacFast(token, key, algorithms, options) : undefined;
-        if (fast) return toPrincipal(fast, graceMs);
+        if (fast) return toPrincipal(fast, graceMs, keepClaims);
         const { payload } =
           typeof key === 'function' ? await jwtVerify(token, key, options) : await jwtVerify(token, key, options);
-        return toPrincipal(payload, graceMs);
+        return toPrincipal(payload, graceMs, keepClaims);
       } catch (err) {
         if (err instanceof AuthError) throw err;
         if (err instanceof joseErrors.JWTExpired) throw new AuthError(AuthErrorCode.Expired, 'token expired');

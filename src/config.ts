@@ -117,6 +117,13 @@ export const configSchema = z.object({
   presenceBucket: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must match [A-Za-z0-9_-]{1,64}'),
   /** An instance silent this long is dead: its users leave. Heartbeats every third of it. */
   presenceTTL: duration(1000),
+  /**
+   * How this instance hears direct messages: `wildcard`, one NATS subscription to every user's
+   * live subject (no subscription per connecting user: less memory, faster connects; every
+   * instance receives every direct message and drops those for users it does not hold), or
+   * `per_user`, one subscription per connected user (for fleets with heavy direct traffic).
+   */
+  directSubscription: z.enum(['wildcard', 'per_user']),
   /** Who may subscribe to a project: the token's `projects` claim, anyone, or a backend asked over NATS. */
   projectAuthorization: z.enum(['claims', 'open', 'request']),
   /** Subject of `request` mode; default `<subjectPrefix>.authz.project`. */

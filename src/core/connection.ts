@@ -18,7 +18,7 @@ import {
 import { ErrorBudget, TokenBucket } from './limits.js';
 import type { EventRef } from './dedupe.js';
 import { topics, type OutFrame, type StoredEvent, type Topic, type Transport } from './ports.js';
-import type { Subscription } from './subscription.js';
+import { TopicSubscriptions, type Subscription } from './subscription.js';
 import type { Hub } from './hub.js';
 import { dispatch } from './processors.js';
 
@@ -37,7 +37,7 @@ export interface ConnectionInfo {
 export class Connection {
   state: ConnectionState = 'authenticating';
   principal: Principal | null = null;
-  readonly subscriptions = new Map<Topic, Subscription>();
+  readonly subscriptions = new TopicSubscriptions();
   readonly openedAt: number;
   lastSeen: number;
   lastPing = 0;
@@ -434,7 +434,7 @@ export class Connection {
     return {
       id: this.id,
       userId: this.userId,
-      projects: [...this.subscriptions.keys()].filter((t) => t.startsWith('project.')).map((t) => t.slice(8)),
+      projects: this.subscriptions.keys().filter((t) => t.startsWith('project.')).map((t) => t.slice(8)),
       remoteAddress: this.remoteAddress,
       connectedAt: new Date(this.openedAt).toISOString(),
       messagesIn: this.messagesIn,

@@ -10,6 +10,7 @@ import { CloseCode, ErrorCode, MessageType, errorMessage, serverMessage } from '
 import { Connection } from './connection.js';
 import { RecentIds } from './dedupe.js';
 import { OutboundPacer } from './limits.js';
+import { addMember, countMembers, membersOf, removeMember, type Members } from './members.js';
 import {
   topics,
   type AuthPort,
@@ -104,8 +105,8 @@ export class Hub {
   };
 
   readonly connections = new Map<string, Connection>();
-  private readonly rooms = new Map<Topic, Set<Subscription>>();
-  private readonly users = new Map<string, Set<Connection>>();
+  private readonly rooms = new Map<Topic, Members<Subscription>>();
+  private readonly users = new Map<string, Members<Connection>>();
   private readonly recentIds = new RecentIds(RECENT_IDS);
   private dirty: Connection[] = [];
   private flushScheduled = false;
@@ -146,30 +147,28 @@ export class Hub {
 
   /** True when the user already has maxConnectionsPerUser connections here (the handshake answers 429). */
   userAtCapacity(userId: string): boolean {
-    return (this.users.get(userId)?.size ?? 0) >= this.config.maxConnectionsPerUser;
+    return countMembers(this.users.get(userId)) >= this.config.maxConnectionsPerUser;
   }
 
   /** Enforce maxConnectionsPerUser; registers the connection under its user. */
   admitUser(conn: Connection, userId: string): boolean {
-    let set = this.users.get(userId);
     if (this.userAtCapacity(userId)) {
       this.stats.errorsSent += 1;
       conn.send(errorMessage(ErrorCode.Forbidden, 'too many connections for this user'));
       conn.close(CloseCode.Forbidden, 'too many connections for this user');
       return false;
     }
-    if (!set) this.users.set(userId, (set = new Set()));
-    set.add(conn);
+    addMember(this.users, userId, conn);
     return true;
   }
 
   /** Connections of a user on this instance. */
   connectionsOf(userId: string): ReadonlySet<Connection> {
-    return this.users.get(userId) ?? new Set();
+    return new Set(membersOf(this.users.get(userId)));
   }
 
   subscribersOf(topic: Topic): number {
-    return this.rooms.get(topic)?.size ?? 0;
+    return countMembers(this.rooms.get(topic));
   }
 
   get projectCount(): number {
@@ -180,13 +179,8 @@ export class Hub {
 
   remove(conn: Connection): void {
     if (!this.connections.delete(conn.id)) return;
-    for (const topic of [...conn.subscriptions.keys()]) this.leave(conn, topic);
-    const userId = conn.userId;
-    if (userId) {
-      const set = this.users.get(userId);
-      set?.delete(conn);
-      if (set?.size === 0) this.users.delete(userId);
-    }
+    for (const topic of conn.subscriptions.keys()) this.leave(conn, topic);
+    if (conn.userId) removeMember(this.users, conn.userId, conn);
     this.pacer.forget(conn.id);
   }
 
@@ -200,13 +194,8 @@ export class Hub {
       return existing;
     }
     const sub = new Subscription(conn, topic, since);
-    conn.subscriptions.set(topic, sub);
-    let room = this.rooms.get(topic);
-    if (!room) {
-      this.rooms.set(topic, (room = new Set()));
-      this.broker.setInterest(topic, true);
-    }
-    room.add(sub);
+    conn.subscriptions.add(sub);
+    if (addMember(this.rooms, topic, sub)) this.broker.setInterest(topic, true);
     if (conn.userId && topic.startsWith('project.')) this.presence.enter(topic.slice(8), conn.userId);
     return sub;
   }
@@ -215,12 +204,7 @@ export class Hub {
     const sub = conn.subscriptions.get(topic);
     if (!sub) return false;
     conn.subscriptions.delete(topic);
-    const room = this.rooms.get(topic);
-    room?.delete(sub);
-    if (room?.size === 0) {
-      this.rooms.delete(topic);
-      this.broker.setInterest(topic, false);
-    }
+    if (removeMember(this.rooms, topic, sub)) this.broker.setInterest(topic, false);
     if (conn.userId && topic.startsWith('project.')) this.presence.exit(topic.slice(8), conn.userId);
     return true;
   }
@@ -234,7 +218,7 @@ export class Hub {
   dropForbiddenProjects(conn: Connection): void {
     const principal = conn.principal;
     if (!principal || !this.access.decidedByToken) return;
-    for (const topic of [...conn.subscriptions.keys()]) {
+    for (const topic of conn.subscriptions.keys()) {
       if (!topic.startsWith('project.')) continue;
       const projectId = topic.slice(8);
       if (mayAccessProject(principal, projectId)) continue;
@@ -248,7 +232,7 @@ export class Hub {
   /** A permission was revoked (from NATS, so on every instance): the user's connections leave the project. */
   revoke(userId: string, projectId: string): number {
     let n = 0;
-    for (const conn of [...this.connectionsOf(userId)]) {
+    for (const conn of this.connectionsOf(userId)) {
       if (!this.leave(conn, topics.project(projectId))) continue;
       conn.send(serverMessage(MessageType.Subscription, { action: 'unsubscribed', project_id: projectId, reason: 'revoked' }));
       n += 1;
@@ -265,6 +249,10 @@ export class Hub {
     this.stats.eventsRouted += 1;
     if (topic === 'broadcast') this.stats.broadcastsSent += 1;
     this.checkDuplicate(topic, event);
+    if (!(room instanceof Set)) {
+      room.offer(event);
+      return 1;
+    }
     for (const sub of room) sub.offer(event);
     return room.size;
   }
@@ -285,7 +273,7 @@ export class Hub {
       ? { scope: 'project', project_id: topic.slice(8) }
       : { scope: topic === 'broadcast' ? 'broadcast' : 'user' };
     const frame: OutFrame = { text: serverMessage(MessageType.HistoryTruncated, { ...scope, after_seq: afterSeq }) };
-    for (const sub of room) sub.connection.enqueue(frame);
+    for (const sub of membersOf(room)) sub.connection.enqueue(frame);
   }
 
   markDirty(conn: Connection): void {

@@ -61,7 +61,7 @@ const processors: Processors = {
     }
     await checkAccess(conn, projectId, 'subscribe to');
     if (conn.state !== 'open') return;
-    const projectSubs = [...conn.subscriptions.keys()].filter((t) => t.startsWith('project.')).length;
+    const projectSubs = conn.subscriptions.keys().filter((t) => t.startsWith('project.')).length;
     if (!conn.subscriptions.has(topic) && projectSubs >= conn.hub.config.maxSubscriptionsPerConnection) {
       throw new ProtocolError(ErrorCode.Forbidden, 'too many subscriptions on this connection', { project_id: projectId });
     }

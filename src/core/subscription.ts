@@ -80,3 +80,43 @@ export class Subscription {
     for (const event of held) this.deliver(event);
   }
 }
+
+/**
+ * A connection's subscriptions by topic. A connection has a few (its user, broadcast, its
+ * projects; at most maxSubscriptionsPerConnection + 2), so a plain array searched in order costs
+ * less than a Map, whose table alone is ~450 bytes per connection. Not on the delivery path: the
+ * hub's rooms hold the subscriptions themselves.
+ */
+export class TopicSubscriptions {
+  private readonly list: Subscription[] = [];
+
+  get size(): number {
+    return this.list.length;
+  }
+
+  get(topic: Topic): Subscription | undefined {
+    for (const sub of this.list) if (sub.topic === topic) return sub;
+    return undefined;
+  }
+
+  has(topic: Topic): boolean {
+    return this.get(topic) !== undefined;
+  }
+
+  /** Adds a subscription to a topic this connection has none for (the hub checks). */
+  add(sub: Subscription): void {
+    this.list.push(sub);
+  }
+
+  delete(topic: Topic): boolean {
+    const i = this.list.findIndex((sub) => sub.topic === topic);
+    if (i < 0) return false;
+    this.list.splice(i, 1);
+    return true;
+  }
+
+  /** The topics, as a copy: callers may leave topics while they go through it. */
+  keys(): Topic[] {
+    return this.list.map((sub) => sub.topic);
+  }
+}

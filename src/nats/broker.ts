@@ -5,7 +5,9 @@
  * Live path: publishers write to `<prefix>.project.P` (etc.); the stream stores it and republishes
  * it on `<prefix>.live.project.P` with `Nats-Sequence` / `Nats-Last-Sequence` headers. This
  * instance holds one core subscription per topic it has local subscribers for, so an event costs
- * NATS one message per interested instance, and each event arrives here already numbered.
+ * NATS one message per interested instance, and each event arrives here already numbered. Direct
+ * messages (`user.*`) come by default through one wildcard subscription per instance instead, so a
+ * connecting user costs no SUB (config `directSubscription`).
  */
 import {
   connect,
@@ -42,6 +44,7 @@ export type BrokerConfig = Pick<
   | 'maxStoredMessages'
   | 'messageTTL'
   | 'inboxAckWait'
+  | 'directSubscription'
 >;
 
 /** Where live events go: the hub, in production. */
@@ -84,7 +87,8 @@ interface LiveTopic {
   readonly topic: Topic;
   readonly subject: string;
   readonly projectId?: string;
-  readonly sub: NatsSub;
+  /** Undefined for user topics heard through the wildcard subscription. */
+  readonly sub: NatsSub | undefined;
   ready: Promise<void>;
   /** Highest seq handed to the hub; undefined until the baseline (or a first event) is known. */
   last: number | undefined;
@@ -119,6 +123,7 @@ export class NatsBroker implements BrokerPort {
     this.connected = true;
     this.history = new StreamHistory(js, jsm, config.streamName, config.maxStoredMessages, jetstream(nc, { timeout: READER_CREATE_TIMEOUT_MS }));
     this.inboxes = new Inboxes(nc, jsm, config, log);
+    if (config.directSubscription === 'wildcard') this.hearAllUsers();
     void this.watchStatus();
   }
 
@@ -210,24 +215,36 @@ export class NatsBroker implements BrokerPort {
     this.lossSink = sink;
   }
 
+  /**
+   * One subscription for every user's direct messages: those of users with a connection here go
+   * on like any topic's, the rest are dropped. Sent before any baseline request on the same
+   * connection, so the server applies it first.
+   */
+  private hearAllUsers(): void {
+    const skip = `${this.prefix}.live.`.length;
+    this.nc.subscribe(`${this.prefix}.live.user.*`, {
+      callback: (err, msg) => {
+        if (err) return this.log.warn({ err }, 'live subscription error (direct messages)');
+        const t = this.topics.get(msg.subject.slice(skip) as Topic);
+        if (t) this.onLive(t, msg);
+      },
+    });
+  }
+
   setInterest(topic: Topic, interested: boolean): void {
     if (!interested) {
-      this.topics.get(topic)?.sub.unsubscribe();
+      this.topics.get(topic)?.sub?.unsubscribe();
       this.topics.delete(topic);
       return;
     }
     if (this.topics.has(topic) || this.nc.isClosed()) return;
+    const heardByWildcard = this.config.directSubscription === 'wildcard' && topic.startsWith('user.');
     const t: LiveTopic = {
       topic,
       subject: this.subjectOf(topic),
       projectId: topic.startsWith('project.') ? topic.slice(8) : undefined,
-      sub: this.nc.subscribe(this.liveSubjectOf(topic), {
-        callback: (err, msg) => {
-          if (err) this.log.warn({ err, topic }, 'live subscription error');
-          else this.onLive(t, msg);
-        },
-      }),
-      ready: Promise.resolve(),
+      sub: heardByWildcard ? undefined : this.subscribeLive(topic),
+      ready: READY,
       last: undefined,
       held: null,
       overflowed: false,
@@ -243,6 +260,18 @@ export class NatsBroker implements BrokerPort {
       },
       () => {},
     );
+  }
+
+  private subscribeLive(topic: Topic): NatsSub {
+    return this.nc.subscribe(this.liveSubjectOf(topic), {
+      callback: (err, msg) => {
+        if (err) this.log.warn({ err, topic }, 'live subscription error');
+        else {
+          const t = this.topics.get(topic);
+          if (t) this.onLive(t, msg);
+        }
+      },
+    });
   }
 
   /**

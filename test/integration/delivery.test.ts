@@ -131,6 +131,49 @@ describe('routing', () => {
   });
 });
 
+/** Subscriptions the sidecar's own NATS connection holds (nats.js keeps them in its protocol handler). */
+const natsSubscriptions = (t: TestSidecar): number => (t.sidecar.broker.nc as any).protocol.subscriptions.size();
+
+describe('direct subscription modes', () => {
+  it('hears every user through one wildcard subscription: connecting users add no NATS subscription', async () => {
+    const first = await client('wild-0');
+    const before = natsSubscriptions(side);
+    const users = await Promise.all(Array.from({ length: 5 }, (_, i) => client(`wild-${i + 1}`)));
+    // (Connections of earlier tests may still be leaving their projects: the count can only drop.)
+    expect(natsSubscriptions(side)).toBeLessThanOrEqual(before);
+    nc.publish('ws.user.wild-3', event('direct_message', { to: 3 }));
+    nc.publish('ws.user.nobody-here', event('direct_message', { to: 'nobody' }));
+    nc.publish('ws.user.wild-0', event('direct_message', { to: 0 }));
+    expect((await users[2].waitForMessage((m) => m.type === 'direct_message')).data.to).toBe(3);
+    expect((await first.waitForMessage((m) => m.type === 'direct_message')).data.to).toBe(0);
+    expect(first.messages.filter((m) => m.type === 'direct_message')).toHaveLength(1);
+  });
+
+  it('with directSubscription per_user, subscribes per connected user and delivers the same way', async () => {
+    const perUser = await startTestSidecar(nats.url, { directSubscription: 'per_user' });
+    try {
+      const connect = async (sub: string) => {
+        const c = await connectClient(`${perUser.wsUrl}?token=${await perUser.token(sub, { projects: ['*'] })}`);
+        await c.waitForMessage((m) => m.type === 'auth_success');
+        return c;
+      };
+      const a = await connect('per-a');
+      const before = natsSubscriptions(perUser);
+      const b = await connect('per-b');
+      expect(natsSubscriptions(perUser)).toBe(before + 1);
+      nc.publish('ws.user.per-b', event('direct_message', { to: 'b' }));
+      nc.publish('ws.user.per-a', event('direct_message', { to: 'a' }));
+      expect((await b.waitForMessage((m) => m.type === 'direct_message')).data.to).toBe('b');
+      expect((await a.waitForMessage((m) => m.type === 'direct_message')).data.to).toBe('a');
+      b.close();
+      await b.waitForClose();
+      await expect.poll(() => natsSubscriptions(perUser)).toBe(before);
+    } finally {
+      await perUser.stop();
+    }
+  });
+});
+
 describe('resume with since', () => {
   it('replays stored events after since, in order, then continues live with no gap and no duplicate', async () => {
     for (let i = 1; i <= 5; i++) await publishStored('ws.project.resume-1', 'r', { i });

@@ -140,10 +140,20 @@ describe('HMAC fast path (node:crypto signature check, jose claim checks)', () =
   const now = () => Math.floor(Date.now() / 1000);
   const b64 = (v: unknown) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
 
+  it('keeps the whole claim set on the principal only when a backend authorizes projects', async () => {
+    const token = await sign('HS256', secretKey, { team: 'blue' });
+    const claimsMode = await verifier({ jwtSecret: SECRET }).verify(token);
+    expect(claimsMode).toMatchObject({ userId: 'alice', roles: ['admin'], projects: ['p1'] });
+    expect(claimsMode.claims).toBeUndefined();
+    const requestMode = await verifier({ jwtSecret: SECRET, projectAuthorization: 'request' }).verify(token);
+    expect(requestMode.claims).toMatchObject({ sub: 'alice', team: 'blue', roles: ['admin'] });
+  });
+
   /** Same outcome and message as jose's jwtVerify, for the tokens the fast path takes and those it leaves to jose. */
   it('answers exactly as jose does, accepted or refused', async () => {
     const { jwtVerify } = await import('jose');
-    const options = { jwtSecret: SECRET, jwtIssuer: 'iss', jwtAudience: 'aud', jwtClockTolerance: '5s', jwtAlgorithms: 'HS256,HS512' };
+    // `request` authorization keeps every claim on the principal, so they can be compared too.
+    const options = { jwtSecret: SECRET, jwtIssuer: 'iss', jwtAudience: 'aud', jwtClockTolerance: '5s', jwtAlgorithms: 'HS256,HS512', projectAuthorization: 'request' };
     const v = verifier(options);
     const good = await sign('HS256', secretKey, { iss: 'iss', aud: 'aud' });
     const [h, p, s] = good.split('.');
