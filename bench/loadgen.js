@@ -373,6 +373,7 @@ const handlers = {
     let failed = 0;
     const errors = new Map();
     const t0 = now();
+    const cpu0 = process.cpuUsage();
     const started = await pool(
       n,
       concurrency,
@@ -392,8 +393,9 @@ const handlers = {
       t0 + deadlineMs,
     );
     const ms = now() - t0;
+    const cpu = process.cpuUsage(cpu0);
     failed += n - started; // not even attempted before the deadline
-    return { connected, failed, ms, errors: [...errors].slice(0, 5).map(([m, c]) => `${c}x ${m}`) };
+    return { connected, failed, ms, cpuMs: (cpu.user + cpu.system) / 1000, errors: [...errors].slice(0, 5).map(([m, c]) => `${c}x ${m}`) };
   },
 
   /** Starts a phase: from now on frames with this run marker count. Answered at once. */

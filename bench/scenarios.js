@@ -271,13 +271,27 @@ export async function idle(t, loaders, _pub, o) {
  */
 export async function connectRate(t, loaders, _pub, o) {
   const [l] = loaders;
+  const cpuT = cpuSeconds(t.pid);
+  const cpuN = cpuSeconds(t.natsPid);
   const r = await l.request(
     'connect',
     { kind: t.kind, url: t.wsUrl, from: 0, to: o.clients, projects: o.projects, secret: t.secret, userPrefix: 'c', checkSeq: t.checkSeq, concurrency: o.concurrency, deadlineMs: 60_000 },
     120_000,
   );
   const issues = r.failed ? [`${r.failed}/${o.clients} failed: ${r.errors.join('; ')}`] : [];
-  return { metrics: { rate: (r.connected / r.ms) * 1000 }, issues, details: { connected: r.connected, ms: Math.round(r.ms) } };
+  // CPU per connect of each process: what one connect costs the target, apart from the clients.
+  const perConnect = (cpuS) => +((cpuS * 1000) / Math.max(1, r.connected)).toFixed(2);
+  return {
+    metrics: { rate: (r.connected / r.ms) * 1000 },
+    issues,
+    details: {
+      connected: r.connected,
+      ms: Math.round(r.ms),
+      targetCpuMsPerConnect: perConnect(cpuSeconds(t.pid) - cpuT),
+      natsCpuMsPerConnect: t.natsPid === t.pid ? undefined : perConnect(cpuSeconds(t.natsPid) - cpuN),
+      loaderCpuMsPerConnect: +(r.cpuMs / Math.max(1, r.connected)).toFixed(2),
+    },
+  };
 }
 
 /**

@@ -40,7 +40,7 @@ export class Connection {
   readonly subscriptions = new TopicSubscriptions();
   readonly openedAt: number;
   lastSeen: number;
-  lastPing = 0;
+  lastPing: number;
   messagesIn = 0;
   messagesOut = 0;
   /** The client has sent an `ack`: it acknowledges its direct messages itself (inboxAckMode auto). */
@@ -81,6 +81,7 @@ export class Connection {
     const c = hub.config;
     this.openedAt = now;
     this.lastSeen = now;
+    this.lastPing = now;
     this.inbound = new TokenBucket(c.requestsPerSecond, c.burstSize, now);
     this.outbound = new TokenBucket(c.outboundMessagesPerSecond, c.outboundBurst, now);
   }
@@ -108,6 +109,7 @@ export class Connection {
     if (this.state === 'closed') return;
     const now = Date.now();
     this.lastSeen = now;
+    this.lastPing = now;
     this.messagesIn += 1;
     this.hub.stats.messagesReceived += 1;
     // Admission before parsing: a flood costs a subtraction per frame, not a JSON.parse. The
