@@ -81,6 +81,19 @@ const ABOUT_USER_HEADER = 'Ws-About-User';
 const MAX_HELD = 10_000;
 /** Concurrent gap repairs (after a reconnect every topic catches up). */
 const MAX_REPAIRS = 8;
+/**
+ * JetStream API timeout of a gap repair's requests. A repair starts right after a reconnect, often
+ * while the stream (or the JetStream meta group) elects a new leader because its old one died with
+ * our server: a request sent then is never answered, and with the connection's 10 s timeout the
+ * topic's live events were held back up to 10 s after the stream was available again (plus a
+ * backoff of up to 5 s). Short attempts, retried soon, end a repair within about a second or two
+ * of the election. After REPAIR_QUICK_ATTEMPTS (about half a minute), every other attempt waits
+ * the connection's full timeout, in case the server is only slow.
+ */
+const REPAIR_REQUEST_TIMEOUT_MS = 2_000;
+const REPAIR_QUICK_ATTEMPTS = 10;
+/** Longest pause between two repair attempts. */
+const REPAIR_MAX_BACKOFF_MS = 1_000;
 
 /** One topic this instance has local subscribers for. */
 interface LiveTopic {
@@ -104,6 +117,8 @@ export class NatsBroker implements BrokerPort {
   connected = false;
   streamReady = false;
   readonly history: StreamHistory;
+  /** The same reads with REPAIR_REQUEST_TIMEOUT_MS, for gap repairs. */
+  private readonly quickHistory: StreamHistory;
   readonly inboxes: Inboxes;
   private sink: EventSink = () => {};
   private lossSink: LossSink = () => {};
@@ -117,11 +132,14 @@ export class NatsBroker implements BrokerPort {
     readonly nc: NatsConnection,
     readonly js: JetStreamClient,
     readonly jsm: JetStreamManager,
+    quickJsm: JetStreamManager,
     private readonly config: BrokerConfig,
     private readonly log: Logger,
   ) {
     this.connected = true;
-    this.history = new StreamHistory(js, jsm, config.streamName, config.maxStoredMessages, jetstream(nc, { timeout: READER_CREATE_TIMEOUT_MS }));
+    const readerJs = jetstream(nc, { timeout: READER_CREATE_TIMEOUT_MS });
+    this.history = new StreamHistory(js, jsm, config.streamName, config.maxStoredMessages, readerJs);
+    this.quickHistory = new StreamHistory(js, quickJsm, config.streamName, config.maxStoredMessages, readerJs);
     this.inboxes = new Inboxes(nc, jsm, config, log);
     if (config.directSubscription === 'wildcard') this.hearAllUsers();
     void this.watchStatus();
@@ -142,7 +160,8 @@ export class NatsBroker implements BrokerPort {
     });
     log.info({ server: nc.getServer() }, 'connected to NATS');
     const jsm = await jetstreamManager(nc, { timeout: 10_000 });
-    return new NatsBroker(nc, jetstream(nc, { timeout: 10_000 }), jsm, config, log);
+    const quickJsm = await jetstreamManager(nc, { timeout: REPAIR_REQUEST_TIMEOUT_MS, checkAPI: false });
+    return new NatsBroker(nc, jetstream(nc, { timeout: 10_000 }), jsm, quickJsm, config, log);
   }
 
   get prefix(): string {
@@ -353,8 +372,9 @@ export class NatsBroker implements BrokerPort {
     void this.limitRepairs(async () => {
       for (let attempt = 0; this.topics.get(t.topic) === t && !this.nc.isClosed(); attempt++) {
         const from = t.last ?? 0;
+        const history = attempt >= REPAIR_QUICK_ATTEMPTS && attempt % 2 === 1 ? this.history : this.quickHistory;
         try {
-          const { truncated, head } = await this.history.plan(t.subject, from);
+          const { truncated, head } = await history.plan(t.subject, from);
           if (this.topics.get(t.topic) !== t) return;
           if (truncated && !t.lossReported) {
             // Said before the events that follow it, so a client knows while it processes them.
@@ -363,7 +383,7 @@ export class NatsBroker implements BrokerPort {
             this.log.warn({ topic: t.topic, after: from }, 'events lost: the stream no longer has them');
             this.lossSink(t.topic, from);
           }
-          await this.history.fetch(t.subject, from, head, (m) => {
+          await history.fetch(t.subject, from, head, (m) => {
             if (this.topics.get(t.topic) !== t || m.seq <= (t.last ?? 0)) return;
             t.last = m.seq;
             this.stats.eventsRecovered += 1;
@@ -389,7 +409,7 @@ export class NatsBroker implements BrokerPort {
           return;
         } catch (err) {
           this.log.warn({ err, topic: t.topic, attempt }, 'gap repair failed; retrying');
-          await new Promise((r) => setTimeout(r, Math.min(5_000, 250 * 2 ** attempt)).unref());
+          await new Promise((r) => setTimeout(r, Math.min(REPAIR_MAX_BACKOFF_MS, 250 * 2 ** attempt)).unref());
         }
       }
     });

@@ -6,7 +6,7 @@
  */
 import { jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, onTestFailed } from 'vitest';
 import { startTestCluster, type TestCluster } from '../helpers/nats.js';
 import { startTestSidecar, type TestSidecar } from '../helpers/sidecar.js';
 import type { Publisher } from '../../src/publisher/index.js';
@@ -25,10 +25,20 @@ const sidecars: TestSidecar[] = [];
 let pub: Publisher | undefined;
 
 afterAll(async () => {
-  await closeAllApps();
-  await pub?.close();
-  await Promise.all(sidecars.map((s) => s.stop()));
-  await cluster?.cleanup();
+  // Every step runs even when an earlier one fails: no nats-server may outlive the file.
+  const t0 = Date.now();
+  const errors: unknown[] = [];
+  const step = async (name: string, fn: () => Promise<unknown> | undefined): Promise<void> => {
+    await Promise.resolve()
+      .then(fn)
+      .catch((err: unknown) => errors.push(err));
+    if (process.env.RELIABILITY_VERBOSE) console.log(`[nats-cluster] afterAll: ${name} closed at ${Date.now() - t0} ms`);
+  };
+  await step('apps', () => closeAllApps());
+  await step('publisher', () => pub?.close());
+  await step('sidecars', () => Promise.all(sidecars.map((s) => s.stop())));
+  await step('cluster', () => cluster?.cleanup());
+  if (errors.length) throw errors[0];
 }, 60_000);
 
 /** Resolves once every replica of the stream is current (a restarted node has caught up). */
@@ -66,7 +76,9 @@ async function streamLeader(nc: NatsConnection): Promise<string> {
 
 describe('NATS cluster failover (R3)', () => {
   it('loses and duplicates nothing when a node, then the stream leader, is killed mid-stream', async () => {
+    const setupStarted = Date.now();
     cluster = await startTestCluster(3);
+    const clusterReadyMs = Date.now() - setupStarted;
     const c = cluster;
     const all = c.urls.join(',');
     const a = await startTestSidecar(all, { streamReplicas: 3 });
@@ -85,14 +97,23 @@ describe('NATS cluster failover (R3)', () => {
       url: i % 2 ? [a.wsUrl, b.wsUrl] : [b.wsUrl, a.wsUrl],
     }));
     await startApps(ledger, plans);
+    const setupMs = Date.now() - setupStarted;
     const streams: StreamKey[] = [...projects.map((p) => `project:${p}`), ...plans.filter((p) => p.direct).map((p) => `user:${p.userId}`)];
 
     const initialServers = [a, b].map((x) => x.sidecar.broker.nc.info?.server_name);
     const byName = (name: string | undefined) => c.servers.find((s, i) => `n${i + 1}` === name);
     const events: string[] = [];
+    const started = Date.now();
+    /** Phase timestamps (ms since the first publish), printed as they happen when verbose: a hang shows where it stopped. */
+    const phases: Record<string, number> = {};
+    const phase = (name: string): void => {
+      phases[name] = Date.now() - started;
+      if (process.env.RELIABILITY_VERBOSE) console.log(`[nats-cluster] ${name} at ${phases[name]} ms`);
+    };
+    // A failure or a timeout says how far the scenario got.
+    onTestFailed(() => console.log(`[nats-cluster] failed; phases (ms): ${JSON.stringify(phases)}; faults: ${JSON.stringify(events)}`));
     let firstVictim: string | undefined;
     let caughtUp: Promise<void> = Promise.resolve();
-    const started = Date.now();
     await publishAll(ledger, pub, streams, PER_STREAM, INTERVAL_MS, [
       {
         at: Math.floor(PER_STREAM / 4),
@@ -101,6 +122,7 @@ describe('NATS cluster failover (R3)', () => {
           const leader = await streamLeader(pub!.connection);
           events.push(`kill ${firstVictim} (sidecar A's server${leader === firstVictim ? ', stream leader' : ''}) at ${Date.now() - started} ms`);
           await byName(firstVictim)!.kill();
+          phase('first_kill');
         },
       },
       {
@@ -108,9 +130,13 @@ describe('NATS cluster failover (R3)', () => {
         run: async () => {
           await byName(firstVictim)!.restart();
           events.push(`restart ${firstVictim} at ${Date.now() - started} ms`);
+          phase('restarted');
           caughtUp = replicasCurrent(pub!.connection, 3).then(() => {
             events.push(`${firstVictim} caught up at ${Date.now() - started} ms`);
+            phase('caught_up');
           });
+          // Awaited by the next fault; a failure before then is not an unhandled rejection.
+          caughtUp.catch(() => {});
         },
       },
       {
@@ -120,15 +146,21 @@ describe('NATS cluster failover (R3)', () => {
           const leader = await streamLeader(pub!.connection);
           events.push(`kill ${leader} (stream leader) at ${Date.now() - started} ms`);
           await byName(leader)!.kill();
+          phase('leader_kill');
         },
       },
     ]);
-    const publishedAt = Date.now() - started;
-    const complete = await waitComplete(ledger, 30_000);
-    const completeAt = Date.now() - started;
+    phase('published');
+    const publishedAt = phases.published;
+    // Generous but bounded: delivery ends a second or two after JetStream answers again (a gap
+    // repair waits for it), and a loaded machine can slow the elections down.
+    const complete = await waitComplete(ledger, 60_000);
+    phase('all_delivered');
+    const completeAt = phases.all_delivered;
     // One more event per stream: a late duplicate of anything earlier would arrive before it.
     await publishAll(ledger, pub, streams, 1, 0);
     const completeWithMarker = await waitComplete(ledger, 15_000);
+    phase('marker_delivered');
     const figures = ledger.figures();
     report('nats-cluster-failover', {
       apps: APPS,
@@ -139,6 +171,9 @@ describe('NATS cluster failover (R3)', () => {
       gaps_detected: a.sidecar.broker.stats.gaps + b.sidecar.broker.stats.gaps,
       sidecar_nats: [a, b].map((x) => ({ server: x.sidecar.broker.nc.info?.server_name, ...x.sidecar.broker.stats })),
       initial_servers: initialServers,
+      cluster_ready_ms: clusterReadyMs,
+      setup_ms: setupMs,
+      phases_ms: phases,
       publishing_done_ms: publishedAt,
       all_delivered_ms: completeAt,
       duration_s: Math.round((Date.now() - started) / 1000),
