@@ -1,6 +1,6 @@
 // `npm start` must work on a fresh checkout: compile with tsc when dist/ is missing or stale.
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,4 +30,16 @@ export function ensureBuilt() {
   }
   console.error('nats-ws-sidecar: building (tsc)...');
   execFileSync(process.execPath, [tsc, '-p', join(root, 'tsconfig.build.json')], { stdio: 'inherit', cwd: root });
+  stampBuilt();
 }
+
+/**
+ * Incremental tsc leaves outputs whose content did not change untouched, so a source file that is
+ * only touched (a checkout, a stash) would look newer than dist/ forever: a stamp marks the build.
+ */
+export function stampBuilt() {
+  writeFileSync(join(root, 'dist', '.built'), `${new Date().toISOString()}\n`);
+}
+
+// `node bin/ensure-built.js --stamp` (the build script) marks a build done by tsc itself.
+if (process.argv[1] === fileURLToPath(import.meta.url) && process.argv[2] === '--stamp') stampBuilt();
