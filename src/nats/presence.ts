@@ -74,8 +74,24 @@ const isWrongLastSequence = (err: unknown): boolean =>
   (err.code === JetStreamApiCodes.StreamWrongLastSequence || err.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown);
 
 interface KnownKey {
-  readonly members: string[];
+  readonly members: readonly string[];
   readonly revision: number;
+}
+
+/**
+ * One shared array per single member, which nearly every key has: the copy holds an entry per
+ * present user and project across the fleet, and each parsed value would otherwise bring its own
+ * array and its own copy of the instance id.
+ */
+const singles = new Map<string, readonly string[]>();
+function compact(members: readonly string[]): readonly string[] {
+  if (members.length !== 1) return members;
+  let shared = singles.get(members[0]);
+  if (!shared) {
+    if (singles.size >= 1024) singles.clear(); // instance ids come and go over deployments
+    singles.set(members[0], (shared = Object.freeze([members[0]])));
+  }
+  return shared;
 }
 
 function membersOf(entry: KvEntry | null): string[] {
@@ -234,7 +250,7 @@ export class NatsPresence implements PresencePort {
     if (members.length > 0) {
       this.tombstones.delete(key);
       if (!users) this.mirror.set(projectId, (users = new Map()));
-      users.set(userId, { members, revision });
+      users.set(userId, { members: compact(members), revision });
       return;
     }
     if (users?.delete(userId) && users.size === 0) this.mirror.delete(projectId);
@@ -296,7 +312,7 @@ export class NatsPresence implements PresencePort {
     let cached = this.known(key);
     for (let attempt = 1; ; attempt++) {
       let revision: number;
-      let members: string[];
+      let members: readonly string[];
       if (cached !== undefined) {
         ({ revision, members } = cached);
       } else {
@@ -423,7 +439,7 @@ export class NatsPresence implements PresencePort {
   }
 
   private async removeDeadMembers(alive: ReadonlySet<string>): Promise<void> {
-    const suspects: [key: string, members: string[]][] = [];
+    const suspects: [key: string, members: readonly string[]][] = [];
     for (const [projectId, users] of this.mirror) {
       for (const [userId, { members }] of users) {
         if (members.some((m) => !alive.has(m))) suspects.push([`${projectId}.${userId}`, members]);
