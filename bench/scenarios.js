@@ -159,9 +159,29 @@ const phaseTimeout = (deliveries) => Math.min(90_000, Math.max(10_000, deliverie
  * A small warm-up phase (one event per project, at least 50) runs first, unmeasured.
  * @returns {Promise<Result>}
  */
+/**
+ * Waits until the target and its nats-server are quiet after connecting (under 10% of a core over
+ * 250 ms; at most 30 s): work that connecting set off (the sidecar's presence joins, thousands of
+ * them after the spread scenario's 5,000 connects) must not land inside the measured phase.
+ * Returns how long that took.
+ */
+async function settle(t) {
+  const t0 = now();
+  const pids = [...new Set([t.pid, t.natsPid])];
+  const cpu = () => pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0);
+  for (let before = cpu(); now() - t0 < 30_000; ) {
+    await sleep(250);
+    const after = cpu();
+    if (after - before < 0.025) break;
+    before = after;
+  }
+  return now() - t0;
+}
+
 export async function throughput(t, loaders, pub, o) {
   const { clients, projects, events } = o;
   const { parts, ms: connectMs } = await connectAll(t, loaders, { clients, projects, sharedUser: o.sharedUser });
+  const settleMs = await settle(t);
   const ids = projectIds(projects);
   const warmEvents = Math.max(projects, Math.min(events, 50));
   const warm = await phase(t, loaders, parts, pub, {
@@ -178,7 +198,7 @@ export async function throughput(t, loaders, pub, o) {
     publish: () => pub.burst(events, ids, o.name, o.size),
   });
   const issues = [...warm.issues.map((s) => `warm-up: ${s}`), ...m.issues];
-  return { metrics: { rate: m.rate }, issues, details: { ...m.details, connectMs: Math.round(connectMs) } };
+  return { metrics: { rate: m.rate }, issues, details: { ...m.details, connectMs: Math.round(connectMs), settleMs: Math.round(settleMs) } };
 }
 
 /**
@@ -193,6 +213,7 @@ export async function throughput(t, loaders, pub, o) {
 export async function latency(t, loaders, pub, o) {
   const { clients, seconds, warmupSeconds } = o;
   const { parts } = await connectAll(t, loaders, { clients, projects: 1, sharedUser: o.sharedUser });
+  await settle(t);
   const ids = ['p0'];
   const issues = [];
   /** @type {Record<string, number>} */
