@@ -27,9 +27,10 @@ const nats = await startEmbeddedNats({ storeDir: path.join(dir, 'nats'), port: 0
 let sidecar;
 let nc;
 try {
+  // Room for the events and each round's user_joined / user_left, which the project stores too.
   const config = loadConfig({
     env: {},
-    overrides: { port: 0, host: '127.0.0.1', natsUrl: nats.url, jwtSecret: secret, dataDir: dir, maxStoredMessages: Math.max(1000, events) },
+    overrides: { port: 0, host: '127.0.0.1', natsUrl: nats.url, jwtSecret: secret, dataDir: dir, maxStoredMessages: Math.max(1000, events + 2 * rounds + 10) },
   });
   sidecar = await Sidecar.start(config, { logger: pino({ level: 'silent' }) });
   nc = await connect({ servers: nats.url });
