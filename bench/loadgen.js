@@ -154,14 +154,8 @@ class NatsWsClient {
   /** Connects, CONNECT + PING/PONG, then SUB (unless no subject) + PING/PONG. */
   open(timeoutMs) {
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => fail(new Error('setup timeout')), timeoutMs);
-      const fail = (err) => {
-        clearTimeout(timer);
-        this.ws.terminate();
-        reject(err);
-      };
+      const { ws, fail, settled } = openForSetup(this, timeoutMs, reject);
       this.onError = fail;
-      const ws = (this.ws = new WebSocket(this.url, { ...WS_OPTS, handshakeTimeout: timeoutMs }));
       let step = 0;
       this.onInfo = () => {
         if (step === 0) {
@@ -175,7 +169,7 @@ class NatsWsClient {
           this.send(`SUB ${this.subject} 1\r\nPING\r\n`);
           return;
         }
-        clearTimeout(timer);
+        settled();
         this.ready = true;
         this.onPong = () => {};
         this.onError = () => {};
@@ -183,11 +177,6 @@ class NatsWsClient {
       };
       ws.on('message', (data) => this.feed(/** @type {Buffer} */ (data)));
       ws.on('error', (err) => this.onError(err));
-      ws.on('close', () => {
-        if (!this.ready) return fail(new Error('closed during setup'));
-        closedTotal++;
-        if (phase) phase.closed++;
-      });
     });
   }
 
@@ -270,21 +259,10 @@ class ContractClient {
    */
   open(timeoutMs, untilAuth = false) {
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => fail(new Error('setup timeout')), timeoutMs);
-      const fail = (err) => {
-        clearTimeout(timer);
-        this.ws.terminate();
-        reject(err);
-      };
-      const ws = (this.ws = new WebSocket(this.url, { ...WS_OPTS, handshakeTimeout: timeoutMs }));
+      const { ws, fail, settled } = openForSetup(this, timeoutMs, reject);
       let step = 0;
       ws.on('unexpected-response', (_req, res) => fail(new Error(`upgrade refused: HTTP ${res.statusCode}`)));
       ws.on('error', (err) => fail(err));
-      ws.on('close', (code) => {
-        if (!this.ready) return fail(new Error(`closed during setup (${code})`));
-        closedTotal++;
-        if (phase) phase.closed++;
-      });
       ws.on('message', (data) => {
         const buf = /** @type {Buffer} */ (data);
         if (this.ready) return this.onEvent(buf);
@@ -299,7 +277,7 @@ class ContractClient {
           if (msg.type !== 'auth_success') return fail(new Error(`first frame is ${msg.type}, not auth_success`));
           step = 1;
           if (untilAuth) {
-            clearTimeout(timer);
+            settled();
             this.ready = true;
             return resolve();
           }
@@ -308,7 +286,7 @@ class ContractClient {
         }
         // Other frames (e.g. user_joined) may come before our `subscribed`; skip them.
         if (msg.type === 'subscription' && msg.data?.action === 'subscribed' && msg.data?.project_id === this.project) {
-          clearTimeout(timer);
+          settled();
           this.ready = true;
           resolve();
         }
@@ -325,6 +303,28 @@ class ContractClient {
   close() {
     resetClose(this.ws);
   }
+}
+
+/**
+ * Opens `client.ws` (to `client.url`) for a client's setup. `fail` (also called at the deadline,
+ * or when the socket closes before the client is ready) drops the socket and rejects; `settled`
+ * ends the deadline once setup is done. A socket closed after that counts as closed by the server.
+ * @param {{ url: string, ws?: WebSocket, ready: boolean }} client
+ */
+function openForSetup(client, timeoutMs, reject) {
+  const timer = setTimeout(() => fail(new Error('setup timeout')), timeoutMs);
+  const fail = (err) => {
+    clearTimeout(timer);
+    client.ws?.terminate();
+    reject(err);
+  };
+  const ws = (client.ws = new WebSocket(client.url, { ...WS_OPTS, handshakeTimeout: timeoutMs }));
+  ws.on('close', (code) => {
+    if (!client.ready) return fail(new Error(`closed during setup (${code})`));
+    closedTotal++;
+    if (phase) phase.closed++;
+  });
+  return { ws, fail, settled: () => clearTimeout(timer) };
 }
 
 /** @param {WebSocket | undefined} ws */
