@@ -37,7 +37,7 @@ const clientMessageSchema = z.discriminatedUnion('type', [
   z.object({
     type: z.literal('subscription'),
     data: z.discriminatedUnion('action', [
-      z.object({ action: z.literal('subscribe'), project_id: id, since: seq.optional() }),
+      z.object({ action: z.literal('subscribe'), project_id: id, since: seq.optional(), epoch: z.string().min(1).max(64).optional() }),
       z.object({ action: z.literal('unsubscribe'), project_id: id }),
     ]),
     ...envelope,

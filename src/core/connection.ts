@@ -245,7 +245,7 @@ export class Connection {
     } else {
       this.hub.dropForbiddenProjects(this);
     }
-    this.send(serverMessage(MessageType.AuthSuccess, { user_id: principal.userId, connection_id: this.id }));
+    this.send(serverMessage(MessageType.AuthSuccess, { user_id: principal.userId, connection_id: this.id, epoch: this.hub.broker.epoch }));
     if (!refresh) {
       for (const event of backlog) {
         this.hub.checkDuplicate(userTopic, event);

@@ -70,6 +70,15 @@ export class Subscription {
     }
   }
 
+  /**
+   * The stream's numbering started again (a new epoch): what the client has counts for nothing,
+   * so every seq from here on is new. Keeps holding if it was.
+   */
+  restart(): void {
+    this.lastSeq = 0;
+    this.firstSeq = Infinity;
+  }
+
   /** The replay is done: release what arrived live meanwhile, skipping what was replayed. */
   release(): void {
     const held = this.held;

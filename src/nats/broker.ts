@@ -29,7 +29,7 @@ import {
 } from '@nats-io/jetstream';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
-import type { BrokerPort, StoredEvent, Topic } from '../core/ports.js';
+import type { BrokerPort, ReplayResult, ResumePosition, StoredEvent, Topic } from '../core/ports.js';
 import { SidecarError } from '../errors.js';
 import { encodeStoredEvent, EventError } from '../protocol.js';
 import { READER_CREATE_TIMEOUT_MS, StreamHistory, type StoredMessage } from './history.js';
@@ -75,6 +75,14 @@ const READY: Promise<void> = Promise.resolve();
 function ownString(value: string | undefined): string | undefined {
   return value ? Buffer.from(value, 'utf8').toString('utf8') : undefined;
 }
+/**
+ * The epoch names a stream's incarnation: its creation time, to the nanosecond, as digits. Every
+ * instance reads the same value from the stream, and a stream made anew gets another one.
+ */
+export function epochOf(created: string): string {
+  return created.replace(/\D/g, '');
+}
+
 /** Set on events about one user (user_joined / user_left): that user's own connections skip them. */
 const ABOUT_USER_HEADER = 'Ws-About-User';
 /** Live events held per topic while a gap is repaired; past this they are dropped and read from the stream. */
@@ -116,6 +124,8 @@ export class NatsBroker implements BrokerPort {
   readonly stats: BrokerStats = { eventsReceived: 0, eventsInvalid: 0, reconnects: 0, gaps: 0, eventsRecovered: 0, historyLost: 0 };
   connected = false;
   streamReady = false;
+  /** The stream's incarnation (its creation time), set by ensureStream. */
+  epoch = '';
   readonly history: StreamHistory;
   /** The same reads with REPAIR_REQUEST_TIMEOUT_MS, for gap repairs. */
   private readonly quickHistory: StreamHistory;
@@ -203,9 +213,11 @@ export class NatsBroker implements BrokerPort {
       throw err;
     });
     if (!existing) {
-      await this.jsm.streams.add(wanted);
-      this.log.info({ stream: wanted.name, subjects: wanted.subjects }, 'created JetStream stream');
+      const created = await this.jsm.streams.add(wanted);
+      this.epoch = epochOf(created.created);
+      this.log.info({ stream: wanted.name, subjects: wanted.subjects, epoch: this.epoch }, 'created JetStream stream');
     } else {
+      this.epoch = epochOf(existing.created);
       const { storage: _storage, retention: _retention, ...mutable } = wanted;
       await this.jsm.streams.update(wanted.name, { ...existing.config, ...mutable }).catch((err: Error) => {
         // nats-server before 2.10 cannot add or change republish in place, and recreating the
@@ -450,13 +462,22 @@ export class NatsBroker implements BrokerPort {
     }
   }
 
-  async replay(topic: Topic, since: number, onEvent: (event: StoredEvent) => void): Promise<{ truncated: boolean }> {
+  async replay(topic: Topic, position: ResumePosition, onEvent: (event: StoredEvent) => void): Promise<ReplayResult> {
     const projectId = topic.startsWith('project.') ? topic.slice(8) : undefined;
-    const { truncated } = await this.history.read(this.subjectOf(topic), since, (m) => {
+    const subject = this.subjectOf(topic);
+    const epoch = this.epoch;
+    const deliver = (m: StoredMessage): void => {
       const event = this.toEvent(projectId, m.seq, m.data, m.headers, m.timestamp);
       if (event) onEvent(event);
-    });
-    return { truncated };
+    };
+    // A position from another incarnation says nothing about this one: everything it holds follows.
+    if (position.epoch !== undefined && position.epoch !== epoch) {
+      await this.history.read(subject, 0, deliver);
+      return { truncated: true, epoch, restarted: true };
+    }
+    const read = await this.history.read(subject, position.since, deliver);
+    if (read.beyond) await this.history.read(subject, 0, deliver);
+    return { truncated: read.truncated, epoch, restarted: read.beyond };
   }
 
   async backlog(userId: string, onEvent: (event: StoredEvent) => void): Promise<void> {
