@@ -101,6 +101,8 @@ export class Sidecar {
       metrics = new SidecarMetrics({ hub, broker, instanceId, startedAt });
       broker.setSink(metrics.timeDelivery((topic, event) => hub.publish(topic, event)));
       broker.setLossSink((topic, afterSeq) => hub.historyLost(topic, afterSeq));
+      broker.setEpochSink((epoch, previous) => hub.epochChanged(epoch, previous));
+      broker.watchStream();
       authorizer.listenForRevocations((userId, projectId) => hub.revoke(userId, projectId));
       // Broadcasts go to every connection: one permanent subscription.
       hub.broker.setInterest('broadcast', true);
@@ -128,6 +130,7 @@ export class Sidecar {
         verifier,
         bodyLimit: config.apiBodyLimit,
         presence,
+        presenceReady: () => presence!.ready,
       });
       const server = createHttpServer({ config, hub, log, api: api.callback(), draining });
       await new Promise<void>((ok, fail) => {

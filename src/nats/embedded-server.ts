@@ -97,6 +97,8 @@ export interface EmbeddedNats {
   kill(): Promise<void>;
   /** Stops, then starts again on the same ports with the same store. */
   restart(): Promise<void>;
+  /** Starts again after stop(), on the same ports, with whatever the store directory holds then. */
+  start(): Promise<void>;
   /** Exit code of the current process (null when it died from a signal). */
   readonly exited: Promise<number | null>;
 }
