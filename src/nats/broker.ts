@@ -321,6 +321,9 @@ export class NatsBroker implements BrokerPort {
       info = null;
     }
     if (info === null) {
+      // A nats-server that just started may answer before JetStream is up; a stream created in
+      // that window can vanish again, its files with it. Only create it once JetStream answers.
+      await this.quickJsm.getAccountInfo();
       if (this.streamReady) {
         this.log.warn({ stream: this.config.streamName, epoch: previous }, 'the JetStream stream is gone (NATS lost its store, or it was deleted): creating it again');
       }

@@ -102,6 +102,20 @@ describe('stream and presence bucket loss', () => {
     await publishStored('ws.project.loss', { i: 'live' });
     await after.waitForMessage((m) => m.type === 'n' && m.data.i === 'live');
 
+    // The offline inbox works again: a direct message stored for an absent user reaches them on
+    // connect, and an acknowledged one does not come back.
+    const dm = await publishStored('ws.user.u-offline', { i: 'dm' });
+    const off = await connectClient(`${side.wsUrl}?token=${await side.token('u-offline')}`);
+    const got = await off.waitForMessage((m) => m.type === 'n' && m.data.i === 'dm', 10_000);
+    expect(got.seq).toBe(dm);
+    off.send({ type: 'ack', data: { seq: dm } });
+    await waitFor(async () => (await side.sidecar.broker.inboxes.stats()).total_messages === 0, 10_000, 'the ack applied');
+    off.close();
+    const again = await connectClient(`${side.wsUrl}?token=${await side.token('u-offline')}`);
+    again.send({ type: 'ping', data: {} });
+    await again.waitForMessage((m) => m.type === 'pong');
+    expect(again.messages.filter((m) => m.type === 'n')).toEqual([]);
+
     // Presence works again: a user joining now is announced.
     await subscribed('u-joiner', 'loss');
     await before.waitForMessage((m) => m.type === 'user_joined' && m.data.user_id === 'u-joiner', 10_000);
@@ -119,6 +133,19 @@ describe('stream and presence bucket loss', () => {
     expect(told.data.epoch).toBe(side.sidecar.broker.epoch);
     await publishStored('ws.project.opdel', { i: 'after' });
     await c.waitForMessage((m) => m.type === 'n' && m.data.i === 'after');
+  }, 30_000);
+
+  it('watches the presence bucket again when its watcher stops, so the copy follows changes made elsewhere', async () => {
+    const p = side.sidecar.presence as unknown as { watcher: { stop(): void }; ready: boolean; stats: { rewatched: number } };
+    const before = p.stats.rewatched;
+    p.watcher.stop();
+    await waitFor(() => p.stats.rewatched > before && p.ready, 10_000, 'the watcher restarted');
+    // A change another instance makes (here: written straight to the bucket) shows in the copy.
+    const { Kvm } = await import('@nats-io/kv');
+    const { jetstream } = await import('@nats-io/jetstream');
+    const kv = await new Kvm(jetstream(await publisher(nats.url))).open('WS_PRESENCE');
+    await kv.put('rewatch.u-elsewhere', JSON.stringify({ members: ['other-instance.00000000'] }));
+    await waitFor(async () => (await side.sidecar.presence.users('rewatch')).includes('u-elsewhere'), 10_000, 'the copy saw the change');
   }, 30_000);
 
   it('recreates the presence bucket within 10 s when it is deleted, with this instance\'s users in it again', async () => {
