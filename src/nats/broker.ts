@@ -443,7 +443,7 @@ export class NatsBroker implements BrokerPort {
    * server handles a connection's operations in order. Only when it fails does a PING stand in.
    */
   private async follow(t: LiveTopic): Promise<void> {
-    const head = await this.history.head(t.subject).catch((err: Error) => {
+    const head = await this.quickHistory.head(t.subject).catch((err: Error) => {
       this.log.warn({ err, topic: t.topic }, 'no baseline for gap checks until the first live event');
       return undefined;
     });
