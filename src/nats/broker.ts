@@ -201,6 +201,8 @@ export class NatsBroker implements BrokerPort {
       name,
       maxReconnectAttempts: -1,
       reconnectTimeWait: 500,
+      // A first connect that hangs (a black-holed address) is retried by the caller, not awaited for 20 s.
+      timeout: 5_000,
       // A link that stops answering without a reset (partition, black-holed route) is declared
       // stale after maxPingOut (2) unanswered pings: noticed within three intervals, then reconnected.
       pingInterval: config.natsPingInterval,
