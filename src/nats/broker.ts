@@ -87,6 +87,8 @@ function isNoResponders(err: unknown): boolean {
 const NANOS_PER_MS = 1_000_000;
 /** Longest wait for a round trip to NATS (a readiness check); past it the caller gets an error. */
 const FLUSH_TIMEOUT_MS = 5_000;
+/** Pause between a stream advisory and the check it triggers (see watchStream). */
+const ADVISORY_CHECK_DELAY_MS = 1_000;
 /** JetStream's API error code for "stream name already in use with a different configuration". */
 const STREAM_NAME_IN_USE = 10058;
 const READY: Promise<void> = Promise.resolve();
@@ -144,6 +146,8 @@ interface LiveTopic {
   overflowed: boolean;
   /** A repair that is retried reports a loss once. */
   lossReported: boolean;
+  /** A live event whose epoch was checked (see accept): it is not checked twice. */
+  verified?: number;
 }
 
 export class NatsBroker implements BrokerPort {
@@ -298,7 +302,11 @@ export class NatsBroker implements BrokerPort {
   watchStream(): void {
     const name = this.config.streamName;
     const check = (): void => void this.checkStream();
-    for (const what of ['DELETED', 'CREATED']) this.nc.subscribe(`$JS.EVENT.ADVISORY.STREAM.${what}.${name}`, { callback: check });
+    // Not at once: nats-server removes a deleted stream's files after it answers, and a stream
+    // created again under the same name meanwhile loses its files (seen on 2.9: "error opening
+    // msg block file").
+    const soon = (): void => void setTimeout(check, ADVISORY_CHECK_DELAY_MS).unref();
+    for (const what of ['DELETED', 'CREATED']) this.nc.subscribe(`$JS.EVENT.ADVISORY.STREAM.${what}.${name}`, { callback: soon });
     this.checkTimer = setInterval(check, this.config.streamCheckInterval);
     this.checkTimer.unref();
   }
@@ -501,8 +509,19 @@ export class NatsBroker implements BrokerPort {
       return;
     }
     if (t.last !== undefined) {
+      const previous = Number(h.get('Nats-Last-Sequence'));
+      if (previous === 0 && t.last > 0 && t.verified !== seq) {
+        // The subject's first event, though we have seen later ones: the stream was most likely
+        // created anew and this seq belongs to its new epoch. Know the stream before delivering.
+        t.held = [msg];
+        t.verified = seq;
+        void this.checkStream().then(() => {
+          if (this.topics.get(t.topic) === t && t.held !== null) this.repair(t);
+        });
+        return;
+      }
       if (seq <= t.last) return; // already delivered, e.g. by a repair
-      if (Number(h.get('Nats-Last-Sequence')) > t.last) {
+      if (previous > t.last) {
         // An event of this subject never reached us (reconnect, slow consumer): fetch it first.
         this.stats.gaps += 1;
         this.log.warn({ topic: t.topic, last: t.last, seq }, 'gap in live events: repairing from the stream');
