@@ -1,0 +1,70 @@
+/**
+ * Authentication and its setup (joining the user's and the broadcast topics, the inbox backlog)
+ * in the transport-agnostic core, with a fake broker whose readiness the test controls: the
+ * order of frames around auth_success, and a setup that fails.
+ */
+import pino from 'pino';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import type { Principal } from '../../src/auth.js';
+import { loadConfig, type ConfigInput } from '../../src/config.js';
+import { Hub } from '../../src/core/hub.js';
+import type { BrokerPort, OutFrame, Transport } from '../../src/core/ports.js';
+
+class MemoryTransport implements Transport {
+  readonly written: string[] = [];
+  bufferedAmount = 0;
+  closed: { code: number; reason: string } | undefined;
+  write(frames: readonly OutFrame[]): void {
+    for (const f of frames) this.written.push(f.text);
+  }
+  ping(): void {}
+  close(code: number, reason: string): void {
+    this.closed ??= { code, reason };
+  }
+  terminate(): void {}
+  types(): string[] {
+    return this.written.map((t) => JSON.parse(t).type);
+  }
+}
+
+const principal: Principal = { userId: 'u1', roles: [], projects: '*', expiresAt: undefined };
+const hubs: Hub[] = [];
+
+/** A hub whose broker answers `interestReady` with `ready()`. */
+function makeHub(ready: () => Promise<void>, overrides: ConfigInput = {}): Hub {
+  const config = loadConfig({ env: {}, overrides: { jwtSecret: 'unit-test-secret-0123456789abcdef', ...overrides } });
+  const broker: BrokerPort = {
+    setInterest() {},
+    interestReady: ready,
+    epoch: 'e1',
+    replay: async () => ({ truncated: false, epoch: 'e1', restarted: false }),
+    backlog: async () => {},
+    acknowledge() {},
+    written() {},
+  };
+  const hub = new Hub({ config, instanceId: 'unit', log: pino({ level: 'silent' }), broker, auth: { verify: async () => principal } });
+  hubs.push(hub);
+  return hub;
+}
+
+afterEach(async () => {
+  await Promise.all(hubs.splice(0).map((h) => h.close()));
+});
+
+describe('authentication with a token on the upgrade', () => {
+  it('writes auth_success first: requests sent during setup are answered after it, refusals included', async () => {
+    let release!: () => void;
+    const ready = new Promise<void>((ok) => (release = ok));
+    const hub = makeHub(() => ready, { maxErrors: 100 });
+    const transport = new MemoryTransport();
+    const conn = hub.connect(transport, 'test');
+    conn.start(principal);
+    // 20 wait in order behind the authentication; the 21st is over the inbound burst and refused.
+    for (let i = 0; i < 21; i++) conn.receive('{"type":"ping"}', false);
+    await new Promise((ok) => setImmediate(ok)); // a flush tick: nothing may be written yet
+    expect(transport.written).toEqual([]);
+    release();
+    await vi.waitFor(() => expect(transport.written).toHaveLength(22));
+    expect(transport.types()).toEqual(['auth_success', 'error', ...Array(20).fill('pong')]);
+  });
+});
