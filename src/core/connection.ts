@@ -233,17 +233,13 @@ export class Connection {
       this.send(serverMessage(MessageType.AuthRequired, { message: 'send {"type":"auth","data":{"token":"<JWT>"}}' }));
       return;
     }
-    this.inOrder(() =>
-      this.authenticate(principal).catch((err) => {
-        this.log.error({ err }, 'authentication setup failed');
-        this.close(CloseCode.InternalError, 'internal error');
-      }),
-    );
+    this.inOrder(() => this.authenticate(principal));
   }
 
   /**
-   * Become authenticated: join the user's and the broadcast topics, then say auth_success. On an
-   * open connection this is a token refresh.
+   * Become authenticated: join the user's and the broadcast topics, then say auth_success. A
+   * setup that fails closes the connection (1011): it never stays open half set up. On an open
+   * connection this is a token refresh.
    */
   async authenticate(principal: Principal): Promise<void> {
     if (this.state === 'open') {
@@ -263,10 +259,16 @@ export class Connection {
     this.userSub = this.hub.join(this, userTopic);
     this.hub.join(this, topics.broadcast);
     const backlog: StoredEvent[] = [];
-    await Promise.all([this.hub.ready(userTopic), this.hub.ready(topics.broadcast)]);
-    if (!this.isOpen) return; // closed meanwhile
-    // The user's unacknowledged direct messages go first, in order; live ones are held meanwhile.
-    await this.hub.broker.backlog(principal.userId, (event) => backlog.push(event));
+    try {
+      await Promise.all([this.hub.ready(userTopic), this.hub.ready(topics.broadcast)]);
+      if (!this.isOpen) return; // closed meanwhile
+      // The user's unacknowledged direct messages go first, in order; live ones are held meanwhile.
+      await this.hub.broker.backlog(principal.userId, (event) => backlog.push(event));
+    } catch (err) {
+      this.log.error({ err }, 'authentication setup failed');
+      this.close(CloseCode.InternalError, 'internal error');
+      return;
+    }
     if (!this.isOpen) return; // closed meanwhile
     this.hub.log.info(
       { conn: this.id, user: principal.userId, remote: this.remoteAddress, backlog: backlog.length },

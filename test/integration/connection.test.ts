@@ -239,3 +239,20 @@ describe('heartbeat', () => {
     }
   });
 });
+
+describe('a failed authentication setup', () => {
+  it('closes the connection with 1011 after an auth message when the NATS connection is gone', async () => {
+    const own = await startTestSidecar(nats.url);
+    try {
+      const c = await connectClient(own.wsUrl);
+      await c.waitForMessage((m) => m.type === 'auth_required');
+      await own.sidecar.broker.nc.close(); // joining the user's topics now fails
+      c.send({ type: 'auth', data: { token: await own.token('zed') } });
+      expect(await c.waitForClose()).toEqual({ code: 1011, reason: 'internal error' });
+      expect(c.messages.map((m) => m.type)).toEqual(['auth_required']);
+      expect(own.sidecar.hub.connections.size).toBe(0);
+    } finally {
+      await own.stop();
+    }
+  });
+});

@@ -68,3 +68,35 @@ describe('authentication with a token on the upgrade', () => {
     expect(transport.types()).toEqual(['auth_success', 'error', ...Array(20).fill('pong')]);
   });
 });
+
+describe('a failed authentication setup', () => {
+  const failing = () => Promise.reject(new Error('no responders'));
+
+  it('closes a connection that authenticated with an auth message with 1011 and holds nothing of it', async () => {
+    const hub = makeHub(failing);
+    const transport = new MemoryTransport();
+    const conn = hub.connect(transport, 'test');
+    conn.start();
+    conn.receive(JSON.stringify({ type: 'auth', data: { token: 't' } }), false);
+    await vi.waitFor(() => expect(transport.closed).toEqual({ code: 1011, reason: 'internal error' }));
+    expect(conn.state).toBe('closed');
+    expect(transport.types()).not.toContain('auth_success');
+    expect(hub.connections.size).toBe(0);
+    expect(hub.connectionsOf('u1').size).toBe(0);
+    expect(hub.subscribersOf('user.u1')).toBe(0);
+    expect(hub.subscribersOf('broadcast')).toBe(0);
+  });
+
+  it('closes a connection that authenticated on the upgrade with 1011 and holds nothing of it', async () => {
+    const hub = makeHub(failing);
+    const transport = new MemoryTransport();
+    const conn = hub.connect(transport, 'test');
+    conn.start(principal);
+    conn.receive('{"type":"ping"}', false);
+    await vi.waitFor(() => expect(transport.closed).toEqual({ code: 1011, reason: 'internal error' }));
+    expect(transport.types()).toEqual([]);
+    expect(hub.connections.size).toBe(0);
+    expect(hub.connectionsOf('u1').size).toBe(0);
+    expect(hub.subscribersOf('user.u1')).toBe(0);
+  });
+});
