@@ -3,53 +3,12 @@
  * in the transport-agnostic core, with a fake broker whose readiness the test controls: the
  * order of frames around auth_success, and a setup that fails.
  */
-import pino from 'pino';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import type { Principal } from '../../src/auth.js';
-import { loadConfig, type ConfigInput } from '../../src/config.js';
-import { Hub } from '../../src/core/hub.js';
-import type { BrokerPort, OutFrame, Transport } from '../../src/core/ports.js';
+import { closeMemoryHubs, MemoryTransport, memoryHub, principal } from '../helpers/memory-hub.js';
 
-class MemoryTransport implements Transport {
-  readonly written: string[] = [];
-  bufferedAmount = 0;
-  closed: { code: number; reason: string } | undefined;
-  write(frames: readonly OutFrame[]): void {
-    for (const f of frames) this.written.push(f.text);
-  }
-  ping(): void {}
-  close(code: number, reason: string): void {
-    this.closed ??= { code, reason };
-  }
-  terminate(): void {}
-  types(): string[] {
-    return this.written.map((t) => JSON.parse(t).type);
-  }
-}
+const makeHub = (ready: () => Promise<void>, config = {}) => memoryHub({ interestReady: ready }, config);
 
-const principal: Principal = { userId: 'u1', roles: [], projects: '*', expiresAt: undefined };
-const hubs: Hub[] = [];
-
-/** A hub whose broker answers `interestReady` with `ready()`. */
-function makeHub(ready: () => Promise<void>, overrides: ConfigInput = {}): Hub {
-  const config = loadConfig({ env: {}, overrides: { jwtSecret: 'unit-test-secret-0123456789abcdef', ...overrides } });
-  const broker: BrokerPort = {
-    setInterest() {},
-    interestReady: ready,
-    epoch: 'e1',
-    replay: async () => ({ truncated: false, epoch: 'e1', restarted: false }),
-    backlog: async () => {},
-    acknowledge() {},
-    written() {},
-  };
-  const hub = new Hub({ config, instanceId: 'unit', log: pino({ level: 'silent' }), broker, auth: { verify: async () => principal } });
-  hubs.push(hub);
-  return hub;
-}
-
-afterEach(async () => {
-  await Promise.all(hubs.splice(0).map((h) => h.close()));
-});
+afterEach(closeMemoryHubs);
 
 describe('authentication with a token on the upgrade', () => {
   it('writes auth_success first: requests sent during setup are answered after it, refusals included', async () => {
