@@ -66,6 +66,7 @@ const processors: Processors = {
       throw new ProtocolError(ErrorCode.Forbidden, 'too many subscriptions on this connection', { project_id: projectId });
     }
     const { since, epoch } = message.data;
+    const existed = conn.subscriptions.has(topic);
     const sub = conn.hub.join(conn, topic, since);
     try {
       await conn.hub.ready(topic);
@@ -90,7 +91,12 @@ const processors: Processors = {
         }
       }
     } catch (err) {
-      conn.hub.leave(conn, topic);
+      // Nothing of the replay was delivered: a subscription the client had stays as it was, live;
+      // one this request created goes.
+      if (conn.subscriptions.get(topic) === sub) {
+        if (existed) sub.resume();
+        else conn.hub.leave(conn, topic);
+      }
       throw err;
     }
     sub.release();

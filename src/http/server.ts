@@ -12,7 +12,6 @@ import type { Config } from '../config.js';
 import { AuthError } from '../errors.js';
 import type { Connection } from '../core/connection.js';
 import type { Hub } from '../core/hub.js';
-import { CloseCode, MessageType, serverMessage } from '../protocol.js';
 import { WsTransport } from './ws-transport.js';
 
 export const WS_PATH = '/ws/connect';
@@ -102,14 +101,7 @@ function attach(hub: Hub, ws: WebSocket, socket: Duplex, remote: string, princip
   ws.on('pong', onPong);
   ws.on('close', onClose);
   ws.on('error', onError);
-  if (principal) {
-    conn.authenticate(principal).catch((err) => {
-      conn.log.error({ err }, 'authentication setup failed');
-      conn.close(CloseCode.InternalError, 'internal error');
-    });
-  } else {
-    conn.send(serverMessage(MessageType.AuthRequired, { message: 'send {"type":"auth","data":{"token":"<JWT>"}}' }));
-  }
+  conn.start(principal);
 }
 
 export function createHttpServer(options: HttpServerOptions): SidecarHttpServer {
