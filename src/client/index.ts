@@ -8,6 +8,7 @@ export {
   type ConnectionState,
   type SidecarEvent,
   type SubscribedInfo,
+  type HistoryTruncatedInfo,
   type LifecycleEvents,
   type ClientEvents,
   type EventTypes,
