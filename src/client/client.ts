@@ -7,7 +7,7 @@
  * no longer holds it, or was created anew) the app is told with `history_truncated`, never left
  * with a silent skip. Browser-safe: no imports beyond the dependency-free protocol codes.
  */
-import { CloseCode, ErrorCode, MessageType, TOKEN_PATTERN, type EventEnvelope } from '../protocol-codes.js';
+import { CloseCode, ErrorCode, MessageType, TOKEN_PATTERN, reconnectPolicy, type EventEnvelope } from '../protocol-codes.js';
 import type { SeedEvents } from '../events.js';
 import { Emitter } from './emitter.js';
 import { ClientError, ClientErrorCode } from './errors.js';
@@ -155,14 +155,6 @@ const RESERVED = new Set<string>([
   'subscribed',
   'unsubscribed',
   'history_truncated',
-]);
-
-/** Close codes after which reconnecting would not help (see PROTOCOL.md § Close codes). */
-const TERMINAL_CLOSE_CODES = new Set<number>([
-  CloseCode.MessageTooBig,
-  CloseCode.DisconnectedByOperator,
-  CloseCode.Forbidden,
-  CloseCode.TooManyErrors,
 ]);
 
 const ABNORMAL_CLOSURE = 1006;
@@ -375,10 +367,9 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
   private onClose(code: number, reason: string): void {
     this.detach();
     if (this.closing) return;
-    const tokenRefused = code === CloseCode.Unauthorized;
-    if (tokenRefused) this.token = undefined; // never offer the refused token again
-    const retry =
-      this.options.reconnect && !TERMINAL_CLOSE_CODES.has(code) && (!tokenRefused || typeof this.options.token === 'function');
+    const policy = reconnectPolicy(code); // PROTOCOL.md § Close codes
+    if (policy === 'new_token') this.token = undefined; // never offer the refused token again
+    const retry = this.options.reconnect && policy !== 'stop' && (policy === 'reconnect' || typeof this.options.token === 'function');
     if (!retry) {
       this.fire('disconnected', { code, reason, willReconnect: false });
       this.finish(new ClientError(ClientErrorCode.Disconnected, `connection closed (${code}${reason ? ` ${reason}` : ''})`, { closeCode: code }));

@@ -19,5 +19,5 @@ export {
 } from './client.js';
 export { ClientError, ClientErrorCode } from './errors.js';
 export { tokenExpiresAt } from './token.js';
-export { CloseCode, ErrorCode, MessageType, type Envelope, type EventEnvelope } from '../protocol-codes.js';
+export { CloseCode, ErrorCode, MessageType, reconnectPolicy, type ReconnectPolicy, type Envelope, type EventEnvelope } from '../protocol-codes.js';
 export type * from '../events.js';
