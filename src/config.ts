@@ -179,7 +179,7 @@ function readJsonFile(path: string): ConfigInput {
   try {
     const parsed: unknown = JSON.parse(text);
     if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not a JSON object');
-    return parsed as ConfigInput;
+    return parsed;
   } catch (err) {
     throw new ConfigError('file', `${path} is not a JSON object: ${(err as Error).message}`);
   }

@@ -275,7 +275,7 @@ async function reachNats(
         const timer = setTimeout(ok, delay);
         signal?.addEventListener('abort', () => {
           clearTimeout(timer);
-          fail(signal.reason);
+          fail(signal.reason instanceof Error ? signal.reason : new Error('start-up aborted'));
         }, { once: true });
       });
     }

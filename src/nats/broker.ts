@@ -390,7 +390,7 @@ export class NatsBroker implements BrokerPort {
     this.nc.subscribe(`${this.prefix}.live.user.*`, {
       callback: (err, msg) => {
         if (err) return this.log.warn({ err }, 'live subscription error (direct messages)');
-        const t = this.topics.get(msg.subject.slice(skip) as Topic);
+        const t = this.topics.get(msg.subject.slice(skip));
         if (t) this.onLive(t, msg);
       },
     });

@@ -298,7 +298,7 @@ class EmbeddedNatsServer implements EmbeddedNats {
       log?.write(chunk);
       this.output.push(chunk);
     };
-    for (const stream of [child.stdout!, child.stderr!]) {
+    for (const stream of [child.stdout, child.stderr]) {
       stream.setEncoding('utf8'); // decodes characters split across chunks
       stream.on('data', onData);
     }
