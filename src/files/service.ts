@@ -47,6 +47,8 @@ function storageError(err: unknown): FileError {
 export class FileService {
   private readonly states = new Map<string, ChunkState>();
   private readonly active = new Map<string, number>();
+  /** Leases held by requests running here. */
+  private readonly holders = new Set<string>();
   /** Writes in progress here: aborted on stop so their leases are released while NATS is still up. */
   private readonly writing = new Map<AbortController, Promise<unknown>>();
   private sweeper: NodeJS.Timeout | undefined;
@@ -121,7 +123,7 @@ export class FileService {
       expires_at: now + this.deps.config.uploadExpiry,
     };
     try {
-      await this.deps.store.uploads.create(record.id, JSON.stringify(record));
+      await this.deps.store.whileConnected(() => this.deps.store.uploads.create(record.id, JSON.stringify(record)));
       if (length === 0) {
         const state = newChunkState();
         record.file = await this.finalize(record, state);
@@ -137,7 +139,7 @@ export class FileService {
     if (!TOKEN_PATTERN.test(id)) throw new FileError('not_found', 404, 'no such upload');
     let entry;
     try {
-      entry = await this.deps.store.uploads.get(id);
+      entry = await this.deps.store.whileConnected(() => this.deps.store.uploads.get(id));
     } catch (err) {
       throw storageError(err);
     }
@@ -153,7 +155,7 @@ export class FileService {
   private async sync(id: string): Promise<ChunkState> {
     const state = this.states.get(id) ?? newChunkState();
     this.states.delete(id);
-    await this.deps.store.catchUp(id, state);
+    await this.deps.store.whileConnected(() => this.deps.store.catchUp(id, state));
     this.remember(id, state);
     return state;
   }
@@ -270,7 +272,13 @@ export class FileService {
       }
       return { record, offset: state.offset };
     } finally {
-      await lease?.release().catch(() => {});
+      if (lease) {
+        this.holders.delete(lease.holder);
+        const released = lease.release().catch(() => {});
+        // Without NATS the release waits for a timeout: the answer does not. A later request here
+        // takes the lease over (see acquire); elsewhere it lapses after LEASE_MS.
+        if (this.deps.store.connected) await released;
+      }
     }
   }
 
@@ -294,18 +302,23 @@ export class FileService {
   private async acquire(record: UploadRecord, revision: number): Promise<Lease> {
     const { uploads } = this.deps.store;
     const now = Date.now();
-    if (record.holder && (record.lease_until ?? 0) > now) throw new FileError('locked', 423, 'another request is writing this upload; retry shortly');
+    // A lease of this instance whose request is over (its release did not reach NATS) is no obstacle.
+    const staleHere = record.holder?.startsWith(`${this.deps.instanceId}:`) && !this.holders.has(record.holder);
+    if (record.holder && (record.lease_until ?? 0) > now && !staleHere) {
+      throw new FileError('locked', 423, 'another request is writing this upload; retry shortly');
+    }
     const holder = `${this.deps.instanceId}:${randomBytes(6).toString('hex')}`;
     const claim: UploadRecord = { ...record, holder, lease_until: now + LEASE_MS, expires_at: now + this.deps.config.uploadExpiry };
     let rev: number;
     try {
-      rev = await uploads.update(record.id, JSON.stringify(claim), revision);
+      rev = await this.deps.store.whileConnected(() => uploads.update(record.id, JSON.stringify(claim), revision));
     } catch (err) {
       if (/wrong last sequence/i.test(String((err as Error).message))) {
         throw new FileError('locked', 423, 'another request is writing this upload; retry shortly');
       }
       throw storageError(err);
     }
+    this.holders.add(holder);
     return new Lease(uploads, claim, rev, this.deps.config.uploadExpiry);
   }
 
@@ -401,7 +414,7 @@ export class FileService {
     if (!TOKEN_PATTERN.test(fileId)) throw new FileError('not_found', 404, 'no such file');
     let file: FileRecord | null;
     try {
-      file = await this.deps.store.file(fileId);
+      file = await this.deps.store.whileConnected(() => this.deps.store.file(fileId));
     } catch (err) {
       throw storageError(err);
     }
@@ -497,6 +510,7 @@ export class FileService {
 /** A request's claim on an upload: renewed every third of LEASE_MS, released at the end. */
 class Lease {
   lost = false;
+  readonly holder: string;
   private readonly timer: NodeJS.Timeout;
   private chain: Promise<unknown> = Promise.resolve();
 
@@ -506,6 +520,7 @@ class Lease {
     private revision: number,
     private readonly expiry: number,
   ) {
+    this.holder = record.holder!;
     this.timer = setInterval(() => {
       this.chain = this.chain.then(() => this.write({ ...this.record, lease_until: Date.now() + LEASE_MS, expires_at: Date.now() + this.expiry })).catch(() => {
         this.lost = true;

@@ -83,6 +83,8 @@ export interface ChunkState {
 export class FileStore {
   /** Rejects at the next disconnect from NATS: writes waiting for acks fail then, not after their timeout. */
   private linkLost = lossSignal();
+  /** Whether the NATS connection is up (as its status events last said). */
+  connected = true;
 
   private constructor(
     readonly config: FileStoreConfig,
@@ -97,10 +99,22 @@ export class FileStore {
   private async watch(nc: NatsConnection): Promise<void> {
     for await (const s of nc.status()) {
       if (s.type === 'disconnect') {
+        this.connected = false;
         this.linkLost.lose();
         this.linkLost = lossSignal();
+      } else if (s.type === 'reconnect') {
+        this.connected = true;
       }
     }
+  }
+
+  /**
+   * Run a NATS operation, failing at once when NATS is not connected or goes away meanwhile
+   * (requests would otherwise wait for their timeout: a client is better told now).
+   */
+  whileConnected<T>(op: () => Promise<T>): Promise<T> {
+    if (!this.connected) return Promise.reject(new Error('not connected to NATS'));
+    return Promise.race([op(), this.linkLost.promise]);
   }
 
   static async open(nc: NatsConnection, js: JetStreamClient, jsm: JetStreamManager, config: FileStoreConfig, log: Logger): Promise<FileStore> {

@@ -74,8 +74,9 @@ function fileErrors(log: Logger): Middleware {
       ctx.body = { error: err.message, code: err.code };
       if (err.status === 503) ctx.set('Retry-After', '2');
       if (err.status >= 500) log.warn({ err: err.cause ?? err, path: ctx.path }, err.message);
-      // Reading the rest of a large refused body only to discard it is a waste: close instead.
-      if (!ctx.req.complete && ctx.method !== 'GET' && ctx.method !== 'HEAD') ctx.set('Connection', 'close');
+      // Reading the rest of a body too large to take only to discard it is a waste: close instead.
+      // Other refusals let Node read and drop the rest, so the client gets to read the answer.
+      if (err.status === 413 && !ctx.req.complete) ctx.set('Connection', 'close');
     }
   };
 }
