@@ -45,7 +45,7 @@ async function putFile(token: string, project: string, body: Buffer | string, he
     headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'text/plain', 'X-File-Name': 'notes.txt', ...headers },
     body,
   });
-  return { status: res.status, body: await res.json().catch(() => null), headers: res.headers };
+  return { status: res.status, body: (await res.json().catch(() => null)) as any, headers: res.headers };
 }
 
 function tusUpload(token: string, size: number, metadata: Record<string, string>, extra: Parameters<typeof startTus>[1] = {}) {
@@ -218,7 +218,7 @@ describe('single-request upload, list, download, delete', () => {
     expect(deleted.data).toMatchObject({ file_id: put.body.file_id, project_id: 'p1' });
     expect(deleted.seq).toBeGreaterThan(0);
     expect((await fetch(url(target), { headers: { Authorization: `Bearer ${alice}` } })).status).toBe(404);
-    const list = await (await fetch(url(`${BASE}/projects/p1/files`), { headers: { Authorization: `Bearer ${alice}` } })).json();
+    const list: any = await (await fetch(url(`${BASE}/projects/p1/files`), { headers: { Authorization: `Bearer ${alice}` } })).json();
     expect(list.files.map((f: any) => f.file_id)).not.toContain(put.body.file_id);
     // An admin deletes anyone's file.
     const other = await putFile(bob, 'p1', 'bob file');
