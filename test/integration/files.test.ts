@@ -198,7 +198,7 @@ describe('single-request upload, list, download, delete', () => {
     expect(await res.text()).toBe(text);
     const list = await fetch(url(`${BASE}/projects/p1/files`), { headers: { Authorization: `Bearer ${bob}` } });
     expect(list.status).toBe(200);
-    const body = await list.json();
+    const body: any = await list.json();
     expect(body.files.map((f: any) => f.file_id)).toContain(file.file_id);
     expect(body.files.find((f: any) => f.file_id === file.file_id)).toMatchObject({ name: 'passwd.txt', sha256: file.sha256 });
   });
