@@ -4,7 +4,8 @@
  * - tus 1.0 (core, creation, termination, expiration) under `/api/v1/websocket/uploads`;
  * - `POST /api/v1/websocket/projects/:id/files` (the whole file as the body), `GET` the same path
  *   for the project's files;
- * - `GET`/`DELETE /api/v1/websocket/files/:id` (downloads also take `?token=`, for links).
+ * - `GET`/`DELETE /api/v1/websocket/files/:id` (downloads also take `?token=`, for links), and
+ *   `GET /api/v1/websocket/files/:id/info` (the file object as JSON).
  *
  * Request bodies are streamed into NATS as they arrive and downloads are streamed out of it: no
  * file is ever held in memory. Errors are `{"error", "code"}` JSON with the FileError's status.
@@ -179,6 +180,11 @@ export function createFileRouter(deps: FileRouteDeps): Router<FileState> {
   });
 
   // ---- download, delete ----------------------------------------------------------------------
+
+  router.get('/api/v1/websocket/files/:id/info', errors, auth, async (ctx) => {
+    ctx.set('Cache-Control', 'no-store');
+    ctx.body = await files.get(ctx.state.principal, ctx.params.id);
+  });
 
   router.get('/api/v1/websocket/files/:id', errors, auth, async (ctx) => {
     const file = await files.get(ctx.state.principal, ctx.params.id);
