@@ -209,7 +209,6 @@ export class FileService {
     body: AsyncIterable<Buffer> | Iterable<Buffer>,
     signal: AbortSignal,
   ): Promise<UploadStatus & { file?: FileRecord }> {
-    const stopped = new Promise<'stopped'>((ok) => signal.addEventListener('abort', () => ok('stopped'), { once: true }));
     let lease: Lease | undefined;
     try {
       const loaded = await this.load(principal, id);
@@ -230,16 +229,19 @@ export class FileService {
       const writer = this.deps.store.writer(id, state);
       this.states.delete(id); // until the write is done, only the stream knows
       let received = offset;
+      const it = Symbol.asyncIterator in body ? body[Symbol.asyncIterator]() : (async function* () { yield* body; })();
+      // Stopping this instance ends the body (a pending read returns): what arrived is kept.
+      const onStop = () => void it.return?.().catch(() => {});
+      signal.addEventListener('abort', onStop, { once: true });
       try {
-        const it = Symbol.asyncIterator in body ? body[Symbol.asyncIterator]() : (async function* () { yield* body; })();
         for (;;) {
-          let next: IteratorResult<Buffer> | 'stopped';
+          let next: IteratorResult<Buffer>;
           try {
-            next = await Promise.race([it.next(), stopped]);
+            next = await it.next();
           } catch {
             break; // the client went away: keep what arrived
           }
-          if (next === 'stopped' || lease.lost) {
+          if (signal.aborted || lease.lost) {
             await writer.flush();
             this.remember(id, state);
             throw new FileError('storage_unavailable', 503, 'the upload was interrupted; resume it (here or on another instance)');
@@ -250,6 +252,7 @@ export class FileService {
           await writer.write(next.value);
         }
         await writer.flush();
+        if (signal.aborted) throw new FileError('storage_unavailable', 503, 'the upload was interrupted; resume it (here or on another instance)');
       } catch (err) {
         // The stream has the truth; the next request rebuilds the state from it.
         if (err instanceof FileError && err.code === 'storage_unavailable') throw err;
@@ -261,6 +264,8 @@ export class FileService {
           // nothing to remember
         }
         throw err;
+      } finally {
+        signal.removeEventListener('abort', onStop);
       }
       this.remember(id, state);
       if (state.offset === record.length) {

@@ -27,7 +27,7 @@ import type { Logger } from 'pino';
 /** Chunk size of objects we write (the Object Store default; below every server's max_payload). */
 export const CHUNK_SIZE = 128 * 1024;
 /** Chunks published and not yet acknowledged, per write: enough to keep a NATS link busy. */
-const WINDOW = 16;
+const WINDOW = 32;
 export const OFFSET_HEADER = 'Ws-Upload-Offset';
 /** Reads pull at most this much ahead of the HTTP response. */
 const READ_AHEAD_BYTES = 2 * 1024 * 1024;
@@ -81,8 +81,8 @@ export interface ChunkState {
 }
 
 export class FileStore {
-  /** Rejects at the next disconnect from NATS: writes waiting for acks fail then, not after their timeout. */
-  private linkLost = lossSignal();
+  /** Called at the next disconnect from NATS: writes waiting for acks fail then, not after their timeout. */
+  private readonly lossListeners = new Set<() => void>();
   /** Whether the NATS connection is up (as its status events last said). */
   connected = true;
 
@@ -100,8 +100,7 @@ export class FileStore {
     for await (const s of nc.status()) {
       if (s.type === 'disconnect') {
         this.connected = false;
-        this.linkLost.lose();
-        this.linkLost = lossSignal();
+        for (const l of [...this.lossListeners]) l();
       } else if (s.type === 'reconnect') {
         this.connected = true;
       }
@@ -114,7 +113,7 @@ export class FileStore {
    */
   whileConnected<T>(op: () => Promise<T>): Promise<T> {
     if (!this.connected) return Promise.reject(new Error('not connected to NATS'));
-    return Promise.race([op(), this.linkLost.promise]);
+    return untilLost(op(), this.lossListeners);
   }
 
   static async open(nc: NatsConnection, js: JetStreamClient, jsm: JetStreamManager, config: FileStoreConfig, log: Logger): Promise<FileStore> {
@@ -145,7 +144,7 @@ export class FileStore {
 
   /** A writer appending to `id`'s chunks from `state` on. */
   writer(id: string, state: ChunkState): ChunkWriter {
-    return new ChunkWriter(this.js, this.chunkSubject(id), state, this.config.timeout, this.linkLost.promise);
+    return new ChunkWriter(this.js, this.chunkSubject(id), state, this.config.timeout, this.lossListeners);
   }
 
   /**
@@ -318,7 +317,7 @@ export class ChunkWriter {
     private readonly subject: string,
     readonly state: ChunkState,
     private readonly timeout: number,
-    private readonly linkLost: Promise<never>,
+    private readonly lossListeners: Set<() => void>,
   ) {}
 
   async write(data: Buffer): Promise<void> {
@@ -361,18 +360,22 @@ export class ChunkWriter {
   }
 
   private async settleOldest(): Promise<void> {
-    const ack = await Promise.race([this.pending.shift()!, this.linkLost]);
+    const ack = await untilLost(this.pending.shift()!, this.lossListeners);
     this.state.lastSeq = Math.max(this.state.lastSeq, ack.seq);
   }
 }
 
-function lossSignal(): { promise: Promise<never>; lose(): void } {
-  let lose!: () => void;
-  const promise = new Promise<never>((_, reject) => {
-    lose = () => reject(new Error('the connection to NATS was lost'));
+/**
+ * `work`, or a rejection as soon as the NATS connection is lost. Not a race with one long-lived
+ * "lost" promise: every race would leave a reaction on it holding its result (each chunk's ack,
+ * or worse) for as long as the connection lives. The listener goes once `work` settles.
+ */
+function untilLost<T>(work: Promise<T>, listeners: Set<() => void>): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const lost = () => reject(new Error('the connection to NATS was lost'));
+    listeners.add(lost);
+    work.then(resolve, reject).finally(() => listeners.delete(lost));
   });
-  promise.catch(() => {}); // nobody may be waiting
-  return { promise, lose };
 }
 
 export const newChunkState = (): ChunkState => ({ offset: 0, lastSeq: 0, chunks: 0, hash: createHash('sha256') });
