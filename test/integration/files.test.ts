@@ -334,6 +334,29 @@ describe('authorization (request and open modes)', () => {
     expect((await fetch(`${requestSide.httpUrl}${BASE}/files/${noFile.file_id}?token=${carol}`)).status).toBe(403);
   });
 
+  it('applies a revocation to downloads at once, though answers are cached (request mode)', async () => {
+    let allowed = true;
+    const sub = nc.subscribe('ws.authz.cached', {
+      callback: (_err, msg) => msg.respond(JSON.stringify({ allow: allowed })),
+    });
+    await nc.flush();
+    const cached = await startTestSidecar(nats.url, { projectAuthorization: 'request', authorizationSubject: 'ws.authz.cached', authorizationCacheTTL: '10m' });
+    try {
+      const gina = await cached.token('gina', { projects: [] });
+      const put: any = await (await fetch(`${cached.httpUrl}${BASE}/projects/rv/files`, { method: 'POST', headers: { Authorization: `Bearer ${gina}` }, body: 'r' })).json();
+      const download = () => fetch(`${cached.httpUrl}${BASE}/files/${put.file_id}?token=${gina}`).then((r) => r.status);
+      expect(await download()).toBe(200);
+      allowed = false;
+      expect(await download()).toBe(200); // the cached answer
+      const { publishRevocation } = await import('../../src/nats/project-authorizer.js');
+      publishRevocation(nc, 'ws', 'gina', 'rv');
+      await waitFor(async () => (await download()) === 403, 5000, 'revocation applied');
+    } finally {
+      sub.unsubscribe();
+      await cached.stop();
+    }
+  });
+
   it('lets any authenticated user in open mode', async () => {
     const dave = await openSide.token('dave', { projects: [] });
     const res = await fetch(`${openSide.httpUrl}${BASE}/projects/anything/files`, { method: 'POST', headers: { Authorization: `Bearer ${dave}` }, body: 'abc' });
