@@ -337,7 +337,7 @@ describe('authorization (request and open modes)', () => {
   it('applies a revocation to downloads at once, though answers are cached (request mode)', async () => {
     let allowed = true;
     const sub = nc.subscribe('ws.authz.cached', {
-      callback: (_err, msg) => msg.respond(JSON.stringify({ allow: allowed })),
+      callback: (_err, msg) => void msg.respond(JSON.stringify({ allow: allowed })),
     });
     await nc.flush();
     const cached = await startTestSidecar(nats.url, { projectAuthorization: 'request', authorizationSubject: 'ws.authz.cached', authorizationCacheTTL: '10m' });
