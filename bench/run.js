@@ -259,7 +259,7 @@ let upload;
 if (scenarios.includes('upload') && targets.includes('sidecar') && !unavailable.sidecar) {
   const ts = now();
   try {
-    upload = await uploadBench({ sizeMiB: num('upload-mib'), rssMiB: num('upload-rss-mib'), runs, verbose, sidecarBin: flag('sidecar-bin'), log });
+    upload = await uploadBench({ sizeMiB: num('upload-mib'), rssMiB: num('upload-rss-mib'), runs, verbose, sidecarBin: flag('sidecar-bin'), nodeArgs: startOpts.nodeArgs, log });
   } catch (e) {
     upload = { error: String(e?.message ?? e) };
     log(`upload: error: ${upload.error}`);

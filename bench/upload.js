@@ -83,7 +83,7 @@ async function postUpload(httpUrl, token, size) {
 const mbps = (bytes, ms) => bytes / MiB / (ms / 1000);
 
 /**
- * @param {{ sizeMiB: number, rssMiB: number, runs: number, verbose?: boolean, sidecarBin?: string, log?: (s: string) => void }} o
+ * @param {{ sizeMiB: number, rssMiB: number, runs: number, verbose?: boolean, sidecarBin?: string, nodeArgs?: string[], log?: (s: string) => void }} o
  */
 export async function uploadBench(o) {
   const log = o.log ?? (() => {});
@@ -99,7 +99,7 @@ export async function uploadBench(o) {
     SIDECAR_CONFIG: '',
     SIDECAR_MAX_UPLOAD_BYTES: String(Math.max(o.sizeMiB, o.rssMiB) * MiB + 1),
   };
-  const proc = new Proc('sidecar', process.execPath, [join(ROOT, o.sidecarBin ?? 'bin/nats-ws-sidecar.js')], { env, cwd: ROOT, verbose: o.verbose });
+  const proc = new Proc('sidecar', process.execPath, [...(o.nodeArgs ?? []), join(ROOT, o.sidecarBin ?? 'bin/nats-ws-sidecar.js')], { env, cwd: ROOT, verbose: o.verbose });
   const nc = await connect({ servers: nats.url });
   try {
     await waitHealthy(`http://127.0.0.1:${port}/readyz`, proc, 30_000);
