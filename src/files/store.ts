@@ -119,7 +119,8 @@ export class FileStore {
   static async open(nc: NatsConnection, js: JetStreamClient, jsm: JetStreamManager, config: FileStoreConfig, log: Logger): Promise<FileStore> {
     // nats.js hashes objects it reads with a JavaScript SHA-256 by default; Node's is several times faster.
     setSha256Backend('native');
-    const objects = await new Objm(js).create(config.bucket, { replicas: config.replicas, ttl: config.fileTTL || undefined });
+    // Object Store takes its ttl in nanoseconds (the stream's max_age); KV in milliseconds.
+    const objects = await new Objm(js).create(config.bucket, { replicas: config.replicas, ttl: config.fileTTL ? config.fileTTL * 1_000_000 : undefined });
     const kvm = new Kvm(js);
     const uploads = await kvm.create(`${config.bucket}_UPLOADS`, { replicas: config.replicas, history: 1 });
     const index = await kvm.create(`${config.bucket}_INDEX`, { replicas: config.replicas, history: 1, ttl: config.fileTTL || undefined });

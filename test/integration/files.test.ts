@@ -141,6 +141,26 @@ describe('tus upload', () => {
   });
 });
 
+describe('buckets', () => {
+  it('are created with the configured TTL (fileTTL) for files and the index', async () => {
+    const other = await startTestNats();
+    try {
+      const s = await startTestSidecar(other.url, { fileTTL: '2h', filesBucket: 'TTL_FILES' });
+      await s.stop();
+      const { connect } = await import('@nats-io/transport-node');
+      const c = await connect({ servers: other.url });
+      const jsm = await jetstreamManager(c);
+      const twoHours = 2 * 3600 * 1e9;
+      expect((await jsm.streams.info('OBJ_TTL_FILES')).config.max_age).toBe(twoHours);
+      expect((await jsm.streams.info('KV_TTL_FILES_INDEX')).config.max_age).toBe(twoHours);
+      expect((await jsm.streams.info('KV_TTL_FILES_UPLOADS')).config.max_age).toBe(0);
+      await c.close();
+    } finally {
+      await other.cleanup();
+    }
+  });
+});
+
 describe('stored chunks that do not follow on', () => {
   it('are deleted when the upload is next read; the offset is where the contiguous bytes end', async () => {
     const create = await fetch(url(`${BASE}/uploads`), {

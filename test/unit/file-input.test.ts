@@ -75,3 +75,13 @@ describe('parseRange', () => {
 it('writes Content-Disposition with an ASCII fallback and the UTF-8 name', () => {
   expect(contentDisposition('résumé "1".pdf', 'attachment')).toBe(`attachment; filename="r_sum_ _1_.pdf"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%221%22.pdf`);
 });
+
+describe('file configuration', () => {
+  it('has the documented defaults and reads SIDECAR_MAX_UPLOAD_BYTES', async () => {
+    const { loadConfig } = await import('../../src/config.js');
+    const c = loadConfig({ env: {} });
+    expect(c).toMatchObject({ filesBucket: 'WS_FILES', filesReplicas: 1, fileTTL: 0, maxUploadBytes: 100 * 1024 * 1024, maxConcurrentUploads: 4, allowedFileTypes: [], uploadExpiry: 3_600_000 });
+    expect(loadConfig({ env: { SIDECAR_MAX_UPLOAD_BYTES: '5000', SIDECAR_ALLOWED_FILE_TYPES: 'image/*,text/plain' } })).toMatchObject({ maxUploadBytes: 5000, allowedFileTypes: ['image/*', 'text/plain'] });
+    expect(() => loadConfig({ env: { SIDECAR_MAX_UPLOAD_BYTES: 'lots' } })).toThrow(/maxUploadBytes/);
+  });
+});
