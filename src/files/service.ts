@@ -13,7 +13,7 @@ import { TOKEN_PATTERN } from '../protocol-codes.js';
 import { topics, type ProjectAccessPort, type Topic } from '../core/ports.js';
 import { FileError } from './errors.js';
 import { contentTypeAllowed, normalizeContentType, parseUploadMetadata, sanitizeFileName } from './input.js';
-import { fileUrl, newChunkState, type ChunkState, type FileRecord, type FileStore, type UploadRecord } from './store.js';
+import { fileUrl, isMissingStream, newChunkState, type ChunkState, type FileRecord, type FileStore, type UploadRecord } from './store.js';
 
 export type FilesConfig = Pick<Config, 'maxUploadBytes' | 'maxConcurrentUploads' | 'allowedFileTypes' | 'uploadExpiry'>;
 
@@ -38,11 +38,6 @@ export interface UploadStatus {
   offset: number;
 }
 
-/** Errors from NATS (not our own) become one clear 503 that says the upload can be resumed. */
-function storageError(err: unknown): FileError {
-  if (err instanceof FileError) return err;
-  return new FileError('storage_unavailable', 503, 'file storage (NATS) is unavailable; the upload can be resumed later', { cause: err });
-}
 
 export class FileService {
   private readonly states = new Map<string, ChunkState>();
@@ -55,6 +50,16 @@ export class FileService {
   private sweeping = false;
 
   constructor(private readonly deps: FilesDeps) {}
+
+  /**
+   * Errors from NATS (not our own) become one clear 503 that says the upload can be resumed. A
+   * missing bucket is created again meanwhile (as the sidecar does with its event stream).
+   */
+  private storageError = (err: unknown): FileError => {
+    if (err instanceof FileError) return err;
+    if (isMissingStream(err)) void this.deps.store.recreate();
+    return new FileError('storage_unavailable', 503, 'file storage (NATS) is unavailable; the upload can be resumed later', { cause: err });
+  };
 
   get maxUploadBytes(): number {
     return this.deps.config.maxUploadBytes;
@@ -130,7 +135,7 @@ export class FileService {
         await this.deps.store.uploads.put(record.id, JSON.stringify(record));
       }
     } catch (err) {
-      throw storageError(err);
+      throw this.storageError(err);
     }
     return record;
   }
@@ -141,7 +146,7 @@ export class FileService {
     try {
       entry = await this.deps.store.whileConnected(() => this.deps.store.uploads.get(id));
     } catch (err) {
-      throw storageError(err);
+      throw this.storageError(err);
     }
     if (!entry || entry.operation !== 'PUT') throw new FileError('not_found', 404, 'no such upload');
     const record = JSON.parse(entry.string()) as UploadRecord;
@@ -173,7 +178,7 @@ export class FileService {
     try {
       state = await this.sync(id);
     } catch (err) {
-      throw storageError(err);
+      throw this.storageError(err);
     }
     // Every byte is stored but the request that stored the last one failed before the file was
     // made (NATS went away): finish it now, or a client would take the upload for done.
@@ -223,7 +228,7 @@ export class FileService {
       try {
         state = await this.sync(id);
       } catch (err) {
-        throw storageError(err);
+        throw this.storageError(err);
       }
       if (offset !== state.offset) throw new FileError('offset_mismatch', 409, `Upload-Offset must be ${state.offset}`);
       const writer = this.deps.store.writer(id, state);
@@ -256,7 +261,7 @@ export class FileService {
       } catch (err) {
         // The stream has the truth; the next request rebuilds the state from it.
         if (err instanceof FileError && err.code === 'storage_unavailable') throw err;
-        if (!(err instanceof FileError && err.code === 'too_large')) throw storageError(err);
+        if (!(err instanceof FileError && err.code === 'too_large')) throw this.storageError(err);
         try {
           await writer.flush();
           this.remember(id, state);
@@ -269,7 +274,7 @@ export class FileService {
       }
       this.remember(id, state);
       if (state.offset === record.length) {
-        const file = await this.finalize(record, state).catch((err) => Promise.reject(storageError(err)));
+        const file = await this.finalize(record, state).catch((err) => Promise.reject(this.storageError(err)));
         record.file = file;
         this.states.delete(id);
         await lease.save(record).catch(() => {});
@@ -295,7 +300,7 @@ export class FileService {
       if (!record.file) await this.deps.store.purgeChunks(id);
       await this.deps.store.uploads.delete(id, { previousSeq: revision });
     } catch (err) {
-      throw storageError(err);
+      throw this.storageError(err);
     }
     this.states.delete(id);
   }
@@ -321,7 +326,7 @@ export class FileService {
       if (/wrong last sequence/i.test(String((err as Error).message))) {
         throw new FileError('locked', 423, 'another request is writing this upload; retry shortly');
       }
-      throw storageError(err);
+      throw this.storageError(err);
     }
     this.holders.add(holder);
     return new Lease(uploads, claim, rev, this.deps.config.uploadExpiry);
@@ -396,7 +401,7 @@ export class FileService {
       stored = true;
       return file;
     } catch (err) {
-      throw err instanceof FileError ? err : storageError(err);
+      throw err instanceof FileError ? err : this.storageError(err);
     } finally {
       release();
       if (!stored) await this.deps.store.purgeChunks(id).catch(() => {});
@@ -410,7 +415,7 @@ export class FileService {
     try {
       return await this.deps.store.list(projectId, MAX_LIST);
     } catch (err) {
-      throw storageError(err);
+      throw this.storageError(err);
     }
   }
 
@@ -421,7 +426,7 @@ export class FileService {
     try {
       file = await this.deps.store.whileConnected(() => this.deps.store.file(fileId));
     } catch (err) {
-      throw storageError(err);
+      throw this.storageError(err);
     }
     if (!file) throw new FileError('not_found', 404, 'no such file');
     await this.mustSee(principal, file.project_id);
@@ -437,7 +442,7 @@ export class FileService {
     let file: FileRecord;
     if (isAdmin(principal)) {
       if (!TOKEN_PATTERN.test(fileId)) throw new FileError('not_found', 404, 'no such file');
-      const found = await this.deps.store.file(fileId).catch((err) => Promise.reject(storageError(err)));
+      const found = await this.deps.store.file(fileId).catch((err) => Promise.reject(this.storageError(err)));
       if (!found) throw new FileError('not_found', 404, 'no such file');
       file = found;
     } else {
@@ -448,7 +453,7 @@ export class FileService {
       await this.deps.store.remove(file);
       await this.announce('file_deleted', file);
     } catch (err) {
-      throw storageError(err);
+      throw this.storageError(err);
     }
     this.deps.log.info({ file: file.file_id, project: file.project_id, by: principal.userId }, 'file deleted');
     return file;

@@ -19,7 +19,7 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import { headers as natsHeaders, type NatsConnection } from '@nats-io/transport-node';
-import { DeliverPolicy, type JetStreamClient, type JetStreamManager, type PubAck } from '@nats-io/jetstream';
+import { DeliverPolicy, JetStreamApiCodes, JetStreamApiError, type JetStreamClient, type JetStreamManager, type PubAck } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import { Base64UrlPaddedCodec, Objm, setSha256Backend, type ObjectStore } from '@nats-io/obj';
 import type { Logger } from 'pino';
@@ -119,14 +119,36 @@ export class FileStore {
   static async open(nc: NatsConnection, js: JetStreamClient, jsm: JetStreamManager, config: FileStoreConfig, log: Logger): Promise<FileStore> {
     // nats.js hashes objects it reads with a JavaScript SHA-256 by default; Node's is several times faster.
     setSha256Backend('native');
+    const { objects, uploads, index } = await FileStore.buckets(js, config);
+    const store = new FileStore(config, js, jsm, objects, uploads, index, log);
+    void store.watch(nc);
+    return store;
+  }
+
+  /** Create (or open) the object store and the two KV buckets with their configured settings. */
+  private static async buckets(js: JetStreamClient, config: FileStoreConfig): Promise<{ objects: ObjectStore; uploads: KV; index: KV }> {
     // Object Store takes its ttl in nanoseconds (the stream's max_age); KV in milliseconds.
     const objects = await new Objm(js).create(config.bucket, { replicas: config.replicas, ttl: config.fileTTL ? config.fileTTL * 1_000_000 : undefined });
     const kvm = new Kvm(js);
     const uploads = await kvm.create(`${config.bucket}_UPLOADS`, { replicas: config.replicas, history: 1 });
     const index = await kvm.create(`${config.bucket}_INDEX`, { replicas: config.replicas, history: 1, ttl: config.fileTTL || undefined });
-    const store = new FileStore(config, js, jsm, objects, uploads, index, log);
-    void store.watch(nc);
-    return store;
+    return { objects, uploads, index };
+  }
+
+  private recreating: Promise<void> | undefined;
+
+  /**
+   * A bucket's stream is gone (an operator deleted it, NATS lost its store): create the buckets
+   * again, once at a time. The handles stay valid: they address the streams by name.
+   */
+  recreate(): Promise<void> {
+    this.recreating ??= FileStore.buckets(this.js, this.config)
+      .then(() => this.log.warn({ bucket: this.config.bucket }, 'file buckets were missing: created them again'))
+      .catch((err) => this.log.warn({ err }, 'creating the file buckets again failed'))
+      .finally(() => {
+        this.recreating = undefined;
+      });
+    return this.recreating;
   }
 
   get stream(): string {
@@ -405,6 +427,13 @@ function fileFromMetadata(fileId: string, size: number, m: Record<string, string
     url: fileUrl(fileId),
     created_at: m.created_at ?? '',
   };
+}
+
+/** The error says a stream is missing (API error 10059, or a publish nobody stores: no responders). */
+export function isMissingStream(err: unknown): boolean {
+  if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound) return true;
+  const text = `${(err as Error)?.message ?? ''} ${((err as { cause?: Error })?.cause?.message) ?? ''}`;
+  return /stream not found|no responders/i.test(text);
 }
 
 export const fileUrl = (fileId: string): string => `/api/v1/websocket/files/${fileId}`;

@@ -161,6 +161,34 @@ describe('buckets', () => {
   });
 });
 
+describe('missing buckets', () => {
+  it('are created again when an operator deleted them: requests answer 503 until then', async () => {
+    const other = await startTestNats();
+    const s = await startTestSidecar(other.url);
+    try {
+      const token = await s.token('hank');
+      const { connect } = await import('@nats-io/transport-node');
+      const c = await connect({ servers: other.url });
+      const jsm = await jetstreamManager(c);
+      for (const name of ['OBJ_WS_FILES', 'KV_WS_FILES_UPLOADS', 'KV_WS_FILES_INDEX']) await jsm.streams.delete(name);
+      const post = () =>
+        fetch(`${s.httpUrl}${BASE}/projects/p1/files`, { method: 'POST', headers: { Authorization: `Bearer ${token}` }, body: 'again' }).then((r) => r.status);
+      const first = await post();
+      expect([201, 503]).toContain(first);
+      await waitFor(async () => (await post()) === 201, 10_000, 'upload accepted again');
+      const create = await fetch(`${s.httpUrl}${BASE}/uploads`, {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${token}`, 'Tus-Resumable': '1.0.0', 'Upload-Length': '5', 'Upload-Metadata': `project_id ${b64('p1')}` },
+      });
+      expect(create.status).toBe(201);
+      await c.close();
+    } finally {
+      await s.stop();
+      await other.cleanup();
+    }
+  });
+});
+
 describe('stored chunks that do not follow on', () => {
   it('are deleted when the upload is next read; the offset is where the contiguous bytes end', async () => {
     const create = await fetch(url(`${BASE}/uploads`), {
