@@ -312,12 +312,21 @@ export class FileStore {
       headers_only: headersOnly,
     });
     const iter = await consumer.consume({ max_bytes: READ_AHEAD_BYTES });
+    // A read does not wait for NATS to come back: the reader is told at once.
+    let lost = false;
+    const onLost = () => {
+      lost = true;
+      iter.stop();
+    };
+    this.lossListeners.add(onLost);
     try {
       for await (const m of iter) {
         yield m;
         if (m.seq >= last.seq) return;
       }
+      throw new Error(lost ? 'the connection to NATS was lost' : 'the chunks ended early');
     } finally {
+      this.lossListeners.delete(onLost);
       await iter.close().catch(() => {});
     }
   }

@@ -91,6 +91,20 @@ function integerHeader(ctx: Context, name: string): number | undefined {
 
 const httpDate = (ms: number): string => new Date(ms).toUTCString();
 
+/**
+ * A download that fails after its headers went (NATS gone mid-file) is logged here and its
+ * connection closed, so the client sees a broken transfer, not a short one; the error does not
+ * reach Koa, which would print it to stderr.
+ */
+async function* interruptible(source: AsyncGenerator<Uint8Array>, ctx: Context, log: Logger, fileId: string): AsyncGenerator<Uint8Array> {
+  try {
+    yield* source;
+  } catch (err) {
+    log.warn({ err, file: fileId }, 'download interrupted: file storage (NATS) failed');
+    ctx.res.destroy();
+  }
+}
+
 export function createFileRouter(deps: FileRouteDeps): Router<FileState> {
   const { files } = deps;
   const router = new Router<FileState>();
@@ -215,7 +229,7 @@ export function createFileRouter(deps: FileRouteDeps): Router<FileState> {
       if (file.size === 0) ctx.body = Buffer.alloc(0);
       return;
     }
-    ctx.body = Readable.from(files.read(file, start, end), { objectMode: false, highWaterMark: 256 * 1024 });
+    ctx.body = Readable.from(interruptible(files.read(file, start, end), ctx, deps.log, file.file_id), { objectMode: false, highWaterMark: 256 * 1024 });
     ctx.length = end - start + 1;
   });
 

@@ -119,5 +119,21 @@ describe('resumable uploads', () => {
     expect(offsets.at(-1)).toBeGreaterThanOrEqual(4 * MB);
     const res = await fetch(`${s.httpUrl}${BASE}/files/${path.split('/').pop()}`, { headers: { Authorization: `Bearer ${token}` } });
     expect(await hashBody(res)).toEqual({ sha256: patternSha256(size), size });
+
+    // A download whose NATS goes away breaks off (the client sees an error, not a short file).
+    const download = await fetch(`${s.httpUrl}${BASE}/files/${path.split('/').pop()}`, { headers: { Authorization: `Bearer ${token}` } });
+    const reader = download.body!.getReader();
+    await reader.read();
+    await n.stop();
+    let received = 0;
+    const outcome = await (async () => {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) return 'ended';
+        received += value.length;
+      }
+    })().catch(() => 'broken');
+    expect(outcome).toBe('broken');
+    expect(received).toBeLessThan(size);
   });
 });
