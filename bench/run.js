@@ -341,12 +341,16 @@ const machine = [
 const elapsed = (now() - t0) / 1000;
 
 const out = [
-  table,
-  '',
-  `Ratios in parentheses: this target / NATS's WebSocket listener in the same run (median over runs); ` +
-    `for deliveries/s and connects/s higher is better, for latency (ratio of p99), memory, CPU and replay time lower is better. ` +
-    `"!" marks a cell with an issue listed in the notes.`,
-  ...(upload ? ['', upload.error ? `Upload: error: ${upload.error}` : uploadTable(upload)] : []),
+  ...(rows.length
+    ? [
+        table,
+        '',
+        `Ratios in parentheses: this target / NATS's WebSocket listener in the same run (median over runs); ` +
+          `for deliveries/s and connects/s higher is better, for latency (ratio of p99), memory, CPU and replay time lower is better. ` +
+          `"!" marks a cell with an issue listed in the notes.`,
+      ]
+    : []),
+  ...(upload ? [...(rows.length ? [''] : []), upload.error ? `Upload: error: ${upload.error}` : uploadTable(upload)] : []),
 ].join('\n');
 console.log(`\n${out}\n`);
 if (uniqueNotes.length) console.log(`Notes:\n${uniqueNotes.join('\n')}\n`);

@@ -24,10 +24,15 @@ import { Kvm, type KV } from '@nats-io/kv';
 import { Base64UrlPaddedCodec, Objm, setSha256Backend, type ObjectStore } from '@nats-io/obj';
 import type { Logger } from 'pino';
 
-/** Chunk size of objects we write (the Object Store default; below every server's max_payload). */
-export const CHUNK_SIZE = 128 * 1024;
+/**
+ * Largest chunk we write: 4x the Object Store default (128 KiB), for fewer messages and acks per
+ * byte; smaller when the server's max_payload is (chunks carry a header too).
+ */
+const MAX_CHUNK_SIZE = 512 * 1024;
+/** A Range starting this deep first finds its chunk from headers only. */
+const SEEK_FROM = 4 * 1024 * 1024;
 /** Chunks published and not yet acknowledged, per write: enough to keep a NATS link busy. */
-const WINDOW = 32;
+const WINDOW = 16;
 export const OFFSET_HEADER = 'Ws-Upload-Offset';
 /** Reads pull at most this much ahead of the HTTP response. */
 const READ_AHEAD_BYTES = 2 * 1024 * 1024;
@@ -83,6 +88,8 @@ export interface ChunkState {
 export class FileStore {
   /** Called at the next disconnect from NATS: writes waiting for acks fail then, not after their timeout. */
   private readonly lossListeners = new Set<() => void>();
+  /** Bytes per chunk message (from the server's max_payload). */
+  chunkSize = MAX_CHUNK_SIZE;
   /** Whether the NATS connection is up (as its status events last said). */
   connected = true;
 
@@ -121,6 +128,7 @@ export class FileStore {
     setSha256Backend('native');
     const { objects, uploads, index } = await FileStore.buckets(js, config);
     const store = new FileStore(config, js, jsm, objects, uploads, index, log);
+    store.chunkSize = Math.max(16 * 1024, Math.min(MAX_CHUNK_SIZE, (nc.info?.max_payload ?? MAX_CHUNK_SIZE) - 4096));
     void store.watch(nc);
     return store;
   }
@@ -167,7 +175,7 @@ export class FileStore {
 
   /** A writer appending to `id`'s chunks from `state` on. */
   writer(id: string, state: ChunkState): ChunkWriter {
-    return new ChunkWriter(this.js, this.chunkSubject(id), state, this.config.timeout, this.lossListeners);
+    return new ChunkWriter(this.js, this.chunkSubject(id), state, this.config.timeout, this.lossListeners, this.chunkSize);
   }
 
   /**
@@ -186,7 +194,7 @@ export class FileStore {
       mtime: new Date().toISOString(),
       digest: `SHA-256=${Base64UrlPaddedCodec.encode(digest)}`,
       deleted: false,
-      options: { max_chunk_size: CHUNK_SIZE },
+      options: { max_chunk_size: this.chunkSize },
       metadata: fileMetadata(file),
     };
     const h = natsHeaders();
@@ -278,7 +286,7 @@ export class FileStore {
     if (end < start) return;
     let fromSeq = 1;
     let position = 0;
-    if (start >= CHUNK_SIZE * 8) {
+    if (start >= SEEK_FROM) {
       for await (const m of this.messages(fileId, 1, true)) {
         const offset = Number(m.headers?.get(OFFSET_HEADER));
         const size = Number(m.headers?.get('Nats-Msg-Size'));
@@ -333,7 +341,7 @@ export class FileStore {
 }
 
 /**
- * Appends chunks to one chunk subject: bytes are cut into CHUNK_SIZE pieces, each published with its
+ * Appends chunks to one chunk subject: bytes are cut into `chunkSize` pieces, each published with its
  * offset, up to WINDOW unacknowledged at once (a write waits for room: the request body is read no
  * faster than NATS stores it). The state advances as chunks are published; after a failed write it
  * is not to be trusted (a chunk may or may not have landed) and must be rebuilt from the stream.
@@ -350,15 +358,16 @@ export class ChunkWriter {
     readonly state: ChunkState,
     private readonly timeout: number,
     private readonly lossListeners: Set<() => void>,
+    private readonly chunkSize: number,
   ) {}
 
   async write(data: Buffer): Promise<void> {
     this.parts.push(data);
     this.buffered += data.length;
-    while (this.buffered >= CHUNK_SIZE) {
+    while (this.buffered >= this.chunkSize) {
       const all = this.parts.length === 1 ? this.parts[0] : Buffer.concat(this.parts, this.buffered);
-      await this.publish(all.subarray(0, CHUNK_SIZE));
-      const rest = all.subarray(CHUNK_SIZE);
+      await this.publish(all.subarray(0, this.chunkSize));
+      const rest = all.subarray(this.chunkSize);
       this.parts = rest.length ? [rest] : [];
       this.buffered = rest.length;
     }
