@@ -19,6 +19,10 @@ export const ClientErrorCode = {
   ListenerError: 'listener_error',
   /** The WebSocket could not be created (bad URL, no WebSocket implementation). */
   TransportError: 'transport_error',
+  /** A file upload was refused, or kept failing through every retry. */
+  UploadFailed: 'upload_failed',
+  /** A file upload's `signal` aborted it. */
+  Aborted: 'aborted',
 } as const;
 export type ClientErrorCode = (typeof ClientErrorCode)[keyof typeof ClientErrorCode];
 
