@@ -18,6 +18,7 @@ import { createHttpServer, WS_PATH } from './http/server.js';
 import { createLogger } from './logger.js';
 import { NatsBroker } from './nats/broker.js';
 import { NatsClientEvents } from './nats/client-events.js';
+import { NatsLifecycle } from './nats/lifecycle.js';
 import { NatsPresence } from './nats/presence.js';
 import { ProjectAuthorizer } from './nats/project-authorizer.js';
 import { NatsServerNotFoundError, startEmbeddedNats, type EmbeddedNats } from './nats/embedded-server.js';
@@ -46,6 +47,8 @@ export class Sidecar {
     readonly metrics: SidecarMetrics,
     readonly presence: NatsPresence,
     readonly authorizer: ProjectAuthorizer,
+    /** Undefined with lifecycleEvents off. */
+    readonly lifecycle: NatsLifecycle | undefined,
   ) {}
 
   /** Start everything; resolves once the port is listening and the stream is ready. */
@@ -72,6 +75,7 @@ export class Sidecar {
     let fleet: Fleet | undefined;
     let metrics: SidecarMetrics | undefined;
     let presence: NatsPresence | undefined;
+    let lifecycle: NatsLifecycle | undefined;
     try {
       broker = await NatsBroker.connect(natsConfig, log.child({ component: 'nats' }), `nats-ws-sidecar ${instanceId}`);
       await broker.ensureStream();
@@ -86,6 +90,17 @@ export class Sidecar {
         log: log.child({ component: 'presence' }),
         publish: (topic, payload, msgId, aboutUser) => b.publish(topic, payload, msgId, aboutUser),
       });
+      if (config.lifecycleEvents) {
+        lifecycle = await NatsLifecycle.start({
+          nc: b.nc,
+          js: b.js,
+          jsm: b.jsm,
+          config,
+          instanceId,
+          log: log.child({ component: 'lifecycle' }),
+          presence,
+        });
+      }
       const authorizer = new ProjectAuthorizer(config, b.nc, instanceId, log.child({ component: 'authz' }));
       const clientEvents = new NatsClientEvents(b.nc, config.subjectPrefix, instanceId, config.clientEvents);
       const hub = new Hub({
@@ -97,6 +112,7 @@ export class Sidecar {
         presence,
         access: authorizer,
         clientEvents,
+        lifecycle,
       });
       metrics = new SidecarMetrics({ hub, broker, instanceId, startedAt });
       broker.setSink(metrics.timeDelivery((topic, event) => hub.publish(topic, event)));
@@ -137,10 +153,11 @@ export class Sidecar {
           ok();
         });
       });
-      sidecar = new Sidecar(config, instanceId, log, broker, hub, server, embedded, fleet, metrics, presence, authorizer);
+      sidecar = new Sidecar(config, instanceId, log, broker, hub, server, embedded, fleet, metrics, presence, authorizer, lifecycle);
       log.info({ url: sidecar.url, ws: sidecar.wsUrl }, 'nats-ws-sidecar listening');
       return sidecar;
     } catch (err) {
+      await lifecycle?.stop().catch(() => {});
       await presence?.stop().catch(() => {});
       fleet?.stop();
       metrics?.close();
@@ -184,6 +201,8 @@ export class Sidecar {
     const work = (async () => {
       if (this.config.drainDelay > 0) await new Promise((ok) => setTimeout(ok, this.config.drainDelay));
       await this.hub.close(CloseCode.GoingAway, 'server shutting down; reconnect to another instance');
+      // Their `disconnected` events go out while this instance is still a live member.
+      await this.lifecycle?.stop();
       // The closed connections' users leave (user_left where they were the last) before NATS goes.
       await this.presence.stop();
       this.authorizer.stop();

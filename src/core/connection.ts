@@ -247,6 +247,7 @@ export class Connection {
     }
     this.send(serverMessage(MessageType.AuthSuccess, { user_id: principal.userId, connection_id: this.id }));
     if (!refresh) {
+      this.hub.lifecycle.connected(this.id, principal.userId);
       for (const event of backlog) {
         this.hub.checkDuplicate(userTopic, event);
         this.userSub!.replayed(event);
@@ -426,6 +427,7 @@ export class Connection {
     if (this.state === 'closed') return;
     this.state = 'closed';
     this.hub.remove(this);
+    if (this.userId) this.hub.lifecycle.disconnected(this.id, this.userId, code, reason);
     this.hub.log.info(
       { conn: this.id, user: this.userId ?? undefined, code, reason: reason || undefined, in: this.messagesIn, out: this.messagesOut },
       'connection closed',

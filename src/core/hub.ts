@@ -16,6 +16,7 @@ import {
   type AuthPort,
   type BrokerPort,
   type ClientEventPort,
+  type LifecyclePort,
   type PresencePort,
   type ProjectAccessPort,
   type OutFrame,
@@ -73,6 +74,8 @@ export interface HubOptions {
   access?: ProjectAccessPort;
   /** Default: clients may send no events. */
   clientEvents?: ClientEventPort;
+  /** Default: no lifecycle events. */
+  lifecycle?: LifecyclePort;
 }
 
 const noPresence: PresencePort = { enter() {}, exit() {}, users: async () => [] };
@@ -82,6 +85,7 @@ const claimsAccess: ProjectAccessPort = {
     mayAccessProject(principal, projectId) ? { allowed: true } : { allowed: false, reason: "not in the token's projects claim" },
 };
 const noClientEvents: ClientEventPort = { allows: () => false, publish() {} };
+const noLifecycle: LifecyclePort = { connected() {}, disconnected() {}, subscribed() {}, unsubscribed() {} };
 
 export class Hub {
   readonly config: HubConfig;
@@ -92,6 +96,7 @@ export class Hub {
   readonly presence: PresencePort;
   readonly access: ProjectAccessPort;
   readonly clientEvents: ClientEventPort;
+  readonly lifecycle: LifecyclePort;
   readonly pacer: OutboundPacer;
   readonly stats: HubStats = {
     totalConnections: 0,
@@ -122,6 +127,7 @@ export class Hub {
     this.presence = options.presence ?? noPresence;
     this.access = options.access ?? claimsAccess;
     this.clientEvents = options.clientEvents ?? noClientEvents;
+    this.lifecycle = options.lifecycle ?? noLifecycle;
     const leaseInterval = 250;
     this.pacer = new OutboundPacer({ leaseInterval, idleTimeout: 30_000 });
     const c = this.config;
@@ -196,7 +202,10 @@ export class Hub {
     const sub = new Subscription(conn, topic, since);
     conn.subscriptions.add(sub);
     if (addMember(this.rooms, topic, sub)) this.broker.setInterest(topic, true);
-    if (conn.userId && topic.startsWith('project.')) this.presence.enter(topic.slice(8), conn.userId);
+    if (conn.userId && topic.startsWith('project.')) {
+      this.presence.enter(topic.slice(8), conn.userId);
+      this.lifecycle.subscribed(conn.id, conn.userId, topic.slice(8));
+    }
     return sub;
   }
 
@@ -205,7 +214,10 @@ export class Hub {
     if (!sub) return false;
     conn.subscriptions.delete(topic);
     if (removeMember(this.rooms, topic, sub)) this.broker.setInterest(topic, false);
-    if (conn.userId && topic.startsWith('project.')) this.presence.exit(topic.slice(8), conn.userId);
+    if (conn.userId && topic.startsWith('project.')) {
+      this.presence.exit(topic.slice(8), conn.userId);
+      this.lifecycle.unsubscribed(conn.id, conn.userId, topic.slice(8));
+    }
     return true;
   }
 
