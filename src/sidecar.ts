@@ -24,6 +24,7 @@ import { ProjectAuthorizer } from './nats/project-authorizer.js';
 import { NatsServerNotFoundError, startEmbeddedNats, type EmbeddedNats } from './nats/embedded-server.js';
 import { Fleet } from './nats/fleet.js';
 import { createOperations } from './operations.js';
+import { spanPort, traceDelivery, tracedAuth, tracingEnabled } from './tracing.js';
 
 export interface SidecarOptions {
   logger?: Logger;
@@ -108,15 +109,17 @@ export class Sidecar {
         instanceId,
         log: log.child({ component: 'hub' }),
         broker,
-        auth: verifier,
+        auth: tracedAuth(verifier),
         presence,
         access: authorizer,
         clientEvents,
         lifecycle,
+        spans: spanPort(),
       });
       metrics = new SidecarMetrics({ hub, broker, instanceId, startedAt });
       broker.setSink(metrics.timeDelivery((topic, event) => hub.publish(topic, event)));
       broker.setLossSink((topic, afterSeq) => hub.historyLost(topic, afterSeq));
+      if (tracingEnabled()) broker.setTraceSink(traceDelivery);
       authorizer.listenForRevocations((userId, projectId) => hub.revoke(userId, projectId));
       // Broadcasts go to every connection: one permanent subscription.
       hub.broker.setInterest('broadcast', true);

@@ -17,6 +17,7 @@ import {
   type BrokerPort,
   type ClientEventPort,
   type LifecyclePort,
+  type SpanPort,
   type PresencePort,
   type ProjectAccessPort,
   type OutFrame,
@@ -76,6 +77,8 @@ export interface HubOptions {
   clientEvents?: ClientEventPort;
   /** Default: no lifecycle events. */
   lifecycle?: LifecyclePort;
+  /** Default: no spans (tracing off). */
+  spans?: SpanPort;
 }
 
 const noPresence: PresencePort = { enter() {}, exit() {}, users: async () => [] };
@@ -97,6 +100,7 @@ export class Hub {
   readonly access: ProjectAccessPort;
   readonly clientEvents: ClientEventPort;
   readonly lifecycle: LifecyclePort;
+  readonly spans: SpanPort | undefined;
   readonly pacer: OutboundPacer;
   readonly stats: HubStats = {
     totalConnections: 0,
@@ -128,6 +132,7 @@ export class Hub {
     this.access = options.access ?? claimsAccess;
     this.clientEvents = options.clientEvents ?? noClientEvents;
     this.lifecycle = options.lifecycle ?? noLifecycle;
+    this.spans = options.spans;
     const leaseInterval = 250;
     this.pacer = new OutboundPacer({ leaseInterval, idleTimeout: 30_000 });
     const c = this.config;

@@ -123,3 +123,8 @@ export interface LifecyclePort {
   subscribed(connectionId: string, userId: string, projectId: string): void;
   unsubscribed(connectionId: string, userId: string, projectId: string): void;
 }
+
+/** Spans around client requests (tracing.ts); the hub has none unless tracing is on. */
+export interface SpanPort {
+  run<T>(name: string, attributes: Record<string, string | number | boolean>, fn: () => T | Promise<T>): Promise<T>;
+}

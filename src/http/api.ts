@@ -11,6 +11,7 @@ import type { NatsBroker } from '../nats/broker.js';
 import { createAdminRouter, type AdminDeps } from './admin-routes.js';
 import { createDashboardRouter } from './dashboard.js';
 import type { SidecarMetrics } from './metrics.js';
+import { httpSpans } from '../tracing.js';
 
 export interface ApiDeps extends AdminDeps {
   hub: Hub;
@@ -25,6 +26,7 @@ export interface ApiDeps extends AdminDeps {
 export function createApi(deps: ApiDeps): Koa {
   const app = new Koa();
   const router = new Router();
+  app.use(httpSpans());
 
   // One error path: nothing internal (stack, message of an unexpected error) reaches a client.
   app.use(async (ctx, next) => {

@@ -13,6 +13,7 @@ import { AuthError } from '../errors.js';
 import type { Connection } from '../core/connection.js';
 import type { Hub } from '../core/hub.js';
 import { CloseCode, MessageType, serverMessage } from '../protocol.js';
+import { traced, tracingEnabled } from '../tracing.js';
 import { WsTransport } from './ws-transport.js';
 
 export const WS_PATH = '/ws/connect';
@@ -69,7 +70,7 @@ function onError(this: WebSocket, err: Error): void {
  * A new WebSocket joins the hub. Outside `upgrade` on purpose: the listeners below live as long as
  * the socket, and closures made in `upgrade` would keep its request, URL and token with them.
  */
-function attach(hub: Hub, ws: WebSocket, socket: Duplex, remote: string, principal: Principal | undefined): void {
+function attach(hub: Hub, ws: WebSocket, socket: Duplex, remote: string, principal: Principal | undefined): Promise<void> | undefined {
   const conn = hub.connect(new WsTransport(ws, socket), remote);
   (ws as SocketWithConnection)[CONNECTION] = conn;
   ws.on('message', onMessage);
@@ -77,13 +78,13 @@ function attach(hub: Hub, ws: WebSocket, socket: Duplex, remote: string, princip
   ws.on('close', onClose);
   ws.on('error', onError);
   if (principal) {
-    conn.authenticate(principal).catch((err) => {
+    return conn.authenticate(principal).catch((err) => {
       conn.log.error({ err }, 'authentication setup failed');
       conn.close(CloseCode.InternalError, 'internal error');
     });
-  } else {
-    conn.send(serverMessage(MessageType.AuthRequired, { message: 'send {"type":"auth","data":{"token":"<JWT>"}}' }));
   }
+  conn.send(serverMessage(MessageType.AuthRequired, { message: 'send {"type":"auth","data":{"token":"<JWT>"}}' }));
+  return undefined;
 }
 
 export function createHttpServer(options: HttpServerOptions): Server {
@@ -111,13 +112,16 @@ export function createHttpServer(options: HttpServerOptions): Server {
     // A shared listener, not a closure: a closure here would keep this request (headers, URL,
     // token) alive for as long as the socket lives (memory per idle connection).
     socket.on('error', destroySocket);
-    void upgrade(req, socket, head);
+    if (tracingEnabled()) void traced('ws.connect', (span) => upgrade(req, socket, head, span));
+    else void upgrade(req, socket, head);
   });
 
-  async function upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+  /** `span` (tracing on): ws.connect, which lasts until the handshake token's auth_success. */
+  async function upgrade(req: IncomingMessage, socket: Duplex, head: Buffer, span?: { setAttribute(k: string, v: string | number): unknown }): Promise<void> {
     // `url` is masked by the logger's redaction (token query parameter), like the headers.
     const refused = (status: number, reason: string, message: string, detail?: Record<string, unknown>): void => {
       log.debug({ status, url: req.url, origin: req.headers.origin, ...detail }, `upgrade refused: ${message}`);
+      span?.setAttribute('http.response.status_code', status);
       refuse(socket, status, reason, message);
     };
     let url: URL;
@@ -149,7 +153,22 @@ export function createHttpServer(options: HttpServerOptions): Server {
     }
     if (socket.destroyed) return;
     const remote = (req.socket.remoteAddress ?? '') + (req.socket.remotePort ? `:${req.socket.remotePort}` : '');
-    wss.handleUpgrade(req, socket, head, (ws) => attach(hub, ws, socket, remote, principal));
+    if (!span) return void wss.handleUpgrade(req, socket, head, (ws) => attach(hub, ws, socket, remote, principal));
+    if (principal) span.setAttribute('enduser.id', principal.userId);
+    await new Promise<void>((ok) => {
+      // A handshake that ws refuses never calls back: the socket's close ends the span then.
+      const done = () => {
+        socket.off('close', done);
+        ok();
+      };
+      socket.once('close', done);
+      wss.handleUpgrade(req, socket, head, (ws) => {
+        const authenticated = attach(hub, ws, socket, remote, principal);
+        span.setAttribute('http.response.status_code', 101);
+        if (authenticated) void authenticated.finally(done);
+        else done();
+      });
+    });
   }
 
   return server;

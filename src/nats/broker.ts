@@ -122,6 +122,8 @@ export class NatsBroker implements BrokerPort {
   readonly inboxes: Inboxes;
   private sink: EventSink = () => {};
   private lossSink: LossSink = () => {};
+  /** Set with tracing on: a live event with a publisher's `traceparent` is delivered through it. */
+  private traceSink: ((topic: Topic, traceparent: string, deliver: () => void) => void) | undefined;
   private readonly topics = new Map<Topic, LiveTopic>();
   private repairsRunning = 0;
   private readonly repairsWaiting: (() => void)[] = [];
@@ -360,7 +362,15 @@ export class NatsBroker implements BrokerPort {
     }
     t.last = seq;
     const event = this.toEvent(t.projectId, seq, msg.data, h, h.get('Nats-Time-Stamp') || undefined);
-    if (event) this.sink(t.topic, event);
+    if (!event) return;
+    const traceparent = this.traceSink !== undefined ? h.get('traceparent') : '';
+    if (traceparent) this.traceSink!(t.topic, traceparent, () => this.sink(t.topic, event));
+    else this.sink(t.topic, event);
+  }
+
+  /** With tracing on: deliveries of events that carry a `traceparent` header go through `sink`. */
+  setTraceSink(sink: (topic: Topic, traceparent: string, deliver: () => void) => void): void {
+    this.traceSink = sink;
   }
 
   /**
