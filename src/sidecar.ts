@@ -116,7 +116,7 @@ export class Sidecar {
         lifecycle,
         spans: spanPort(),
       });
-      metrics = new SidecarMetrics({ hub, broker, instanceId, startedAt });
+      metrics = new SidecarMetrics({ hub, broker, instanceId, startedAt, presence, lifecycle });
       broker.setSink(metrics.timeDelivery((topic, event) => hub.publish(topic, event)));
       broker.setLossSink((topic, afterSeq) => hub.historyLost(topic, afterSeq));
       if (tracingEnabled()) broker.setTraceSink(traceDelivery);
