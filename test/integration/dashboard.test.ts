@@ -9,6 +9,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import http from 'node:http';
+import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
@@ -231,6 +232,41 @@ describe.skipIf(!CHROMIUM)(
         await page.screenshot({ path: path.join(process.env.DASHBOARD_SCREENSHOT_DIR, 'dashboard.png'), fullPage: true });
       }
       expect(problems).toEqual([]);
+    });
+
+    it("charts the fleet's rates over the last minutes, shows each instance's host and process, and lists a project's files", async () => {
+      const tester = await subscribedClient('charter', 'beta');
+      const { page, problems } = await open(`#token=${admin}`);
+      await page.locator('#auth-status.ok').waitFor();
+      // Traffic for the charts: pings answered with pongs move frames in and out.
+      for (let i = 0; i < 5; i++) tester.send({ type: 'ping', data: {} });
+      await tester.waitForMessages(5, (m) => m.type === 'pong');
+      // Rates need two polls; then every chart has a line with a point per poll.
+      for (const key of ['out', 'in', 'routed', 'errors', 'connections']) {
+        await page.waitForFunction((id) => (document.querySelector(`#${id} polyline`)?.getAttribute('points') ?? '').split(' ').length >= 2, `ch-${key}`);
+      }
+      expect(await text(page, '#ch-out .chart-from')).toBe('5 min ago');
+      expect(await text(page, '#ch-connections .chart-max')).toMatch(/^max \d+ · now \d+$/);
+
+      const row = page.locator('#instances tbody tr', { hasText: side.sidecar.instanceId });
+      await row.waitFor();
+      expect((await row.locator('td').allTextContents())[1]).toBe(`${os.hostname()} · ${process.pid}`);
+      expect(await text(page, '#instances-note')).toMatch(/^1 on 1 host$/);
+
+      // Files: the table when the sidecar has the files API, a placeholder when it has not.
+      const listed = await api(side.httpUrl, 'GET', '/api/v1/websocket/projects/beta/files', { token: admin });
+      await page.fill('#files-project', 'beta');
+      await page.click('#files-form button[type=submit]');
+      if (listed.status === 404) {
+        await page.locator('#files-status', { hasText: 'Files are not available on this sidecar' }).waitFor();
+      } else {
+        expect(listed.status).toBe(200);
+        const files: unknown[] = Array.isArray(listed.body) ? listed.body : listed.body.files;
+        await page.locator('#files-status', { hasText: files.length ? `${files.length} file` : 'no files in beta' }).waitFor();
+        expect(await page.locator('#files-table tbody tr').count()).toBe(files.length);
+      }
+      // Chromium reports the files API's 404 itself; the page answered it with its placeholder.
+      expect(problems.filter((p) => !(listed.status === 404 && /status of 404/.test(p)))).toEqual([]);
     });
 
     it('reports a token without the admin role, or a bad one, as refused and opens no socket', async () => {
