@@ -243,7 +243,8 @@ describe.skipIf(!CHROMIUM)(
       await tester.waitForMessages(5, (m) => m.type === 'pong');
       // Rates need two polls; then every chart has a line with a point per poll.
       for (const key of ['out', 'in', 'routed', 'errors', 'connections']) {
-        await page.waitForFunction((id) => (document.querySelector(`#${id} polyline`)?.getAttribute('points') ?? '').split(' ').length >= 2, `ch-${key}`);
+        // A space in `points` separates two of them.
+        await page.locator(`#ch-${key} polyline[points*=" "]`).waitFor({ state: 'attached' });
       }
       expect(await text(page, '#ch-out .chart-from')).toBe('5 min ago');
       expect(await text(page, '#ch-connections .chart-max')).toMatch(/^max \d+ · now \d+$/);
