@@ -74,6 +74,8 @@ const MAX_PENDING = 100_000;
 const SWEEP_PARALLEL = 64;
 const NANOS_PER_MS = 1_000_000;
 const DUPLICATE_WINDOW_MS = 2 * 60_000;
+/** How long a stop waits for queued events; what is left is announced by the fleet (instance_lost). */
+const STOP_WAIT_MS = 2_000;
 
 interface Rec {
   readonly userId: string;
@@ -88,7 +90,14 @@ interface Rec {
   lost: boolean;
 }
 
-const isNoStream = (err: unknown): boolean => /no responders|stream not found|503/i.test((err as Error)?.message ?? '');
+/** A publish nobody stored, or a stream that is gone: the storage needs creating again. */
+function isNoStream(err: unknown): boolean {
+  // nats.js wraps "no responders" as `JetStreamNotEnabled` with the original as its cause.
+  for (let e = err as Error | undefined, depth = 0; e && depth < 5; e = e.cause as Error | undefined, depth++) {
+    if (/no responders|stream not found|jetstream is not enabled|503/i.test(e.message ?? '')) return true;
+  }
+  return false;
+}
 
 export class NatsLifecycle implements LifecyclePort {
   readonly stats: LifecycleStats = { published: 0, lost: 0, dropped: 0, failures: 0, pending: 0 };
@@ -96,6 +105,8 @@ export class NatsLifecycle implements LifecyclePort {
   private inFlight = 0;
   private readonly waiting: (() => void)[] = [];
   private stopped = false;
+  /** Set when a stop gave up waiting: retries end, the records left behind are the fleet's to sweep. */
+  private abandoned = false;
   private markerMember = '';
   private readonly drainWaiters: (() => void)[] = [];
 
@@ -105,8 +116,7 @@ export class NatsLifecycle implements LifecyclePort {
   ) {}
 
   static async start(options: LifecycleOptions): Promise<NatsLifecycle> {
-    await ensureLifecycleStream(options.jsm, options.config, options.log);
-    const kv = await new Kvm(options.js).create(options.config.lifecycleBucket, { history: 1, replicas: options.config.streamReplicas });
+    const kv = await ensureStorage(options);
     const lifecycle = new NatsLifecycle(options, kv);
     await lifecycle.writeMarker(options.presence.member);
     options.presence.addSweeper((alive, isDead) => lifecycle.sweep(alive, isDead));
@@ -186,11 +196,25 @@ export class NatsLifecycle implements LifecyclePort {
     return new Promise((ok) => this.drainWaiters.push(ok));
   }
 
-  /** After the hub closed its connections: publish their `disconnected`, then remove the marker. */
+  /**
+   * After the hub closed its connections: publish their `disconnected`, then remove the marker.
+   * With NATS away this gives up after STOP_WAIT_MS: the records of what was not announced stay,
+   * and the fleet announces those connections (instance_lost) once this instance's heartbeat is gone.
+   */
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    await this.settled();
+    let timer: NodeJS.Timeout | undefined;
+    const waited = await Promise.race([
+      this.settled().then(() => true),
+      new Promise<boolean>((ok) => (timer = setTimeout(() => ok(false), STOP_WAIT_MS))),
+    ]);
+    clearTimeout(timer);
+    if (!waited) {
+      this.abandoned = true;
+      this.log.warn({ pending: this.stats.pending }, 'lifecycle events not stored before shutdown: the fleet will announce those connections');
+      return;
+    }
     if (this.records.size === 0 && !this.options.nc.isClosed()) await this.purgeMarker(this.markerMember).catch(() => {});
   }
 
@@ -211,11 +235,16 @@ export class NatsLifecycle implements LifecyclePort {
           return;
         } catch (err) {
           this.stats.failures += 1;
-          if (this.options.nc.isClosed()) {
+          if (this.options.nc.isClosed() || this.abandoned) {
             this.log.error({ err }, 'NATS closed: a lifecycle event was not published');
             return;
           }
-          if (isNoStream(err)) await ensureLifecycleStream(this.options.jsm, this.options.config, this.log).catch(() => {});
+          // NATS lost its store, or an operator deleted the stream or bucket: create them again.
+          if (isNoStream(err)) {
+            await ensureStorage(this.options)
+              .then(() => this.writeMarker(this.markerMember))
+              .catch((e: unknown) => this.log.warn({ err: e }, 'could not create the lifecycle stream or bucket; retrying'));
+          }
           if (attempt === 1 || attempt % 10 === 0) this.log.warn({ err, attempt }, 'lifecycle event not published yet; retrying');
           await new Promise((r) => setTimeout(r, Math.min(5000, 100 * 2 ** Math.min(attempt, 6))));
         }
@@ -259,7 +288,15 @@ export class NatsLifecycle implements LifecyclePort {
    */
   async sweep(alive: ReadonlySet<string>, isDead: (member: string) => Promise<boolean>): Promise<void> {
     const prefix = `$KV.${this.options.config.lifecycleBucket}.`;
-    const { state } = await this.options.jsm.streams.info(this.bucketStream, { subjects_filter: `${prefix}*.*` });
+    const info = await this.options.jsm.streams.info(this.bucketStream, { subjects_filter: `${prefix}*.*` }).catch(async (err: unknown) => {
+      if (!isNoStream(err)) throw err;
+      // The bucket is gone (NATS lost its store, or an operator): nothing to sweep; create it again.
+      await ensureStorage(this.options);
+      await this.writeMarker(this.markerMember);
+      return undefined;
+    });
+    if (!info) return;
+    const { state } = info;
     const members = Object.keys(state.subjects ?? {}).map((s) => s.slice(prefix.length));
     for (const member of members) {
       if (alive.has(member) || member === this.options.presence.member) continue;
@@ -330,6 +367,12 @@ export class NatsLifecycle implements LifecyclePort {
     }
     await this.purgeMarker(expired).catch(() => {});
   }
+}
+
+/** The lifecycle stream and the connection records' bucket, created if missing. */
+async function ensureStorage(options: LifecycleOptions): Promise<KV> {
+  await ensureLifecycleStream(options.jsm, options.config, options.log);
+  return new Kvm(options.js).create(options.config.lifecycleBucket, { history: 1, replicas: options.config.streamReplicas });
 }
 
 /** The lifecycle stream's configuration, from config. */

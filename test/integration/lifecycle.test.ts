@@ -137,3 +137,30 @@ async function jetstreamPublish(nc: Awaited<ReturnType<typeof connect>>, subject
   const { jetstream } = await import('@nats-io/jetstream');
   await jetstream(nc).publish(subject, JSON.stringify(body));
 }
+
+describe('lifecycle storage that disappears', () => {
+  it('creates the stream and the records bucket again when an operator deleted them, and announces new connections there', async () => {
+    const nc = await connect({ servers: nats.url });
+    try {
+      const jsm = await jetstreamManager(nc);
+      await jsm.streams.delete('WS_LIFECYCLE');
+      await jsm.streams.delete('KV_WS_CONNECTIONS');
+      const { c, id } = await open('lc-dave');
+      await sc.sidecar.lifecycle!.settled();
+      const again = await tailLifecycle(nats.url);
+      try {
+        await again.waitFor(() => again.of(id).some((e) => e.type === 'connected'));
+        c.close();
+        await again.waitFor(() => again.of(id).some((e) => e.type === 'disconnected'));
+        expect(again.of(id).map((e) => e.type)).toEqual(['connected', 'disconnected']);
+        // The instance's marker is back, so the fleet would find its records if it died.
+        const markers = Object.keys((await jsm.streams.info('KV_WS_CONNECTIONS', { subjects_filter: '$KV.WS_CONNECTIONS.*.*' })).state.subjects ?? {});
+        expect(markers).toContain(`$KV.WS_CONNECTIONS.${sc.sidecar.presence.member}`);
+      } finally {
+        await again.close();
+      }
+    } finally {
+      await nc.close();
+    }
+  });
+});
