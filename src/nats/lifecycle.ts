@@ -118,7 +118,18 @@ export class NatsLifecycle implements LifecyclePort {
   static async start(options: LifecycleOptions): Promise<NatsLifecycle> {
     const kv = await ensureStorage(options);
     const lifecycle = new NatsLifecycle(options, kv);
-    await lifecycle.writeMarker(options.presence.member);
+    // Seen under load with two instances starting at once: the first write right after the
+    // bucket's creation can find no stream yet. Look again before giving up.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await lifecycle.writeMarker(options.presence.member);
+        break;
+      } catch (err) {
+        if (!isNoStream(err) || attempt >= 5) throw err;
+        await new Promise((r) => setTimeout(r, 100 * attempt));
+        await ensureStorage(options);
+      }
+    }
     options.presence.addSweeper((alive, isDead) => lifecycle.sweep(alive, isDead));
     options.presence.onReregistered((expired, member) => lifecycle.moveTo(expired, member));
     return lifecycle;
