@@ -164,3 +164,33 @@ describe('lifecycle storage that disappears', () => {
     }
   });
 });
+
+describe('lifecycle events while NATS is away', () => {
+  it('announces a connection that closed while NATS was down once NATS is back, exactly once', async () => {
+    const n = await startTestNats();
+    const side = await startTestSidecar(n.url);
+    try {
+      const c = await connectClient(`${side.wsUrl}?token=${await side.token('lc-erin')}`);
+      const id = (await c.waitForMessage((m) => m.type === 'auth_success')).data.connection_id as string;
+      await side.sidecar.lifecycle!.settled();
+      await n.kill();
+      c.close(1000, 'closed while NATS was down');
+      await c.waitForClose();
+      await n.restart();
+      const t = await tailLifecycle(n.url);
+      try {
+        await t.waitFor(() => t.of(id).some((e) => e.type === 'disconnected'), 15_000);
+        await side.sidecar.lifecycle!.settled();
+        expect(t.of(id).map((e) => [e.type, e.data.reason])).toEqual([
+          ['connected', undefined],
+          ['disconnected', 'closed while NATS was down'],
+        ]);
+      } finally {
+        await t.close();
+      }
+    } finally {
+      await side.stop();
+      await n.cleanup();
+    }
+  });
+});
