@@ -228,12 +228,13 @@ export class Connection {
    * the connection's order: frames the client sends meanwhile are processed after auth_success.
    * Without one, the client is asked for an `auth` message.
    */
-  start(principal?: Principal): void {
+  start(principal?: Principal): Promise<void> | undefined {
     if (principal === undefined) {
       this.send(serverMessage(MessageType.AuthRequired, { message: 'send {"type":"auth","data":{"token":"<JWT>"}}' }));
-      return;
+      return undefined;
     }
-    this.inOrder(() => this.authenticate(principal));
+    // Settles when the authentication ran (the ws.connect span lasts until then).
+    return new Promise<void>((settled) => this.inOrder(() => this.authenticate(principal).finally(settled)));
   }
 
   /**
@@ -278,6 +279,7 @@ export class Connection {
     this.queue.splice(this.setupMark, 0, { text: success });
     this.queuedChars += success.length;
     this.setupMark = undefined;
+    this.hub.lifecycle.connected(this.id, principal.userId);
     if (!this.dirty) {
       this.dirty = true;
       this.hub.markDirty(this);
@@ -460,6 +462,7 @@ export class Connection {
     if (this.state === 'closed') return;
     this.state = 'closed';
     this.hub.remove(this);
+    if (this.userId) this.hub.lifecycle.disconnected(this.id, this.userId, code, reason);
     this.hub.log.info(
       { conn: this.id, user: this.userId ?? undefined, code, reason: reason || undefined, in: this.messagesIn, out: this.messagesOut },
       'connection closed',

@@ -177,6 +177,8 @@ export class NatsBroker implements BrokerPort {
   /** One stream check at a time; callers that come meanwhile share it. */
   private checking: Promise<void> | undefined;
   private checkTimer: NodeJS.Timeout | undefined;
+  /** Set with tracing on: a live event with a publisher's `traceparent` is delivered through it. */
+  private traceSink: ((topic: Topic, traceparent: string, deliver: () => void) => void) | undefined;
   private readonly topics = new Map<Topic, LiveTopic>();
   private repairsRunning = 0;
   private readonly repairsWaiting: (() => void)[] = [];
@@ -535,7 +537,15 @@ export class NatsBroker implements BrokerPort {
     }
     t.last = seq;
     const event = this.toEvent(t.projectId, seq, msg.data, h, h.get('Nats-Time-Stamp') || undefined);
-    if (event) this.sink(t.topic, event);
+    if (!event) return;
+    const traceparent = this.traceSink !== undefined ? h.get('traceparent') : '';
+    if (traceparent) this.traceSink!(t.topic, traceparent, () => this.sink(t.topic, event));
+    else this.sink(t.topic, event);
+  }
+
+  /** With tracing on: deliveries of events that carry a `traceparent` header go through `sink`. */
+  setTraceSink(sink: (topic: Topic, traceparent: string, deliver: () => void) => void): void {
+    this.traceSink = sink;
   }
 
   /**
