@@ -1,0 +1,270 @@
+/**
+ * What the chaos scenario runs on: one nats-server, sidecar processes that reach it through their
+ * own TCP proxy (so one instance's link can be black-holed), apps on the client SDK whose sockets
+ * can be dropped, and the faults of a schedule step, each applied, lifted, and followed by a wait
+ * until every instance answers GET /readyz 200 again.
+ */
+import { readdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import WebSocket from 'ws';
+import type { Client } from '../../../src/client/index.js';
+import type { TestNats } from '../../helpers/nats.js';
+import { sdkClient } from './apps.js';
+import type { ChaosStep, ClientFault, FaultKind, InfraFault } from './chaos-schedule.js';
+import { startChildSidecar, type ChildSidecar, type SidecarEnv } from './child-sidecar.js';
+import type { DeliveryLedger, StreamKey } from './ledger.js';
+import { startTcpProxy, type TcpProxy } from './tcp-proxy.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** One sidecar instance: a fixed port (apps keep its URL across restarts) and its NATS proxy. */
+export interface Instance {
+  readonly index: number;
+  readonly port: number;
+  readonly proxy: TcpProxy;
+  child: ChildSidecar | undefined;
+  /** Exits we did not cause (a crash), with the last log lines. */
+  crashes: string[];
+  restarts: number;
+}
+
+export interface ChaosApp {
+  readonly index: number;
+  readonly name: string;
+  readonly client: Client;
+  readonly streams: StreamKey[];
+  offline: boolean;
+  /** Drops the app's socket without a close frame (the SDK sees 1006 and reconnects). */
+  drop(): number;
+}
+
+/** How long after a fault was lifted each instance answered /readyz 200, and how long a black hole went unnoticed. */
+export interface FaultRecord {
+  step: number;
+  kind: FaultKind;
+  description: string;
+  startedAtMs: number;
+  /** ms from lifting the fault until every instance was ready. */
+  readyMs?: number;
+  /** Black holes: ms until a black-holed instance first answered /readyz 503 (undefined: never during the hold). */
+  noticedMs?: (number | undefined)[];
+  holdMs?: number;
+}
+
+export class ChaosRig {
+  readonly instances: Instance[] = [];
+  readonly apps: ChaosApp[] = [];
+  readonly faults: FaultRecord[] = [];
+  readonly counts = { client_drops: 0, sockets_dropped: 0, offline_cycles: 0, sidecar_restarts: 0, nats_restarts: 0, nats_wipes: 0, blackholes: 0 };
+  private readonly t0 = Date.now();
+  private stopping = false;
+  /** Children the rig killed itself: their exit is not a crash. */
+  private readonly killed = new WeakSet<ChildSidecar>();
+
+  constructor(
+    readonly nats: TestNats,
+    readonly ledger: DeliveryLedger,
+    private readonly env: SidecarEnv,
+    private readonly readyBoundMs: number,
+    /** Prefixed to every error (the seed and how to replay it). */
+    private readonly tag: string,
+  ) {}
+
+  elapsed(): number {
+    return Date.now() - this.t0;
+  }
+
+  async addInstance(port: number): Promise<Instance> {
+    const proxy = await startTcpProxy({ port: this.nats.port });
+    const inst: Instance = { index: this.instances.length, port, proxy, child: undefined, crashes: [], restarts: 0 };
+    this.instances.push(inst);
+    await this.startInstance(inst);
+    return inst;
+  }
+
+  wsUrl(inst: Instance): string {
+    return `ws://127.0.0.1:${inst.port}/ws/connect`;
+  }
+
+  private async startInstance(inst: Instance): Promise<void> {
+    const child = await startChildSidecar(inst.proxy.url, { ...this.env, PORT: inst.port });
+    inst.child = child;
+    void child.exited.then(({ code, signal }) => {
+      if (!this.killed.has(child) && !this.stopping) inst.crashes.push(`exit ${code ?? signal}:\n${child.tail().split('\n').slice(-20).join('\n')}`);
+    });
+  }
+
+  /** An app on the SDK whose sockets the rig can drop, registered with the ledger. */
+  addApp(name: string, userId: string, projects: string[], direct: boolean, urls: string[]): ChaosApp {
+    const sockets = new Set<WebSocket>();
+    class TrackedWebSocket extends WebSocket {
+      constructor(url: string) {
+        super(url);
+        sockets.add(this);
+        this.once('close', () => sockets.delete(this));
+      }
+    }
+    const client = sdkClient(urls, userId, projects, { WebSocket: TrackedWebSocket as never });
+    const streams: StreamKey[] = projects.map((p) => `project:${p}`);
+    if (direct) streams.push(`user:${userId}`);
+    this.ledger.watch(name, client, streams);
+    const app: ChaosApp = {
+      index: this.apps.length,
+      name,
+      client,
+      streams,
+      offline: false,
+      drop() {
+        let n = 0;
+        for (const s of sockets) {
+          s.terminate();
+          n += 1;
+        }
+        return n;
+      },
+    };
+    this.apps.push(app);
+    return app;
+  }
+
+  /** GET /readyz of one instance: its status, or 0 when it does not answer. */
+  async readyz(inst: Instance): Promise<number> {
+    if (!inst.child?.alive) return 0;
+    try {
+      const res = await fetch(`${inst.child.httpUrl}/readyz`, { signal: AbortSignal.timeout(2_000) });
+      await res.body?.cancel();
+      return res.status;
+    } catch {
+      return 0;
+    }
+  }
+
+  /** Resolves with the ms it took every instance to answer /readyz 200; throws past the bound. */
+  async waitAllReady(what: string): Promise<number> {
+    const started = Date.now();
+    for (;;) {
+      const statuses = await Promise.all(this.instances.map((i) => this.readyz(i)));
+      if (statuses.every((s) => s === 200)) return Date.now() - started;
+      if (Date.now() - started > this.readyBoundMs) {
+        const tails = this.instances.map((i) => `--- instance ${i.index} (readyz ${statuses[i.index]}):\n${i.child?.tail().split('\n').slice(-15).join('\n')}`);
+        throw new Error(`${this.tag}: not ready within ${this.readyBoundMs} ms after ${what}: readyz ${statuses.join(', ')}\n${tails.join('\n')}`);
+      }
+      await sleep(100);
+    }
+  }
+
+  /** One step: the gap, the infra fault (applied and lifted) with the app fault alongside, then recovery. */
+  async runStep(step: ChaosStep, description: string): Promise<void> {
+    await sleep(step.gapMs);
+    const clientDone = step.client ? this.clientFault(step.client, step.index) : Promise.resolve();
+    if (step.infra) {
+      const rec: FaultRecord = { step: step.index, kind: step.infra.kind, description, startedAtMs: this.elapsed() };
+      this.faults.push(rec);
+      await this.infraFault(step.infra, rec);
+      rec.readyMs = await this.waitAllReady(`step ${description}`);
+    }
+    await clientDone;
+  }
+
+  private async infraFault(f: InfraFault, rec: FaultRecord): Promise<void> {
+    switch (f.kind) {
+      case 'sidecar-kill': {
+        const inst = this.instances[f.instance];
+        const child = inst.child!;
+        this.killed.add(child);
+        await child.kill9();
+        await sleep(f.downMs);
+        inst.restarts += 1;
+        this.counts.sidecar_restarts += 1;
+        await this.startInstance(inst);
+        return;
+      }
+      case 'nats-restart':
+        this.counts.nats_restarts += 1;
+        if (f.kill9) await this.nats.kill();
+        else await this.nats.stop();
+        await sleep(f.downMs);
+        await this.nats.restart(); // on the same port and store
+        return;
+      case 'nats-wipe':
+        this.counts.nats_wipes += 1;
+        this.ledger.storeLost();
+        await this.nats.kill();
+        await wipe(this.nats.storeDir);
+        await sleep(f.downMs);
+        await this.nats.restart(); // same port, empty store: the stream and buckets are gone
+        return;
+      case 'blackhole': {
+        this.counts.blackholes += 1;
+        const holed = f.instances.map((i) => this.instances[i]);
+        rec.holdMs = f.holdMs;
+        const started = Date.now();
+        for (const i of holed) i.proxy.blackhole();
+        // Watch for each black-holed instance to notice (readyz 503) while the hold lasts.
+        const noticed: (number | undefined)[] = holed.map(() => undefined);
+        while (Date.now() - started < f.holdMs) {
+          const statuses = await Promise.all(holed.map((i) => this.readyz(i)));
+          statuses.forEach((s, k) => {
+            if (s !== 200 && noticed[k] === undefined) noticed[k] = Date.now() - started;
+          });
+          await sleep(Math.min(250, Math.max(0, f.holdMs - (Date.now() - started))));
+        }
+        rec.noticedMs = noticed;
+        for (const i of holed) i.proxy.restore();
+        return;
+      }
+    }
+  }
+
+  private async clientFault(f: ClientFault, step: number): Promise<void> {
+    const apps = f.apps.map((i) => this.apps[i]).filter((a) => a && !a.offline);
+    if (f.kind === 'client-drop') {
+      this.counts.client_drops += 1;
+      for (const a of apps) this.counts.sockets_dropped += a.drop();
+      return;
+    }
+    this.counts.offline_cycles += apps.length;
+    await Promise.all(
+      apps.map(async (a) => {
+        a.offline = true;
+        await a.client.close();
+        await sleep(f.awayMs);
+        await this.reconnect(a, `coming back after step #${step}`);
+      }),
+    );
+  }
+
+  /** connect() with a bound: an app that cannot get back in is a failure, not a hang. */
+  async reconnect(a: ChaosApp, what: string): Promise<void> {
+    const bound = this.readyBoundMs * 2;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        a.client.connect(),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`${this.tag}: ${a.name} not connected within ${bound} ms (${what})`)), bound);
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+    a.offline = false;
+  }
+
+  /** Each instance's crashes, for the failure message. */
+  crashes(): string[] {
+    return this.instances.flatMap((i) => i.crashes.map((c) => `instance ${i.index}: ${c}`));
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    await Promise.all(this.instances.map((i) => i.child?.stop()));
+    await Promise.all(this.instances.map((i) => i.proxy.close()));
+  }
+}
+
+/** Empties a nats-server's store directory (what an ephemeral volume does on a pod restart). */
+async function wipe(storeDir: string): Promise<void> {
+  const entries = await readdir(storeDir).catch(() => [] as string[]);
+  await Promise.all(entries.map((e) => rm(path.join(storeDir, e), { recursive: true, force: true })));
+}
