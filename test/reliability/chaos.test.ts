@@ -9,8 +9,8 @@
  *
  * Replay a run: CHAOS_SEED=<seed printed at start and in every failure> (with the same
  * CHAOS_FAULTS and sizes). Env: CHAOS_SEED, CHAOS_FAULTS (comma list or `all`), CHAOS_STEPS,
- * CHAOS_DURATION_S (full runs), CHAOS_APPS, CHAOS_READY_BOUND_MS. RELIABILITY_LOG_DIR keeps the
- * sidecars' logs.
+ * CHAOS_DURATION_S (full runs), CHAOS_APPS, CHAOS_READY_BOUND_MS, CHAOS_LONG_HOLDS (share of black
+ * holes over 30 s). RELIABILITY_LOG_DIR keeps the sidecars' logs.
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import type { Publisher } from '../../src/publisher/index.js';
@@ -18,24 +18,15 @@ import { startTestNats, type TestNats } from '../helpers/nats.js';
 import { freePorts } from '../helpers/ports.js';
 import { closeAllApps, reliablePublisher, waitComplete } from './helpers/apps.js';
 import { ChaosRig } from './helpers/chaos-rig.js';
-import { ALL_FAULTS, chaosSeed, describeStep, drawSchedule, parseFaults, type ChaosTiming, type FaultKind } from './helpers/chaos-schedule.js';
+import { ALL_FAULTS, chaosSeed, DEFAULT_FAULTS, describeStep, drawSchedule, parseFaults, SHORT_SEED, SHORT_STEPS, type ChaosTiming } from './helpers/chaos-schedule.js';
 import { DeliveryLedger, type StreamKey } from './helpers/ledger.js';
 import { percentile, report } from './helpers/report.js';
 import { FULL, size } from './helpers/sizes.js';
 
-/**
- * Faults the sidecar survives today. `nats-wipe` (NATS restarted without its store) and
- * `blackhole` (a NATS link that stops answering) wait for the epoch / stream-recreation / stale-link
- * work of issue 13: enable them with CHAOS_FAULTS=all (or a list), then add them here.
- */
-const DEFAULT_FAULTS: readonly FaultKind[] = ['sidecar-kill', 'nats-restart', 'client-drop', 'app-offline'];
-/** The short run's seed (npm test): its 6 steps cover every default fault kind. */
-const SHORT_SEED = 1;
-
 const env = process.env;
 const SEED = chaosSeed(env.CHAOS_SEED, FULL ? undefined : SHORT_SEED);
 const FAULTS = env.CHAOS_FAULTS?.trim() === 'all' ? [...ALL_FAULTS] : parseFaults(env.CHAOS_FAULTS, DEFAULT_FAULTS);
-const STEPS = Number(env.CHAOS_STEPS ?? size(6, 10_000));
+const STEPS = Number(env.CHAOS_STEPS ?? size(SHORT_STEPS, 10_000));
 /** Full runs: steps until this much time has passed (then the run settles and checks). */
 const DURATION_MS = Number(env.CHAOS_DURATION_S ?? size(600, 300)) * 1000;
 const APPS = Number(env.CHAOS_APPS ?? size(6, 24));
@@ -48,9 +39,11 @@ const READY_BOUND_MS = Number(env.CHAOS_READY_BOUND_MS ?? 30_000);
 const BLACKHOLE_NOTICE_MS = 31_000;
 /** Short, so direct messages a killed instance held come back within the run (as in sidecar-kill). */
 const INBOX_ACK_WAIT_MS = 3000;
+/** The share of black holes longer than the 30 s the sidecar has to notice one (CHAOS_LONG_HOLDS, 0..1). */
+const LONG_HOLDS = Number(env.CHAOS_LONG_HOLDS ?? size(0, 0.4));
 const TIMING: ChaosTiming = FULL
-  ? { gapMs: [2000, 8000], downMs: [500, 5000], shortHoldMs: [3000, 15_000], longHoldMs: [32_000, 45_000], longHoldChance: 0.4, awayMs: [2000, 20_000] }
-  : { gapMs: [300, 1000], downMs: [200, 1000], shortHoldMs: [1000, 3000], longHoldMs: [32_000, 35_000], longHoldChance: 0, awayMs: [500, 2000] };
+  ? { gapMs: [2000, 8000], downMs: [500, 5000], shortHoldMs: [3000, 15_000], longHoldMs: [32_000, 45_000], longHoldChance: LONG_HOLDS, awayMs: [2000, 20_000] }
+  : { gapMs: [300, 1000], downMs: [200, 1000], shortHoldMs: [1000, 3000], longHoldMs: [32_000, 35_000], longHoldChance: LONG_HOLDS, awayMs: [500, 2000] };
 
 const REPLAY = `CHAOS_SEED=${SEED} CHAOS_FAULTS=${FAULTS.join(',')}${FULL ? ' npm run test:reliability -- test/reliability/chaos.test.ts' : ' npx vitest run test/reliability/chaos.test.ts'}`;
 const TAG = `chaos seed ${SEED} (replay: ${REPLAY})`;
@@ -96,10 +89,16 @@ describe('seeded chaos: sidecar kills, NATS restarts (with and without store), b
 
       // The publisher: one sequential loop per stream, so each stream's numbers are stored in order.
       let publishing = true;
+      const publishErrors: string[] = [];
       const loops = streams.map(async (key) => {
-        while (publishing) {
-          await ledger.publishNext(publisher, key);
-          await new Promise((res) => setTimeout(res, PUBLISH_INTERVAL_MS));
+        try {
+          while (publishing) {
+            await ledger.publishNext(publisher, key);
+            await new Promise((res) => setTimeout(res, PUBLISH_INTERVAL_MS));
+          }
+        } catch (err) {
+          // Not a PublishError (those are counted): reported below, or dropped once the run has failed.
+          if (publishing) publishErrors.push(`${key}: ${(err as Error).message}`);
         }
       });
 
@@ -158,6 +157,7 @@ describe('seeded chaos: sidecar kills, NATS restarts (with and without store), b
       });
 
       const why = `${TAG}\nsteps run:\n  ${done.join('\n  ')}`;
+      expect(publishErrors, `${why}\npublisher errors`).toEqual([]);
       expect(r.crashes(), `${why}\ninstances that exited on their own`).toEqual([]);
       expect(ledger.missing(), `${why}\nmissing deliveries`).toEqual([]);
       expect(complete && completeWithMarker, `${why}\nevery app got every confirmed event`).toBe(true);

@@ -184,7 +184,7 @@ export class DeliveryLedger {
         if (!(err instanceof PublishError)) throw err;
         if (Date.now() > deadline) {
           // After a store loss, until the stream exists again, JetStream has no one to answer.
-          const storeMissing = this.generation > 0 && /no responders|503|stream not found/i.test(String((err as Error).message));
+          const storeMissing = this.generation > 0 && /no responders|503|stream not found|jetstream is not enabled/i.test(String((err as Error).message));
           push(storeMissing ? this.notPublished : this.failed, key, n);
           return;
         }
