@@ -1,6 +1,6 @@
 /** The chaos schedule is a function of its seed and options, so a failing run can be replayed. */
 import { describe, expect, it } from 'vitest';
-import { ALL_FAULTS, chaosSeed, DEFAULT_FAULTS, describeStep, drawSchedule, parseFaults, prng, SHORT_SEED, SHORT_STEPS, type ChaosTiming, type FaultKind } from './helpers/chaos-schedule.js';
+import { ALL_FAULTS, chaosSeed, DEFAULT_FAULTS, describeStep, drawSchedule, parseFaults, prng, shortSeed, SHORT_STEPS, type ChaosTiming, type FaultKind } from './helpers/chaos-schedule.js';
 
 const timing: ChaosTiming = { gapMs: [300, 1000], downMs: [200, 1000], shortHoldMs: [1000, 3000], longHoldMs: [32_000, 35_000], longHoldChance: 0.5, awayMs: [500, 2000] };
 const base = { steps: 50, instances: 2, apps: 6, timing, faults: ALL_FAULTS };
@@ -28,10 +28,13 @@ describe('chaos schedule', () => {
     expect(holds.some((h) => h < 30_000)).toBe(true);
   });
 
-  it('covers every default fault kind, both instances and both NATS stops in the short run', () => {
-    const steps = drawSchedule({ ...base, seed: SHORT_SEED, steps: SHORT_STEPS, faults: DEFAULT_FAULTS });
+  it.each([
+    ['the default faults', DEFAULT_FAULTS],
+    ['every fault', ALL_FAULTS],
+  ])('covers every kind of %s, both instances and both NATS stops in the short run', (_, faults) => {
+    const steps = drawSchedule({ ...base, seed: shortSeed(faults), steps: SHORT_STEPS, faults });
     const kinds = new Set(steps.flatMap((s) => [s.infra?.kind, s.client?.kind]).filter(Boolean));
-    expect([...kinds].sort()).toEqual([...DEFAULT_FAULTS].sort());
+    expect([...kinds].sort()).toEqual([...faults].sort());
     const killed = new Set(steps.flatMap((s) => (s.infra?.kind === 'sidecar-kill' ? [s.infra.instance] : [])));
     expect(killed.size).toBe(2);
     const natsStops = new Set(steps.flatMap((s) => (s.infra?.kind === 'nats-restart' ? [s.infra.kill9] : [])));

@@ -10,7 +10,7 @@
  * Replay a run: CHAOS_SEED=<seed printed at start and in every failure> (with the same
  * CHAOS_FAULTS and sizes). Env: CHAOS_SEED, CHAOS_FAULTS (comma list or `all`), CHAOS_STEPS,
  * CHAOS_DURATION_S (full runs), CHAOS_APPS, CHAOS_READY_BOUND_MS, CHAOS_LONG_HOLDS (share of black
- * holes over 30 s). RELIABILITY_LOG_DIR keeps the sidecars' logs.
+ * holes over 30 s), CHAOS_LAG_BOUND_MS. RELIABILITY_LOG_DIR keeps the sidecars' logs.
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import type { Publisher } from '../../src/publisher/index.js';
@@ -18,14 +18,14 @@ import { startTestNats, type TestNats } from '../helpers/nats.js';
 import { freePorts } from '../helpers/ports.js';
 import { closeAllApps, reliablePublisher, waitComplete } from './helpers/apps.js';
 import { ChaosRig } from './helpers/chaos-rig.js';
-import { ALL_FAULTS, chaosSeed, DEFAULT_FAULTS, describeStep, drawSchedule, parseFaults, SHORT_SEED, SHORT_STEPS, type ChaosTiming } from './helpers/chaos-schedule.js';
+import { ALL_FAULTS, chaosSeed, DEFAULT_FAULTS, describeStep, drawSchedule, parseFaults, shortSeed, SHORT_STEPS, type ChaosTiming } from './helpers/chaos-schedule.js';
 import { DeliveryLedger, type StreamKey } from './helpers/ledger.js';
 import { percentile, report } from './helpers/report.js';
 import { FULL, size } from './helpers/sizes.js';
 
 const env = process.env;
-const SEED = chaosSeed(env.CHAOS_SEED, FULL ? undefined : SHORT_SEED);
 const FAULTS = env.CHAOS_FAULTS?.trim() === 'all' ? [...ALL_FAULTS] : parseFaults(env.CHAOS_FAULTS, DEFAULT_FAULTS);
+const SEED = chaosSeed(env.CHAOS_SEED, FULL ? undefined : shortSeed(FAULTS));
 const STEPS = Number(env.CHAOS_STEPS ?? size(SHORT_STEPS, 10_000));
 /** Full runs: steps until this much time has passed (then the run settles and checks). */
 const DURATION_MS = Number(env.CHAOS_DURATION_S ?? size(600, 300)) * 1000;
@@ -37,6 +37,11 @@ const PUBLISH_INTERVAL_MS = size(100, 100);
 const READY_BOUND_MS = Number(env.CHAOS_READY_BOUND_MS ?? 30_000);
 /** A black hole longer than 30 s must be noticed (readyz 503) within this (issue 13: 30 s, plus a poll). */
 const BLACKHOLE_NOTICE_MS = 31_000;
+/**
+ * An online app whose oldest undelivered confirmed event is older than this went dark (black
+ * holes up to 45 s and their 30 s to be noticed are within it).
+ */
+const LAG_BOUND_MS = Number(env.CHAOS_LAG_BOUND_MS ?? 60_000);
 /** Short, so direct messages a killed instance held come back within the run (as in sidecar-kill). */
 const INBOX_ACK_WAIT_MS = 3000;
 /** The share of black holes longer than the 30 s the sidecar has to notice one (CHAOS_LONG_HOLDS, 0..1). */
@@ -102,6 +107,7 @@ describe('seeded chaos: sidecar kills, NATS restarts (with and without store), b
         }
       });
 
+      r.watchLag(LAG_BOUND_MS);
       const done: string[] = [];
       try {
         for (const step of schedule) {
@@ -119,6 +125,7 @@ describe('seeded chaos: sidecar kills, NATS restarts (with and without store), b
       // redelivered after inboxAckWait, on the user's next connection), then every app reconnects once.
       publishing = false;
       await Promise.all(loops);
+      r.stopWatchingLag();
       await r.waitAllReady('the last step');
       await Promise.all(r.apps.filter((app) => app.offline).map((app) => r.reconnect(app, 'settling')));
       await new Promise((res) => setTimeout(res, INBOX_ACK_WAIT_MS + 500));
@@ -151,14 +158,19 @@ describe('seeded chaos: sidecar kills, NATS restarts (with and without store), b
         ready_ms_max: Object.fromEntries([...byKind].map(([k, xs]) => [k, Math.max(...xs)])),
         ready_ms_p50: Object.fromEntries([...byKind].map(([k, xs]) => [k, percentile(xs, 50)])),
         blackhole_noticed_ms: r.faults.filter((f) => f.kind === 'blackhole').map((f) => ({ hold_ms: f.holdMs, noticed_ms: f.noticedMs })),
+        app_lag_ms_max: Math.max(0, ...r.maxLag.values()),
+        app_lag_ms_p50: percentile([...r.maxLag.values()], 50),
+        lag_episodes: r.lagEpisodes,
         crashes: r.crashes().length,
         proxy_connections: r.instances.map((i) => i.proxy.stats.accepted),
         duration_s: Math.round(r.elapsed() / 1000),
       });
 
-      const why = `${TAG}\nsteps run:\n  ${done.join('\n  ')}`;
+      const suspects = new Set([...ledger.missing(50).map((m) => m.split(' ')[0]), ...r.lagEpisodes.map((e) => e.app)]);
+      const why = `${TAG}\nsteps run:\n  ${done.join('\n  ')}\n${r.timelines(suspects)}`;
       expect(publishErrors, `${why}\npublisher errors`).toEqual([]);
       expect(r.crashes(), `${why}\ninstances that exited on their own`).toEqual([]);
+      expect(r.lagEpisodes, `${why}\nonline apps more than ${LAG_BOUND_MS} ms behind`).toEqual([]);
       expect(ledger.missing(), `${why}\nmissing deliveries`).toEqual([]);
       expect(complete && completeWithMarker, `${why}\nevery app got every confirmed event`).toBe(true);
       expect(markerFailures, `${why}\nthe final events (the stream exists again) were confirmed`).toBe(0);

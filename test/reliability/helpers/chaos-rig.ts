@@ -34,9 +34,25 @@ export interface ChaosApp {
   readonly client: Client;
   readonly streams: StreamKey[];
   offline: boolean;
+  /** When it last came back from offline (lag is not sampled right after). */
+  backAt: number;
+  /** What happened to the app's connection, newest last (for failure messages). */
+  timeline: string[];
   /** Drops the app's socket without a close frame (the SDK sees 1006 and reconnects). */
   drop(): number;
 }
+
+/** An online app that fell behind by more than the bound: it went dark. */
+export interface LagEpisode {
+  app: string;
+  lagMs: number;
+  atMs: number;
+  state: string;
+}
+
+const TIMELINE_LINES = 40;
+/** Lag is not sampled this soon after an app came back from offline (its resume is replaying). */
+const BACK_GRACE_MS = 5000;
 
 /** How long after a fault was lifted each instance answered /readyz 200, and how long a black hole went unnoticed. */
 export interface FaultRecord {
@@ -60,6 +76,10 @@ export class ChaosRig {
   private stopping = false;
   /** Children the rig killed itself: their exit is not a crash. */
   private readonly killed = new WeakSet<ChildSidecar>();
+  /** Largest lag seen per app while online, and the times it passed the bound. */
+  readonly maxLag = new Map<string, number>();
+  readonly lagEpisodes: LagEpisode[] = [];
+  private lagTimer: NodeJS.Timeout | undefined;
 
   constructor(
     readonly nats: TestNats,
@@ -108,13 +128,26 @@ export class ChaosRig {
     const streams: StreamKey[] = projects.map((p) => `project:${p}`);
     if (direct) streams.push(`user:${userId}`);
     this.ledger.watch(name, client, streams);
+    const timeline: string[] = [];
+    const note = (line: string) => {
+      timeline.push(`${(this.elapsed() / 1000).toFixed(1)} s ${line}`);
+      if (timeline.length > TIMELINE_LINES) timeline.shift();
+    };
+    client.on('connected', (c) => note(`connected ${client.currentUrl} (${c.connectionId})`));
+    client.on('disconnected', (d) => note(`disconnected ${d.code} ${d.reason}${d.willReconnect ? `, retry in ${d.delay} ms` : ''}`));
+    client.on('error', (e) => note(`error ${e.code}: ${e.message}`));
+    client.on('subscribed', (i) => note(`subscribed ${i.projectId} replayed ${i.replayed}${i.truncated ? ' TRUNCATED' : ''}`));
+    client.on('history_truncated', (h) => note(`history_truncated ${h.projectId}`));
     const app: ChaosApp = {
       index: this.apps.length,
       name,
       client,
       streams,
       offline: false,
+      backAt: 0,
+      timeline,
       drop() {
+        note('socket dropped by the rig');
         let n = 0;
         for (const s of sockets) {
           s.terminate();
@@ -218,6 +251,7 @@ export class ChaosRig {
 
   private async clientFault(f: ClientFault, step: number): Promise<void> {
     const apps = f.apps.map((i) => this.apps[i]).filter((a) => a && !a.offline);
+    for (const a of apps) a.timeline.push(`${(this.elapsed() / 1000).toFixed(1)} s rig: ${f.kind} (step #${step})`);
     if (f.kind === 'client-drop') {
       this.counts.client_drops += 1;
       for (const a of apps) this.counts.sockets_dropped += a.drop();
@@ -249,6 +283,40 @@ export class ChaosRig {
       clearTimeout(timer);
     }
     a.offline = false;
+    a.backAt = Date.now();
+  }
+
+  /**
+   * Samples every online app's lag (how old its oldest undelivered confirmed event is) each
+   * second: an app connected and subscribed must keep up, or it went dark.
+   */
+  watchLag(boundMs: number): void {
+    this.lagTimer = setInterval(() => {
+      const now = Date.now();
+      for (const a of this.apps) {
+        if (a.offline || now - a.backAt < BACK_GRACE_MS) continue;
+        const lag = this.ledger.lagMs(a.name, now);
+        this.maxLag.set(a.name, Math.max(this.maxLag.get(a.name) ?? 0, lag));
+        const open = this.lagEpisodes.find((e) => e.app === a.name && e.atMs + e.lagMs >= this.elapsed() - 2000);
+        if (lag > boundMs) {
+          if (open) open.lagMs = Math.max(open.lagMs, lag);
+          else this.lagEpisodes.push({ app: a.name, lagMs: lag, atMs: this.elapsed() - lag, state: a.client.state });
+        }
+      }
+    }, 1000);
+  }
+
+  stopWatchingLag(): void {
+    clearInterval(this.lagTimer);
+  }
+
+  /** The timelines of these apps, for a failure message. */
+  timelines(names: Iterable<string>): string {
+    const wanted = new Set(names);
+    return this.apps
+      .filter((a) => wanted.has(a.name))
+      .map((a) => `--- ${a.name} (${a.client.state}):\n  ${a.timeline.join('\n  ')}`)
+      .join('\n');
   }
 
   /** Each instance's crashes, for the failure message. */
@@ -257,6 +325,7 @@ export class ChaosRig {
   }
 
   async stop(): Promise<void> {
+    this.stopWatchingLag();
     this.stopping = true;
     await Promise.all(this.instances.map((i) => i.child?.stop()));
     await Promise.all(this.instances.map((i) => i.proxy.close()));

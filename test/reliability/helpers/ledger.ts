@@ -27,6 +27,9 @@ interface Received {
 interface App {
   streams: StreamKey[];
   got: Map<StreamKey, number[]>;
+  gotSet: Map<StreamKey, Set<number>>;
+  /** Per stream: index into `published` below which every event was delivered (or excused). */
+  cursor: Map<StreamKey, number>;
   /** Every delivery with its seq and the segment (epoch, or span between notices) it came in. */
   recv: Map<StreamKey, Received[]>;
   segment: Map<StreamKey, number>;
@@ -85,6 +88,8 @@ export class DeliveryLedger {
   /** Incremented by storeLost(); each confirmed event is tagged with the generation it was stored in. */
   private generation = 0;
   private readonly genOf = new Map<StreamKey, Map<number, number>>();
+  /** When each event was confirmed, for how far behind an app is. */
+  private readonly confirmedAt = new Map<StreamKey, Map<number, number>>();
   /** Events whose publish attempts spanned a store loss (the dedupe window went with it). */
   private readonly spanning = new Set<string>();
   private readonly epochs = new Set<string>();
@@ -105,6 +110,8 @@ export class DeliveryLedger {
     const app: App = {
       streams,
       got: new Map(streams.map((s) => [s, []])),
+      gotSet: new Map(streams.map((s) => [s, new Set()])),
+      cursor: new Map(),
       recv: new Map(streams.map((s) => [s, []])),
       segment: new Map(),
       epoch: new Map(),
@@ -118,6 +125,7 @@ export class DeliveryLedger {
       const n = e.project_id !== undefined ? data.task?.n : data.n;
       if (typeof n !== 'number') return; // presence events and anything else not ours
       app.got.get(key)?.push(n);
+      app.gotSet.get(key)?.add(n);
       app.recv.get(key)?.push({ n, seq: e.seq, segment: app.segment.get(key) ?? 0 });
     });
     // Frames, before the SDK handles them: what the server told the app, whatever the SDK makes of it.
@@ -146,6 +154,25 @@ export class DeliveryLedger {
       if (key) told(key);
       if (key && epoch !== undefined) app.epoch.set(key, epoch);
     }
+  }
+
+  /**
+   * How long ago the oldest confirmed event `name` has not got yet (and is not excused from) was
+   * confirmed, ms; 0 when it has everything. An app that stopped receiving shows a growing lag.
+   */
+  lagMs(name: string, now = Date.now()): number {
+    const app = this.apps.get(name);
+    if (!app) return 0;
+    let lag = 0;
+    for (const key of app.streams) {
+      const list = this.published.get(key) ?? [];
+      const got = app.gotSet.get(key)!;
+      let i = app.cursor.get(key) ?? 0;
+      while (i < list.length && (got.has(list[i]) || this.excuse(app, key, list[i]))) i += 1;
+      app.cursor.set(key, i);
+      if (i < list.length) lag = Math.max(lag, now - (this.confirmedAt.get(key)?.get(list[i]) ?? now));
+    }
+    return lag;
   }
 
   /** Why a confirmed event an app never got does not count as lost, if it does not. */
@@ -177,6 +204,9 @@ export class DeliveryLedger {
         let gens = this.genOf.get(key);
         if (!gens) this.genOf.set(key, (gens = new Map()));
         gens.set(n, this.generation);
+        let times = this.confirmedAt.get(key);
+        if (!times) this.confirmedAt.set(key, (times = new Map()));
+        times.set(n, Date.now());
         if (this.generation !== genAtStart) this.spanning.add(`${key}#${n}`);
         this.longestPublishMs = Math.max(this.longestPublishMs, Date.now() - started);
         return;
