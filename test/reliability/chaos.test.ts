@@ -31,8 +31,13 @@ const STEPS = Number(env.CHAOS_STEPS ?? size(SHORT_STEPS, 10_000));
 const DURATION_MS = Number(env.CHAOS_DURATION_S ?? size(600, 300)) * 1000;
 const APPS = Number(env.CHAOS_APPS ?? size(6, 24));
 const PROJECTS = size(3, 6);
-/** Each stream publishes its next event this long after the last was confirmed. */
+/** Each project publishes its next event this long after the last was confirmed... */
 const PUBLISH_INTERVAL_MS = size(100, 100);
+/**
+ * ...and each user's next direct message this long after the last. Direct messages are rarer;
+ * an app back from offline acks its whole inbox backlog, which the short run keeps small.
+ */
+const DIRECT_INTERVAL_MS = size(500, 250);
 /** Every instance answers /readyz 200 this soon after a fault is lifted. */
 const READY_BOUND_MS = Number(env.CHAOS_READY_BOUND_MS ?? 30_000);
 /** A black hole longer than 30 s must be noticed (readyz 503) within this (issue 13: 30 s, plus a poll). */
@@ -99,7 +104,7 @@ describe('seeded chaos: sidecar kills, NATS restarts (with and without store), b
         try {
           while (publishing) {
             await ledger.publishNext(publisher, key);
-            await new Promise((res) => setTimeout(res, PUBLISH_INTERVAL_MS));
+            await new Promise((res) => setTimeout(res, key.startsWith('user:') ? DIRECT_INTERVAL_MS : PUBLISH_INTERVAL_MS));
           }
         } catch (err) {
           // Not a PublishError (those are counted): reported below, or dropped once the run has failed.
