@@ -117,4 +117,22 @@ describe('delivery ledger under store loss', () => {
     expect(f.publish_failures).toBe(2);
     expect(ledger.storeLossFigures().not_published_store_missing).toBe(1);
   });
+
+  it('measures how far behind an app is, ignoring a direct message held back behind newer ones', async () => {
+    const ledger = new DeliveryLedger();
+    const app = fakeClient();
+    ledger.watch('a', app.client, ['project:p', 'user:u']);
+    const pub = fakePublisher();
+    for (let i = 0; i < 2; i++) await ledger.publishNext(pub, 'project:p');
+    for (let i = 0; i < 3; i++) await ledger.publishNext(pub, 'user:u');
+    const later = Date.now() + 10_000;
+    app.project('p', 1, 1);
+    app.direct('u', 1, 2);
+    app.direct('u', 3, 4); // 2 held back by a dead instance: comes on the next connection
+    expect(ledger.lagMs('a', later)).toBeGreaterThanOrEqual(10_000); // project event 2 is missing
+    app.project('p', 2, 5);
+    expect(ledger.lagMs('a', later)).toBe(0);
+    await ledger.publishNext(pub, 'user:u');
+    expect(ledger.lagMs('a', later)).toBeGreaterThanOrEqual(10_000); // direct 4 is newer than any it got
+  });
 });

@@ -30,6 +30,8 @@ interface App {
   gotSet: Map<StreamKey, Set<number>>;
   /** Per stream: index into `published` below which every event was delivered (or excused). */
   cursor: Map<StreamKey, number>;
+  /** Per stream: the highest number delivered. */
+  newest: Map<StreamKey, number>;
   /** Every delivery with its seq and the segment (epoch, or span between notices) it came in. */
   recv: Map<StreamKey, Received[]>;
   segment: Map<StreamKey, number>;
@@ -112,6 +114,7 @@ export class DeliveryLedger {
       got: new Map(streams.map((s) => [s, []])),
       gotSet: new Map(streams.map((s) => [s, new Set()])),
       cursor: new Map(),
+      newest: new Map(),
       recv: new Map(streams.map((s) => [s, []])),
       segment: new Map(),
       epoch: new Map(),
@@ -126,6 +129,7 @@ export class DeliveryLedger {
       if (typeof n !== 'number') return; // presence events and anything else not ours
       app.got.get(key)?.push(n);
       app.gotSet.get(key)?.add(n);
+      app.newest.set(key, Math.max(app.newest.get(key) ?? 0, n));
       app.recv.get(key)?.push({ n, seq: e.seq, segment: app.segment.get(key) ?? 0 });
     });
     // Frames, before the SDK handles them: what the server told the app, whatever the SDK makes of it.
@@ -159,6 +163,8 @@ export class DeliveryLedger {
   /**
    * How long ago the oldest confirmed event `name` has not got yet (and is not excused from) was
    * confirmed, ms; 0 when it has everything. An app that stopped receiving shows a growing lag.
+   * On a user's stream only events after the newest one it got count: a direct message a killed
+   * instance held comes back on the user's next connection (PROTOCOL.md), not while it is alive.
    */
   lagMs(name: string, now = Date.now()): number {
     const app = this.apps.get(name);
@@ -167,8 +173,9 @@ export class DeliveryLedger {
     for (const key of app.streams) {
       const list = this.published.get(key) ?? [];
       const got = app.gotSet.get(key)!;
+      const newest = key.startsWith('user:') ? (app.newest.get(key) ?? 0) : 0;
       let i = app.cursor.get(key) ?? 0;
-      while (i < list.length && (got.has(list[i]) || this.excuse(app, key, list[i]))) i += 1;
+      while (i < list.length && (list[i] <= newest || got.has(list[i]) || this.excuse(app, key, list[i]))) i += 1;
       app.cursor.set(key, i);
       if (i < list.length) lag = Math.max(lag, now - (this.confirmedAt.get(key)?.get(list[i]) ?? now));
     }
