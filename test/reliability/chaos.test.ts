@@ -10,7 +10,8 @@
  * Replay a run: CHAOS_SEED=<seed printed at start and in every failure> (with the same
  * CHAOS_FAULTS and sizes). Env: CHAOS_SEED, CHAOS_FAULTS (comma list or `all`), CHAOS_STEPS,
  * CHAOS_DURATION_S (full runs), CHAOS_APPS, CHAOS_READY_BOUND_MS, CHAOS_LONG_HOLDS (share of black
- * holes over 30 s), CHAOS_LAG_BOUND_MS. RELIABILITY_LOG_DIR keeps the sidecars' logs.
+ * holes over 30 s), CHAOS_LAG_BOUND_MS, CHAOS_DIRECT_INTERVAL_MS (ms between one user's direct
+ * messages). RELIABILITY_LOG_DIR keeps the sidecars' logs.
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import type { Publisher } from '../../src/publisher/index.js';
@@ -37,7 +38,7 @@ const PUBLISH_INTERVAL_MS = size(100, 100);
  * ...and each user's next direct message this long after the last. Direct messages are rarer;
  * an app back from offline acks its whole inbox backlog, which the short run keeps small.
  */
-const DIRECT_INTERVAL_MS = size(500, 250);
+const DIRECT_INTERVAL_MS = Number(env.CHAOS_DIRECT_INTERVAL_MS ?? size(500, 250));
 /** Every instance answers /readyz 200 this soon after a fault is lifted. */
 const READY_BOUND_MS = Number(env.CHAOS_READY_BOUND_MS ?? 30_000);
 /** A black hole longer than 30 s must be noticed (readyz 503) within this (issue 13: 30 s, plus a poll). */
