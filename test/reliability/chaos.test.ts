@@ -86,6 +86,7 @@ describe('seeded chaos: sidecar kills, NATS restarts (with and without store), b
       const [a, b] = await Promise.all(ports.map((p) => r.addInstance(p)));
       pub = await reliablePublisher(nats.url);
       const publisher = pub;
+      r.publisher = publisher;
 
       const projects = Array.from({ length: PROJECTS }, (_, i) => `ch-p${i}`);
       for (let i = 0; i < APPS; i++) {
@@ -148,6 +149,8 @@ describe('seeded chaos: sidecar kills, NATS restarts (with and without store), b
       const storeLoss = ledger.storeLossFigures();
       const byKind = new Map<string, number[]>();
       for (const f of r.faults) if (f.readyMs !== undefined) byKind.set(f.kind, [...(byKind.get(f.kind) ?? []), f.readyMs]);
+      const probes = new Map<string, number[]>();
+      for (const f of r.faults) if (f.probeMs) probes.set(f.kind, [...(probes.get(f.kind) ?? []), ...f.probeMs]);
       const longHoles = r.faults.filter((f) => f.kind === 'blackhole' && (f.holdMs ?? 0) > BLACKHOLE_NOTICE_MS);
       const unnoticed = longHoles.filter((f) => f.noticedMs?.some((ms) => ms === undefined || ms > BLACKHOLE_NOTICE_MS));
       report('chaos', {
@@ -163,6 +166,8 @@ describe('seeded chaos: sidecar kills, NATS restarts (with and without store), b
         marker_failures: markerFailures,
         ready_ms_max: Object.fromEntries([...byKind].map(([k, xs]) => [k, Math.max(...xs)])),
         ready_ms_p50: Object.fromEntries([...byKind].map(([k, xs]) => [k, percentile(xs, 50)])),
+        probe_ms_max: Object.fromEntries([...probes].map(([k, xs]) => [k, Math.max(...xs)])),
+        slow_probes: r.faults.flatMap((f) => (f.probeNotes ?? []).map((n) => `${f.description}: ${n}`)).slice(0, 10),
         blackhole_noticed_ms: r.faults.filter((f) => f.kind === 'blackhole').map((f) => ({ hold_ms: f.holdMs, noticed_ms: f.noticedMs })),
         app_lag_ms_max: Math.max(0, ...r.maxLag.values()),
         app_lag_ms_p50: percentile([...r.maxLag.values()], 50),

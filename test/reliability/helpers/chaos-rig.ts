@@ -8,6 +8,7 @@ import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import WebSocket from 'ws';
 import type { Client } from '../../../src/client/index.js';
+import type { Publisher } from '../../../src/publisher/index.js';
 import type { TestNats } from '../../helpers/nats.js';
 import { sdkClient } from './apps.js';
 import type { ChaosStep, ClientFault, FaultKind, InfraFault } from './chaos-schedule.js';
@@ -62,6 +63,10 @@ export interface FaultRecord {
   startedAtMs: number;
   /** ms from lifting the fault until every instance was ready. */
   readyMs?: number;
+  /** Then, per instance: ms for a new app to connect, subscribe, and get an event published after. */
+  probeMs?: number[];
+  /** What slowed a probe that took over a second (stage times, SDK errors and disconnects). */
+  probeNotes?: string[];
   /** Black holes: ms until a black-holed instance first answered /readyz 503 (undefined: never during the hold). */
   noticedMs?: (number | undefined)[];
   holdMs?: number;
@@ -80,6 +85,9 @@ export class ChaosRig {
   readonly maxLag = new Map<string, number>();
   readonly lagEpisodes: LagEpisode[] = [];
   private lagTimer: NodeJS.Timeout | undefined;
+  /** Set before steps run: probes publish with it. */
+  publisher: Publisher | undefined;
+  private probes = 0;
 
   constructor(
     readonly nats: TestNats,
@@ -186,6 +194,59 @@ export class ChaosRig {
     }
   }
 
+  /**
+   * A new connection to `inst` authenticates, subscribes, and gets an event published after it
+   * live (CONTRACT section 5: what must hold once an instance is ready again). Resolves with the
+   * ms it took; throws past the ready bound.
+   */
+  async probe(inst: Instance, what: string, rec?: FaultRecord): Promise<number> {
+    if (!this.publisher) return 0;
+    const started = Date.now();
+    const notes: string[] = [];
+    const note = (line: string) => notes.push(`${Date.now() - started} ms ${line}`);
+    const k = ++this.probes;
+    const project = `chaos-probe${inst.index}`;
+    const client = sdkClient(this.wsUrl(inst), `chaos-probe-u${inst.index}`, [project]);
+    client.on('error', (e) => note(`error ${e.code}: ${e.message}`));
+    client.on('disconnected', (d) => note(`disconnected ${d.code} ${d.reason}`));
+    let stage = 'connect';
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const run = async () => {
+        await client.connect();
+        note('connected');
+        stage = 'subscribe';
+        await client.subscribe(project);
+        note('subscribed');
+        stage = 'publish';
+        const arrived = new Promise<void>((resolve) =>
+          client.on('event', (e) => {
+            if ((e.data as { task?: { probe?: number } }).task?.probe === k) resolve();
+          }),
+        );
+        await this.publisher!.notifyTaskCreated({ id: `probe${k}`, probe: k }, project);
+        stage = 'deliver';
+        note('published');
+        await arrived;
+      };
+      await Promise.race([
+        run(),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new Error(`${this.tag}: a new app on instance ${inst.index} did not ${stage} within ${this.readyBoundMs} ms after ${what} (it answered /readyz 200): ${notes.join('; ')}`)),
+            this.readyBoundMs,
+          );
+        }),
+      ]);
+      const ms = Date.now() - started;
+      if (ms > 1000 && rec) (rec.probeNotes ??= []).push(`instance ${inst.index}: ${notes.join('; ')}`);
+      return ms;
+    } finally {
+      clearTimeout(timer);
+      await client.close();
+    }
+  }
+
   /** One step: the gap, the infra fault (applied and lifted) with the app fault alongside, then recovery. */
   async runStep(step: ChaosStep, description: string): Promise<void> {
     await sleep(step.gapMs);
@@ -195,6 +256,7 @@ export class ChaosRig {
       this.faults.push(rec);
       await this.infraFault(step.infra, rec);
       rec.readyMs = await this.waitAllReady(`step ${description}`);
+      rec.probeMs = await Promise.all(this.instances.map((i) => this.probe(i, `step ${description}`, rec)));
     }
     await clientDone;
   }
