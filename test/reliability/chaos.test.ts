@@ -44,10 +44,10 @@ const READY_BOUND_MS = Number(env.CHAOS_READY_BOUND_MS ?? 30_000);
 /** A black hole longer than 30 s must be noticed (readyz 503) within this (issue 13: 30 s, plus a poll). */
 const BLACKHOLE_NOTICE_MS = 31_000;
 /**
- * An online app whose oldest undelivered confirmed event is older than this went dark (black
- * holes up to 45 s and their 30 s to be noticed are within it).
+ * An online app whose oldest undelivered confirmed event is older than this went dark (plus the
+ * length of a black hole it may be behind). Seen without faults in flight: 1-3 s.
  */
-const LAG_BOUND_MS = Number(env.CHAOS_LAG_BOUND_MS ?? 60_000);
+const LAG_BOUND_MS = Number(env.CHAOS_LAG_BOUND_MS ?? 30_000);
 /** Short, so direct messages a killed instance held come back within the run (as in sidecar-kill). */
 const INBOX_ACK_WAIT_MS = 3000;
 /** The share of black holes longer than the 30 s the sidecar has to notice one (CHAOS_LONG_HOLDS, 0..1). */
@@ -181,7 +181,7 @@ describe('seeded chaos: sidecar kills, NATS restarts (with and without store), b
       const why = `${TAG}\nsteps run:\n  ${done.join('\n  ')}\n${r.timelines(suspects)}`;
       expect(publishErrors, `${why}\npublisher errors`).toEqual([]);
       expect(r.crashes(), `${why}\ninstances that exited on their own`).toEqual([]);
-      expect(r.lagEpisodes, `${why}\nonline apps more than ${LAG_BOUND_MS} ms behind`).toEqual([]);
+      expect(r.lagEpisodes, `${why}\nonline apps more than ${LAG_BOUND_MS} ms (plus a black hole's length) behind`).toEqual([]);
       expect(ledger.missing(), `${why}\nmissing deliveries`).toEqual([]);
       expect(complete && completeWithMarker, `${why}\nevery app got every confirmed event`).toBe(true);
       expect(markerFailures, `${why}\nthe final events (the stream exists again) were confirmed`).toBe(0);

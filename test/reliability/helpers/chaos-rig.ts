@@ -85,6 +85,8 @@ export class ChaosRig {
   readonly maxLag = new Map<string, number>();
   readonly lagEpisodes: LagEpisode[] = [];
   private lagTimer: NodeJS.Timeout | undefined;
+  /** The last black hole: apps behind it may lag by its length on top of the bound, until a bound after it ends. */
+  private hole = { endsAt: 0, holdMs: 0 };
   /** Set before steps run: probes publish with it. */
   publisher: Publisher | undefined;
   private probes = 0;
@@ -294,6 +296,7 @@ export class ChaosRig {
         const holed = f.instances.map((i) => this.instances[i]);
         rec.holdMs = f.holdMs;
         const started = Date.now();
+        this.hole = { endsAt: started + f.holdMs, holdMs: f.holdMs };
         for (const i of holed) i.proxy.blackhole();
         // Watch for each black-holed instance to notice (readyz 503) while the hold lasts.
         const noticed: (number | undefined)[] = holed.map(() => undefined);
@@ -350,17 +353,19 @@ export class ChaosRig {
 
   /**
    * Samples every online app's lag (how old its oldest undelivered confirmed event is) each
-   * second: an app connected and subscribed must keep up, or it went dark.
+   * second: an app connected and subscribed must keep up, or it went dark. Behind a black hole
+   * an app may lag by the hole's length on top of `boundMs` (until `boundMs` after it ended).
    */
   watchLag(boundMs: number): void {
     this.lagTimer = setInterval(() => {
       const now = Date.now();
+      const bound = boundMs + (now < this.hole.endsAt + boundMs ? this.hole.holdMs : 0);
       for (const a of this.apps) {
         if (a.offline || now - a.backAt < BACK_GRACE_MS) continue;
         const lag = this.ledger.lagMs(a.name, now);
         this.maxLag.set(a.name, Math.max(this.maxLag.get(a.name) ?? 0, lag));
         const open = this.lagEpisodes.find((e) => e.app === a.name && e.atMs + e.lagMs >= this.elapsed() - 2000);
-        if (lag > boundMs) {
+        if (lag > bound) {
           if (open) open.lagMs = Math.max(open.lagMs, lag);
           else this.lagEpisodes.push({ app: a.name, lagMs: lag, atMs: this.elapsed() - lag, state: a.client.state });
         }
