@@ -5,7 +5,7 @@
 import net from 'node:net';
 import { once } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startTcpProxy, type TcpProxy } from './helpers/tcp-proxy.js';
+import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
 
 /** Nothing is expected within this window: a silence can only be shown by waiting. */
 const SILENCE_MS = 300;

@@ -14,7 +14,7 @@ import { sdkClient } from './apps.js';
 import type { ChaosStep, ClientFault, FaultKind, InfraFault } from './chaos-schedule.js';
 import { startChildSidecar, type ChildSidecar, type SidecarEnv } from './child-sidecar.js';
 import type { DeliveryLedger, StreamKey } from './ledger.js';
-import { startTcpProxy, type TcpProxy } from './tcp-proxy.js';
+import { startTcpProxy, type TcpProxy } from '../../helpers/tcp-proxy.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
