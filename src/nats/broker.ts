@@ -197,7 +197,7 @@ export class NatsBroker implements BrokerPort {
     const readerJs = jetstream(nc, { timeout: READER_CREATE_TIMEOUT_MS });
     this.history = new StreamHistory(js, jsm, config.streamName, config.maxStoredMessages, readerJs);
     this.quickHistory = new StreamHistory(js, quickJsm, config.streamName, config.maxStoredMessages, readerJs);
-    this.inboxes = new Inboxes(nc, jsm, config, log);
+    this.inboxes = new Inboxes(nc, jsm, config, log, quickJsm);
     if (config.directSubscription === 'wildcard') this.hearAllUsers();
     void this.watchStatus();
   }
