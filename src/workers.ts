@@ -1,0 +1,216 @@
+/**
+ * Workers mode (`workers` > 1): one primary process and that many worker processes, all serving
+ * the one port through Node's cluster module (the primary holds the listening socket and, on
+ * Linux, hands connections to the workers in turn).
+ *
+ * - The primary serves nothing. It owns the embedded nats-server when NATS_URL is unset and gives
+ *   its URL to the workers, restarts a worker that dies (at once the first time, then with a
+ *   doubling pause up to RESTART_MAX_MS while it keeps dying young), and on SIGTERM/SIGINT asks
+ *   every worker to drain, waits for them, stops the embedded NATS and exits 0.
+ * - Each worker is a whole sidecar (src/sidecar.ts) with its own instance id, so it is an instance
+ *   of the fleet like a separate container: presence, fleet scatter-gather and the admin API's
+ *   fleet answers count every worker's connections.
+ *
+ * With `workers` = 1, main.ts never comes here and the cluster module is not loaded.
+ */
+import cluster, { type Worker } from 'node:cluster';
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import { join, resolve } from 'node:path';
+import type { Logger } from 'pino';
+import type { Config } from './config.js';
+import { printDevToken } from './dev-key.js';
+import { NatsServerNotFoundError, startEmbeddedNats, type EmbeddedNats } from './nats/embedded-server.js';
+import { Sidecar } from './sidecar.js';
+
+/** Set by the primary in each worker's environment: the worker's slot, 0..workers-1. */
+const WORKER_INDEX_ENV = 'SIDECAR_WORKER_INDEX';
+/** A worker that dies within this long of starting is crash-looping: its next start waits longer. */
+const STABLE_AFTER_MS = 10_000;
+const RESTART_MIN_MS = 250;
+const RESTART_MAX_MS = 30_000;
+/** Beyond the workers' own bound (drainDelay + shutdownTimeout), before the primary kills them. */
+const STOP_GRACE_MS = 5_000;
+
+type ToPrimary = { type: 'ready'; instanceId: string; url: string; wsUrl: string };
+type ToWorker = { type: 'stop' };
+
+/** True in a process the primary forked (main.ts runs `runWorker` there). */
+export function isWorkerProcess(): boolean {
+  return cluster.isWorker && process.env[WORKER_INDEX_ENV] !== undefined;
+}
+
+/** The pause before restarting a worker that has died `crashes` times in a row, each young. */
+export function restartDelay(crashes: number): number {
+  return crashes === 0 ? 0 : Math.min(RESTART_MAX_MS, RESTART_MIN_MS * 2 ** (crashes - 1));
+}
+
+interface Slot {
+  index: number;
+  worker?: Worker;
+  instanceId?: string;
+  startedAt: number;
+  /** Deaths in a row, each within STABLE_AFTER_MS of its start. */
+  crashes: number;
+  restartTimer?: NodeJS.Timeout;
+}
+
+/** The primary: runs until a signal, then drains the workers and exits 0. */
+export async function runPrimary(config: Config, baseLog: Logger, devToken: boolean): Promise<void> {
+  const log = baseLog.child({ role: 'primary' });
+  let embedded: EmbeddedNats | undefined;
+  let stopping: Promise<void> | undefined;
+  let signalled = 0;
+  let starting = true;
+  const slots: Slot[] = [];
+
+  const onSignal = (signal: NodeJS.Signals): void => {
+    signalled += 1;
+    // As in one process: npm and the terminal may both deliver one Ctrl-C; a third means "now".
+    if (signalled > 2) {
+      log.warn({ signal }, 'repeated signal: exiting now');
+      for (const slot of slots) slot.worker?.process.kill('SIGKILL');
+      process.exit(1); // the embedded nats-server is killed by its exit hook
+    }
+    if (signalled > 1) return;
+    log.info({ signal }, 'signal received: draining every worker');
+    if (!starting) void stop();
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+
+  const stop = (): Promise<void> =>
+    (stopping ??= (async () => {
+      for (const slot of slots) clearTimeout(slot.restartTimer);
+      const live = slots.flatMap((s) => (s.worker && !s.worker.isDead() ? [s.worker] : []));
+      const exited = Promise.all(live.map((w) => new Promise<void>((ok) => (w.isDead() ? ok() : w.once('exit', () => ok())))));
+      for (const w of live) tell(w, { type: 'stop' });
+      let timer: NodeJS.Timeout | undefined;
+      const bound = config.drainDelay + config.shutdownTimeout + STOP_GRACE_MS;
+      const timedOut = new Promise<boolean>((ok) => (timer = setTimeout(() => ok(true), bound)));
+      if (await Promise.race([exited.then(() => false), timedOut])) {
+        log.warn({ afterMs: bound }, 'workers still running after the shutdown bound: killing them');
+        for (const w of live) if (!w.isDead()) w.process.kill('SIGKILL');
+        await exited;
+      }
+      clearTimeout(timer);
+      await embedded?.stop().catch((err: unknown) => log.error({ err }, 'stopping the embedded NATS failed'));
+      log.info('stopped');
+      process.exit(0);
+    })());
+
+  const workerEnv: Record<string, string> = {};
+  if (!config.natsUrl?.length) {
+    try {
+      embedded = await startPrimaryNats(config, log);
+    } catch (err) {
+      if (err instanceof NatsServerNotFoundError) {
+        console.error(`nats-ws-sidecar: ${err.message}`);
+        process.exit(69); // EX_UNAVAILABLE
+      }
+      log.fatal({ err }, 'start-up failed: the embedded NATS did not start');
+      process.exit(1);
+    }
+    workerEnv.NATS_URL = embedded.url;
+  }
+
+  let printed = !devToken;
+  const fork = (slot: Slot): void => {
+    slot.restartTimer = undefined;
+    const env: Record<string, string> = { ...workerEnv, [WORKER_INDEX_ENV]: String(slot.index) };
+    // A configured id names the slot (stable across restarts); otherwise each process picks one.
+    if (config.instanceId) env.SIDECAR_INSTANCE_ID = `${config.instanceId}-${slot.index}`;
+    const worker = cluster.fork(env);
+    slot.worker = worker;
+    slot.instanceId = undefined;
+    slot.startedAt = Date.now();
+    log.info({ worker: slot.index, pid: worker.process.pid }, 'worker started');
+    worker.on('message', (msg: ToPrimary) => {
+      if (msg?.type !== 'ready') return;
+      slot.instanceId = msg.instanceId;
+      log.info({ worker: slot.index, pid: worker.process.pid, instance: msg.instanceId, url: msg.url }, 'worker ready');
+      if (printed) return;
+      printed = true;
+      void printDevToken(config.jwtSecret!, msg, log).catch((err: unknown) => log.error({ err }, 'could not mint the dev token'));
+    });
+    worker.on('exit', (code, signal) => {
+      if (slot.worker !== worker) return;
+      slot.worker = undefined;
+      if (stopping) return;
+      const lived = Date.now() - slot.startedAt;
+      slot.crashes = lived >= STABLE_AFTER_MS ? 0 : slot.crashes + 1;
+      const delay = restartDelay(slot.crashes);
+      log.error(
+        { worker: slot.index, pid: worker.process.pid, instance: slot.instanceId, code, signal, livedMs: lived, restartInMs: delay },
+        'worker exited: restarting it',
+      );
+      slot.restartTimer = setTimeout(() => fork(slot), delay);
+    });
+  };
+
+  starting = false;
+  if (signalled > 0) return void stop(); // signalled while the embedded NATS started
+  log.info({ workers: config.workers, nats: embedded?.url ?? config.natsUrl }, `starting ${config.workers} workers`);
+  for (let index = 0; index < config.workers; index++) {
+    const slot: Slot = { index, startedAt: Date.now(), crashes: 0 };
+    slots.push(slot);
+    fork(slot);
+  }
+}
+
+/** A worker: one sidecar; stops when the primary says so (or goes away). */
+export async function runWorker(config: Config, baseLog: Logger): Promise<void> {
+  const log = baseLog.child({ worker: Number(process.env[WORKER_INDEX_ENV]) });
+  const starting = new AbortController();
+  let sidecar: Sidecar | undefined;
+  let stopping = false;
+  const stop = (why: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ why }, 'worker stopping');
+    if (!sidecar) return starting.abort(new Error(`${why} while starting`));
+    sidecar.stop().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        log.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  // The primary coordinates a Ctrl-C (the terminal sends SIGINT to every process of the group).
+  process.on('SIGINT', () => {});
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('message', (msg: ToWorker) => {
+    if (msg?.type === 'stop') stop('asked by the primary');
+  });
+
+  try {
+    sidecar = await Sidecar.start(config, { logger: log, signal: starting.signal });
+  } catch (err) {
+    if (starting.signal.aborted) process.exit(0);
+    log.fatal({ err }, 'start-up failed');
+    process.exit(1);
+  }
+  const ready: ToPrimary = { type: 'ready', instanceId: sidecar.instanceId, url: sidecar.url, wsUrl: sidecar.wsUrl };
+  process.send?.(ready);
+}
+
+function tell(worker: Worker, msg: ToWorker): void {
+  // Its channel may be gone already: a signal asks the same.
+  const bySignal = (): void => void worker.process.kill('SIGTERM');
+  if (!worker.isConnected()) return bySignal();
+  worker.send(msg, (err: Error | null) => err && bySignal());
+}
+
+/** The embedded nats-server, as Sidecar.start would run it, but owned by the primary. */
+async function startPrimaryNats(config: Config, log: Logger): Promise<EmbeddedNats> {
+  const storeDir = resolve(join(config.dataDir, 'nats'));
+  const serverName = `embedded-${hostname().replace(/[^A-Za-z0-9_-]/g, '').slice(0, 24) || 'sidecar'}-${randomBytes(3).toString('hex')}`;
+  const embedded = await startEmbeddedNats({ storeDir, port: config.embeddedNatsPort, serverName }).catch((err: unknown) => {
+    if (config.embeddedNatsPort === 0 || err instanceof NatsServerNotFoundError) throw err;
+    log.warn(`port ${config.embeddedNatsPort} is taken: embedded NATS uses a free port instead`);
+    return startEmbeddedNats({ storeDir, port: 0, serverName });
+  });
+  log.info({ url: embedded.url, storeDir }, `embedded NATS server running at ${embedded.url} (publish events there)`);
+  return embedded;
+}
