@@ -32,6 +32,11 @@ const MEASURED = {
   // 1.9 ms, its nats-server 0.45 ms; issue 18's later run: 0.7 ms + 0.31 ms. The plan uses the larger.
   sidecarMsPerConnect: 1.9,
   natsMsPerConnect: 0.45,
+  // A reconnect that resumes (bench/reconnect-storm.js, 1000 SDK apps moved to a cold instance after
+  // kill -9): 5.1 ms of the new instance's CPU and 2.1 ms of nats-server's per app, abandoned
+  // attempts included (the SDK gives up an attempt after 10 s on a saturated instance and retries).
+  sidecarMsPerResume: 5.1,
+  natsMsPerResume: 2.1,
   // Fan-out: from the fanout (2000 events x 500 deliveries, 0.47 s CPU) and spread (50000 events x
   // 10 deliveries, 2.65 s CPU) scenarios: CPU = events x perEvent + deliveries x perDelivery.
   sidecarUsPerEvent: 49,
@@ -63,7 +68,7 @@ const { values: a } = parseArgs({
     'workers-per-host': { type: 'string' },
     'gb-per-host': { type: 'string', default: '32' },
     'nats-nodes': { type: 'string', default: '3' },
-    'nats-cores': { type: 'string', default: '8' },
+    'nats-cores': { type: 'string' },
     'nats-gb': { type: 'string', default: '32' },
     replicas: { type: 'string', default: '3' },
     'events-per-sec': { type: 'string', default: '5000' },
@@ -87,12 +92,13 @@ const W = a['workers-per-host'] ? n('workers-per-host') : n('cores-per-host') - 
 // Per core, from the measured figures.
 console.log('Per core (one sidecar worker), from the figures measured here:');
 console.log(`  connects/s: 1000 / ${m.sidecarMsPerConnect} ms = ${fmt(1000 / m.sidecarMsPerConnect)} (its NATS side: ${m.natsMsPerConnect} ms each)`);
+console.log(`  resumes/s (a reconnect storm's apps): 1000 / ${m.sidecarMsPerResume} ms = ${fmt(1000 / m.sidecarMsPerResume)} (its NATS side: ${m.natsMsPerResume} ms each)`);
 console.log(`  idle connections: ${m.sidecarKBPerConn} KB each (${fmt((1024 * 1024) / m.sidecarKBPerConn)} per GB); CPU ${m.sidecarIdlePctPer10k}% of the core per 10k`);
 console.log(`  events: ${fmt(1e6 / m.sidecarUsPerEvent)} events/s received, or ${fmt(1e6 / m.sidecarUsPerDelivery)} deliveries/s written (${m.sidecarUsPerEvent} us per event, ${m.sidecarUsPerDelivery} us per delivery)`);
 console.log('');
 
 /** The plan with H hosts: its lines and checks. */
-function plan(H) {
+function plan(H, NC) {
 const C = n('connections');
 const users = C / n('conns-per-user');
 const S = n('subs-per-conn');
@@ -102,19 +108,19 @@ const cw = C / workers;
 const out = [];
 const checks = [];
 const line = (s) => out.push(s);
-const check = (ok, what, sizing = true) => checks.push({ ok, what, sizing });
+const check = (ok, what, side) => checks.push({ ok, what, side });
 
 line(`Plan: ${fmt(C)} connections (${fmt(users)} users, ${S} projects each connection, ${fmt(P)} projects)`);
 line(`      ${H} hosts x ${W} workers (${n('cores-per-host')} cores, ${n('gb-per-host')} GB each) = ${workers} sidecar instances, ${fmt(cw)} connections each`);
-line(`      NATS: ${n('nats-nodes')} nodes x ${n('nats-cores')} cores, ${n('nats-gb')} GB; streams and KV R${n('replicas')}`);
+line(`      NATS: ${n('nats-nodes')} nodes x ${NC} cores, ${n('nats-gb')} GB; streams and KV R${n('replicas')}`);
 line('');
 
 // Sidecar memory.
 const workerMB = m.sidecarBaseMB + (cw * m.sidecarKBPerConn) / 1024;
 const hostGB = (W * workerMB) / 1024;
 line(`sidecar memory: ${m.sidecarBaseMB} MB + ${fmt(cw)} x ${m.sidecarKBPerConn} KB = ${fmt(workerMB)} MB per worker; x ${W} = ${fmt(hostGB)} GB per host`);
-check(hostGB < 0.6 * n('gb-per-host'), `host memory ${fmt(hostGB)} GB < 60% of ${n('gb-per-host')} GB`);
-check(workerMB < 1500, `worker heap+buffers ${fmt(workerMB)} MB < 1.5 GB (V8 old space stays small, GC pauses short)`);
+check(hostGB < 0.6 * n('gb-per-host'), `host memory ${fmt(hostGB)} GB < 60% of ${n('gb-per-host')} GB`, 'sidecar');
+check(workerMB < 1500, `worker heap+buffers ${fmt(workerMB)} MB < 1.5 GB (V8 old space stays small, GC pauses short)`, 'sidecar');
 
 // Sidecar CPU, steady state.
 const churn = C / (n('session-minutes') * 60);
@@ -131,21 +137,28 @@ line(`sidecar CPU: idle ${fmt(idleCores, 2)} cores (${m.sidecarIdlePctPer10k}% p
 line(`             + events ${fmt(E)}/s x ${fmt(workersPerEvent, 1)} workers each (${fmt(subsPerProject, 1)} subscribers per project) x ${m.sidecarUsPerEvent} us`);
 line(`               + ${fmt(E * subsPerProject)} deliveries/s x ${m.sidecarUsPerDelivery} us = ${fmt(eventCores, 2)} cores`);
 line(`             = ${fmt(sidecarCores, 2)} of ${usable} cores (${fmt((100 * sidecarCores) / usable, 1)}%)`);
-check(sidecarCores < 0.5 * H * W, `steady sidecar CPU ${fmt(sidecarCores, 1)} cores < 50% of ${H * W} worker cores`);
+check(sidecarCores < 0.5 * H * W, `steady sidecar CPU ${fmt(sidecarCores, 1)} cores < 50% of ${H * W} worker cores`, 'sidecar');
 
 // Reconnect storms.
 const hostConns = C / H;
-const lossSidecarS = (hostConns * m.sidecarMsPerConnect) / 1000 / ((H - 1) * W);
-// The NATS side was measured on one node; replicas add the presence writes on the other peers.
+// A reconnecting app resumes (subscribe with `since`: a stream read per project), which costs more
+// than a first connect: the reconnect-storm figures. The NATS side was measured on one node;
+// replicas add the presence writes on the other peers.
 const natsMsPerConnect = m.natsMsPerConnect + ((n('replicas') - 1) * S * m.natsUsPerKvCas) / 1000;
-const lossNatsS = (hostConns * natsMsPerConnect) / 1000 / (n('nats-nodes') * n('nats-cores'));
-line(`host lost: ${fmt(hostConns)} clients reconnect to ${(H - 1) * W} workers: ${fmt(hostConns)} x ${m.sidecarMsPerConnect} ms / ${(H - 1) * W} cores = ${fmt(lossSidecarS)} s of sidecar CPU each;`);
-line(`           NATS ${fmt(hostConns)} x ${fmt(natsMsPerConnect, 2)} ms (${m.natsMsPerConnect} + R${n('replicas')} presence writes) / ${n('nats-nodes') * n('nats-cores')} cores = ${fmt(lossNatsS)} s`);
-check(Math.max(lossSidecarS, lossNatsS) < n('reconnect-window-s') / 3, `host-loss recovery CPU ${fmt(Math.max(lossSidecarS, lossNatsS))} s < a third of the ${n('reconnect-window-s')} s SDK backoff window`);
-const allSidecarS = (C * m.sidecarMsPerConnect) / 1000 / (H * W);
-const allNatsS = (C * natsMsPerConnect) / 1000 / (n('nats-nodes') * n('nats-cores'));
+const natsMsPerResume = m.natsMsPerResume + ((n('replicas') - 1) * S * m.natsUsPerKvCas) / 1000;
+const window = n('reconnect-window-s');
+const natsTotalCores = n('nats-nodes') * NC;
+const lossSidecarS = (hostConns * m.sidecarMsPerResume) / 1000 / ((H - 1) * W);
+const lossNatsS = (hostConns * natsMsPerResume) / 1000 / natsTotalCores;
+line(`host lost: ${fmt(hostConns)} apps resume on ${(H - 1) * W} workers: ${fmt(hostConns)} x ${m.sidecarMsPerResume} ms / ${(H - 1) * W} cores = ${fmt(lossSidecarS)} s of sidecar CPU each;`);
+line(`           NATS ${fmt(hostConns)} x ${fmt(natsMsPerResume, 2)} ms (${m.natsMsPerResume} + R${n('replicas')} presence writes) / ${natsTotalCores} cores = ${fmt(lossNatsS)} s`);
+check(lossSidecarS < window / 3, `host lost: sidecar CPU ${fmt(lossSidecarS)} s < a third of the ${window} s SDK backoff window`, 'sidecar');
+check(lossNatsS < window / 3, `host lost: NATS CPU ${fmt(lossNatsS)} s < a third of the ${window} s window`, 'nats');
+const allSidecarS = (C * m.sidecarMsPerResume) / 1000 / (H * W);
+const allNatsS = (C * natsMsPerResume) / 1000 / natsTotalCores;
 line(`everyone at once (e.g. after a network partition): sidecar ${fmt(allSidecarS)} s, NATS ${fmt(allNatsS)} s of full CPU`);
-check(Math.max(allSidecarS, allNatsS) < n('reconnect-window-s') * 2, `full reconnect ${fmt(Math.max(allSidecarS, allNatsS))} s < 2x the backoff window`);
+check(allSidecarS < window * 2, `everyone resumes: sidecar CPU ${fmt(allSidecarS)} s < 2x the window`, 'sidecar');
+check(allNatsS < window * 2, `everyone resumes: NATS CPU ${fmt(allNatsS)} s < 2x the window`, 'nats');
 
 // NATS interest: each worker subscribes once per distinct project it holds.
 const projectsPerWorker = P * (1 - Math.pow(1 - 1 / P, cw * S));
@@ -154,17 +167,17 @@ const interestGB = (interest * m.natsBytesPerSubscription) / 1e9;
 line('');
 line(`NATS interest: each worker holds ${fmt(projectsPerWorker)} distinct projects (${fmt(cw * S)} subscriptions over ${fmt(P)}): ${fmt(interest)} subscriptions fleet-wide`);
 line(`               x ${m.natsBytesPerSubscription} B = ${fmt(interestGB, 2)} GB on every node (interest is known to every node of the cluster)`);
-check(interestGB < 0.25 * n('nats-gb'), `interest ${fmt(interestGB, 2)} GB < 25% of a node's ${n('nats-gb')} GB`);
+check(interestGB < 0.25 * n('nats-gb'), `interest ${fmt(interestGB, 2)} GB < 25% of a node's ${n('nats-gb')} GB`, 'nats');
 const keys = users * S; // one presence key per (project, user)
 const kvGB = (keys * m.natsBytesPerKvKey * n('replicas')) / n('nats-nodes') / 1e9;
 const casPerSec = 2 * churn * S; // join and leave
 const casCores = (casPerSec * m.natsUsPerKvCas * n('replicas')) / 1e6;
 line(`NATS KV (presence): ${fmt(keys)} keys x ${m.natsBytesPerKvKey} B x R${n('replicas')} / ${n('nats-nodes')} nodes = ${fmt(kvGB, 2)} GB per node;`);
 line(`                    churn ${fmt(casPerSec)} CAS/s x ${m.natsUsPerKvCas} us x R${n('replicas')} = ${fmt(casCores, 2)} cores`);
-check(kvGB < 0.25 * n('nats-gb'), `presence KV ${fmt(kvGB, 2)} GB per node < 25% of ${n('nats-gb')} GB`);
+check(kvGB < 0.25 * n('nats-gb'), `presence KV ${fmt(kvGB, 2)} GB per node < 25% of ${n('nats-gb')} GB`, 'nats');
 const natsCores = ((C / 10_000) * m.natsIdlePctPer10k) / 100 + (churn * natsMsPerConnect) / 1000 + (E * m.natsUsPerStoredEvent * n('replicas')) / 1e6 + casCores;
-line(`NATS CPU: idle + churn + ${fmt(E)} stored events/s x ${m.natsUsPerStoredEvent} us x R${n('replicas')} + CAS = ${fmt(natsCores, 2)} of ${n('nats-nodes') * n('nats-cores')} cores`);
-check(natsCores < 0.5 * n('nats-nodes') * n('nats-cores'), `steady NATS CPU ${fmt(natsCores, 1)} cores < 50%`);
+line(`NATS CPU: idle + churn + ${fmt(E)} stored events/s x ${m.natsUsPerStoredEvent} us x R${n('replicas')} + CAS = ${fmt(natsCores, 2)} of ${natsTotalCores} cores`);
+check(natsCores < 0.5 * natsTotalCores, `steady NATS CPU ${fmt(natsCores, 1)} cores < 50%`, 'nats');
 
 // Offline inbox with one durable consumer per user.
 const offline = (users * n('offline-users-pct')) / 100;
@@ -178,20 +191,24 @@ line('');
 line(`offline inbox, one durable consumer per user with a stored direct message (${n('offline-users-pct')}% = ${fmt(offline)} users):`);
 line(`  memory ${fmt(offline)} x ${m.natsKBPerInboxConsumer} KB = ${fmt(inboxGB, 1)} GB on the node holding them`);
 line(`  creating them: ${fmt(offline)} / ${m.inboxCreatesPerSec}/s = ${fmt(inboxCreateS)} s of JetStream API time; a restart of that node recovers them in ${fmt(inboxRestartS)} s`);
-check(inboxGB < 0.25 * n('nats-gb'), `inbox consumers ${fmt(inboxGB, 1)} GB on one node < 25% of ${n('nats-gb')} GB`, false);
-check(inboxRestartS < 60, `a NATS node restart recovers the inbox consumers in ${fmt(inboxRestartS)} s < 60 s`, false);
+check(inboxGB < 0.25 * n('nats-gb'), `inbox consumers ${fmt(inboxGB, 1)} GB on one node < 25% of ${n('nats-gb')} GB`, 'inbox');
+check(inboxRestartS < 60, `a NATS node restart recovers the inbox consumers in ${fmt(inboxRestartS)} s < 60 s`, 'inbox');
 return { out, checks };
 }
 
 
-// The fewest hosts for which every check the fleet's size can fix passes (the inbox's cannot).
+// The fewest sidecar hosts that pass the sidecar's checks, then the fewest cores per NATS node that
+// pass NATS's (unless given); the inbox's checks depend on neither.
+const passes = (p, side) => p.checks.every((c) => c.ok || c.side !== side);
+let NC = a['nats-cores'] ? n('nats-cores') : 8;
 let H = a.hosts ? n('hosts') : 1;
-if (!a.hosts) while (H < 1000 && !plan(H).checks.every((c) => c.ok || !c.sizing)) H++;
-const { out, checks } = plan(H);
+if (!a.hosts) while (H < 1000 && !passes(plan(H, NC), 'sidecar')) H++;
+if (!a['nats-cores']) for (NC = 2; NC < 256 && !passes(plan(H, NC), 'nats'); NC += 2);
+const { out, checks } = plan(H, NC);
 console.log(out.join('\n'));
 console.log('\nChecks:');
 console.log(checks.map((c) => `  ${c.ok ? 'ok  ' : 'FAIL'} ${c.what}`).join('\n'));
-if (!a.hosts) console.log(`\n${H} hosts is the fewest that pass every check the fleet's size decides (the inbox's do not depend on it).`);
+if (!a.hosts) console.log(`\n${H} hosts is the fewest that pass the sidecar's checks; ${NC} cores per NATS node the fewest (in steps of 2) that pass NATS's.`);
 if (a.measure) console.log(`\nMeasured now: ${JSON.stringify(Object.fromEntries(Object.entries(m).filter(([k]) => k.startsWith('natsBytes') || k === 'natsUsPerKvCas')))}`);
 
 async function measureNats() {
