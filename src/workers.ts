@@ -6,7 +6,9 @@
  * - The primary serves nothing. It owns the embedded nats-server when NATS_URL is unset and gives
  *   its URL to the workers, restarts a worker that dies (at once the first time, then with a
  *   doubling pause up to RESTART_MAX_MS while it keeps dying young), and on SIGTERM/SIGINT asks
- *   every worker to drain, waits for them, stops the embedded NATS and exits 0.
+ *   every worker to drain, waits for them, stops the embedded NATS and exits 0. A worker that
+ *   cannot start for a reason a restart does not fix (the port is taken, the stream cannot be
+ *   used) stops them all, and the primary exits 1, as one process would.
  * - Each worker is a whole sidecar (src/sidecar.ts) with its own instance id, so it is an instance
  *   of the fleet like a separate container: presence, fleet scatter-gather and the admin API's
  *   fleet answers count every worker's connections.
@@ -32,7 +34,7 @@ const RESTART_MAX_MS = 30_000;
 /** Beyond the workers' own bound (drainDelay + shutdownTimeout), before the primary kills them. */
 const STOP_GRACE_MS = 5_000;
 
-type ToPrimary = { type: 'ready'; instanceId: string; url: string; wsUrl: string };
+type ToPrimary = { type: 'ready'; instanceId: string; url: string; wsUrl: string } | { type: 'fatal'; reason: string };
 type ToWorker = { type: 'stop' };
 
 /** True in a process the primary forked (main.ts runs `runWorker` there). */
@@ -79,7 +81,7 @@ export async function runPrimary(config: Config, baseLog: Logger, devToken: bool
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
 
-  const stop = (): Promise<void> =>
+  const stop = (exitCode = 0): Promise<void> =>
     (stopping ??= (async () => {
       for (const slot of slots) clearTimeout(slot.restartTimer);
       const live = slots.flatMap((s) => (s.worker && !s.worker.isDead() ? [s.worker] : []));
@@ -96,7 +98,7 @@ export async function runPrimary(config: Config, baseLog: Logger, devToken: bool
       clearTimeout(timer);
       await embedded?.stop().catch((err: unknown) => log.error({ err }, 'stopping the embedded NATS failed'));
       log.info('stopped');
-      process.exit(0);
+      process.exit(exitCode);
     })());
 
   const workerEnv: Record<string, string> = {};
@@ -126,6 +128,11 @@ export async function runPrimary(config: Config, baseLog: Logger, devToken: bool
     slot.startedAt = Date.now();
     log.info({ worker: slot.index, pid: worker.process.pid }, 'worker started');
     worker.on('message', (msg: ToPrimary) => {
+      if (msg?.type === 'fatal') {
+        // Every worker would fail the same way (the port is taken, the stream cannot be used).
+        log.fatal({ worker: slot.index, reason: msg.reason }, 'a worker cannot start: stopping every worker');
+        return void stop(1);
+      }
       if (msg?.type !== 'ready') return;
       slot.instanceId = msg.instanceId;
       log.info({ worker: slot.index, pid: worker.process.pid, instance: msg.instanceId, url: msg.url }, 'worker ready');
@@ -189,10 +196,19 @@ export async function runWorker(config: Config, baseLog: Logger): Promise<void> 
   } catch (err) {
     if (starting.signal.aborted) process.exit(0);
     log.fatal({ err }, 'start-up failed');
-    process.exit(1);
+    if (!cannotStart(err)) process.exit(1); // the primary starts it again
+    const fatal: ToPrimary = { type: 'fatal', reason: (err as Error).message };
+    process.send?.(fatal, undefined, {}, () => process.exit(1));
+    return;
   }
   const ready: ToPrimary = { type: 'ready', instanceId: sidecar.instanceId, url: sidecar.url, wsUrl: sidecar.wsUrl };
   process.send?.(ready);
+}
+
+/** Start-up errors a restart cannot fix: the primary stops rather than restart workers forever. */
+function cannotStart(err: unknown): boolean {
+  const code = (err as { code?: unknown })?.code;
+  return code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL' || code === 'stream_incompatible';
 }
 
 function tell(worker: Worker, msg: ToWorker): void {

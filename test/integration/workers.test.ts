@@ -7,6 +7,7 @@
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -263,4 +264,24 @@ describe('two workers with the embedded NATS (NATS_URL unset)', () => {
     // The embedded nats-server went with it.
     await expect(publisher(natsLine.url).then((c) => c.close())).rejects.toThrow();
   }, 120_000);
+});
+
+describe('two workers on a port that is taken', () => {
+  it('stops, and the parent exits 1 with the reason, instead of restarting workers forever', async () => {
+    const taken = createServer();
+    await new Promise<void>((ok) => taken.listen(0, '127.0.0.1', ok));
+    const port = (taken.address() as { port: number }).port;
+    const dataDir = await mkdtemp(join(tmpdir(), 'workers-taken-'));
+    // NATS is never reached: the port is bound before NATS is asked.
+    const sidecar = run({ NATS_URL: `nats://127.0.0.1:${await freePort()}`, JWT_SECRET: TEST_SECRET, PORT: String(port), SIDECAR_DATA_DIR: dataDir });
+    try {
+      expect(await sidecar.exited).toBe(1);
+      expect(sidecar.lines.find((l) => l.msg === 'a worker cannot start: stopping every worker')?.reason).toMatch(/EADDRINUSE/);
+      expect(sidecar.lines.some((l) => l.msg === 'worker exited: restarting it')).toBe(false);
+    } finally {
+      await sidecar.kill();
+      taken.close();
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
