@@ -11,7 +11,8 @@
  *   used) stops them all, and the primary exits 1, as one process would.
  * - Each worker is a whole sidecar (src/sidecar.ts) with its own instance id, so it is an instance
  *   of the fleet like a separate container: presence, fleet scatter-gather and the admin API's
- *   fleet answers count every worker's connections.
+ *   fleet answers count every worker's connections. `/metrics` reaches one worker and answers
+ *   with every ready worker's series (labelled with their instance ids), gathered by the primary.
  *
  * With `workers` = 1, main.ts never comes here and the cluster module is not loaded.
  */
@@ -20,9 +21,11 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
+import { AggregatorRegistry } from 'prom-client';
 import type { Config } from './config.js';
 import { printDevToken } from './dev-key.js';
 import { NatsServerNotFoundError, startEmbeddedNats, type EmbeddedNats } from './nats/embedded-server.js';
+import type { SidecarMetrics } from './http/metrics.js';
 import { Sidecar } from './sidecar.js';
 
 /** Set by the primary in each worker's environment: the worker's slot, 0..workers-1. */
@@ -34,8 +37,18 @@ const RESTART_MAX_MS = 30_000;
 /** Beyond the workers' own bound (drainDelay + shutdownTimeout), before the primary kills them. */
 const STOP_GRACE_MS = 5_000;
 
-type ToPrimary = { type: 'ready'; instanceId: string; url: string; wsUrl: string } | { type: 'fatal'; reason: string };
-type ToWorker = { type: 'stop' };
+/** A registry's series as prom-client's JSON (SidecarMetrics.json). */
+type SeriesJson = Awaited<ReturnType<SidecarMetrics['json']>>;
+type ToPrimary =
+  | { type: 'ready'; instanceId: string; url: string; wsUrl: string }
+  | { type: 'fatal'; reason: string }
+  /** A worker was asked for `/metrics`: it wants every worker's series. */
+  | { type: 'scrape'; id: number }
+  | { type: 'collected'; id: number; series: SeriesJson };
+type ToWorker = { type: 'stop' } | { type: 'collect'; id: number } | { type: 'scraped'; id: number; text: string };
+
+/** A scrape answers with the workers that sent their series within this long (a busy or dying one is left out). */
+const SCRAPE_TIMEOUT_MS = 2_000;
 
 /** True in a process the primary forked (main.ts runs `runWorker` there). */
 export function isWorkerProcess(): boolean {
@@ -116,6 +129,35 @@ export async function runPrimary(config: Config, baseLog: Logger, devToken: bool
     workerEnv.NATS_URL = embedded.url;
   }
 
+  // `/metrics` reaches one worker; it answers with every ready worker's series (each labelled with
+  // its instance_id), gathered here, so a scrape of the port sees the whole host.
+  let nextCollect = 0;
+  const collecting = new Map<number, (from: Worker, series: SeriesJson) => void>();
+  const scrape = (requester: Worker, id: number): void => {
+    const ready = slots.flatMap((s) => (s.worker && s.instanceId && s.worker.isConnected() ? [s.worker] : []));
+    const key = nextCollect++;
+    const waiting = new Set(ready);
+    const got: SeriesJson[] = [];
+    const finish = (): void => {
+      clearTimeout(timer);
+      collecting.delete(key);
+      AggregatorRegistry.aggregate(got)
+        .metrics()
+        .then(
+          (text) => tell(requester, { type: 'scraped', id, text }),
+          (err: unknown) => log.warn({ err }, 'could not merge the workers\' metrics'),
+        );
+    };
+    const timer = setTimeout(finish, SCRAPE_TIMEOUT_MS);
+    collecting.set(key, (from, series) => {
+      if (!waiting.delete(from)) return;
+      got.push(series);
+      if (waiting.size === 0) finish();
+    });
+    for (const w of ready) tell(w, { type: 'collect', id: key });
+    if (ready.length === 0) finish();
+  };
+
   let printed = !devToken;
   const fork = (slot: Slot): void => {
     slot.restartTimer = undefined;
@@ -128,6 +170,8 @@ export async function runPrimary(config: Config, baseLog: Logger, devToken: bool
     slot.startedAt = Date.now();
     log.info({ worker: slot.index, pid: worker.process.pid }, 'worker started');
     worker.on('message', (msg: ToPrimary) => {
+      if (msg?.type === 'scrape') return scrape(worker, msg.id);
+      if (msg?.type === 'collected') return collecting.get(msg.id)?.(worker, msg.series);
       if (msg?.type === 'fatal') {
         // Every worker would fail the same way (the port is taken, the stream cannot be used).
         log.fatal({ worker: slot.index, reason: msg.reason }, 'a worker cannot start: stopping every worker');
@@ -187,12 +231,38 @@ export async function runWorker(config: Config, baseLog: Logger): Promise<void> 
   // The primary coordinates a Ctrl-C (the terminal sends SIGINT to every process of the group).
   process.on('SIGINT', () => {});
   process.on('SIGTERM', () => stop('SIGTERM'));
+  // `/metrics` answers with every worker's series, through the primary; this one's alone if it is slow.
+  let nextScrape = 0;
+  const scrapes = new Map<number, (text: string) => void>();
+  const metricsText = (own: SidecarMetrics): Promise<string> =>
+    new Promise((resolve) => {
+      const id = nextScrape++;
+      const timer = setTimeout(() => {
+        scrapes.delete(id);
+        resolve(own.text());
+      }, SCRAPE_TIMEOUT_MS + 1_000);
+      scrapes.set(id, (text) => {
+        clearTimeout(timer);
+        scrapes.delete(id);
+        resolve(text);
+      });
+      const ask: ToPrimary = { type: 'scrape', id };
+      process.send?.(ask);
+    });
   process.on('message', (msg: ToWorker) => {
     if (msg?.type === 'stop') stop('asked by the primary');
+    else if (msg?.type === 'scraped') scrapes.get(msg.id)?.(msg.text);
+    else if (msg?.type === 'collect' && sidecar) {
+      const { id } = msg;
+      sidecar.metrics.json().then(
+        (series) => process.send?.({ type: 'collected', id, series } satisfies ToPrimary),
+        (err: unknown) => log.warn({ err }, 'could not collect metrics for a scrape'),
+      );
+    }
   });
 
   try {
-    sidecar = await Sidecar.start(config, { logger: log, signal: starting.signal });
+    sidecar = await Sidecar.start(config, { logger: log, signal: starting.signal, metricsText });
   } catch (err) {
     if (starting.signal.aborted) process.exit(0);
     log.fatal({ err }, 'start-up failed');

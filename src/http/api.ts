@@ -22,6 +22,8 @@ export interface ApiDeps extends AdminDeps {
   /** The presence buckets exist and are watched. */
   presenceReady: () => boolean;
   startedAt: number;
+  /** Replaces this instance's `/metrics` text (workers mode: every worker's series). */
+  metricsText?: () => Promise<string>;
 }
 
 export function createApi(deps: ApiDeps): Koa {
@@ -72,7 +74,7 @@ export function createApi(deps: ApiDeps): Koa {
   });
 
   router.get('/metrics', async (ctx) => {
-    ctx.body = await deps.metrics.text();
+    ctx.body = await (deps.metricsText ?? (() => deps.metrics.text()))();
     ctx.set('Content-Type', deps.metrics.contentType);
   });
 

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mintToken } from '../../src/auth.js';
-import { api } from '../helpers/http.js';
+import { parsePrometheus, sampleValue } from '../helpers/http.js';
 import { startTestNats, type TestNats } from '../helpers/nats.js';
 import { freePort } from '../helpers/ports.js';
 import { event, publisher, TEST_SECRET } from '../helpers/sidecar.js';
@@ -171,6 +171,21 @@ describe('two workers on one port, with NATS_URL', () => {
     for (const id of answeredBy) expect(instances).toContain(id);
     await closeAllClients();
   }, 60_000);
+
+  it('answers /metrics, from whichever worker, with the series of both', async () => {
+    for (let i = 0; i < 4; i++) {
+      // A new connection each time, so the scrapes land on both workers.
+      const res = await fetch(`${httpUrl()}/metrics`, { headers: { Connection: 'close' } });
+      expect(res.status).toBe(200);
+      const samples = parsePrometheus(await res.text()); // strict: each family declared once
+      const info = samples.filter((x) => x.name === 'sidecar_info');
+      expect(info.map((x) => x.labels.instance_id).sort()).toEqual([...instances].sort());
+      for (const id of instances) {
+        expect(sampleValue(samples, 'sidecar_connections', { instance_id: id })).toBeTypeOf('number');
+        expect(sampleValue(samples, 'sidecar_delivery_latency_seconds_count', { instance_id: id })).toBeGreaterThanOrEqual(0);
+      }
+    }
+  }, 30_000);
 
   it('restarts a worker killed with SIGKILL, logs it, and clients connect to it again', async () => {
     const victim = sidecar.lines.find((l) => l.msg === 'worker ready' && l.instance === instances[0])!;
