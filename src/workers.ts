@@ -268,7 +268,7 @@ export async function runWorker(config: Config, baseLog: Logger): Promise<void> 
     log.fatal({ err }, 'start-up failed');
     if (!cannotStart(err)) process.exit(1); // the primary starts it again
     const fatal: ToPrimary = { type: 'fatal', reason: (err as Error).message };
-    process.send?.(fatal, undefined, {}, () => process.exit(1));
+    if (!process.send?.(fatal, undefined, {}, () => process.exit(1))) process.exit(1);
     return;
   }
   const ready: ToPrimary = { type: 'ready', instanceId: sidecar.instanceId, url: sidecar.url, wsUrl: sidecar.wsUrl };
@@ -282,10 +282,10 @@ function cannotStart(err: unknown): boolean {
 }
 
 function tell(worker: Worker, msg: ToWorker): void {
-  // Its channel may be gone already: a signal asks the same.
-  const bySignal = (): void => void worker.process.kill('SIGTERM');
-  if (!worker.isConnected()) return bySignal();
-  worker.send(msg, (err: Error | null) => err && bySignal());
+  // A worker whose channel is gone can still be asked to stop, with a signal; the rest is lost with it.
+  const failed = (): void => void (msg.type === 'stop' && worker.process.kill('SIGTERM'));
+  if (!worker.isConnected()) return failed();
+  worker.send(msg, (err: Error | null) => err && failed());
 }
 
 /** The embedded nats-server, as Sidecar.start would run it, but owned by the primary. */
