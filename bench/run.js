@@ -2,7 +2,7 @@
 // Side-by-side benchmark (issue 8): NATS's built-in WebSocket listener vs the sidecar vs a naive
 // ws+nats bridge, driven by the same load generator (bench/loadgen.js, separate processes).
 //
-//   node bench/run.js [--scenarios fanout,spread,latency,idle,connect,resume] [--targets nats,sidecar,naive]
+//   node bench/run.js [--scenarios fanout,spread,latency,idle,connect,resume,upload] [--targets nats,sidecar,naive]
 //                     [--runs 3] [--long-runs 1] [--quick] [--loaders auto|N] [size flags, see --help]
 //
 // For each scenario, each run, each target (in that order, so a run's ratios compare targets measured
@@ -20,9 +20,10 @@ import { median, now } from './common.js';
 import { natsServerVersion } from './nats-server.js';
 import { fdLimits } from './proc.js';
 import * as S from './scenarios.js';
+import { uploadBench, uploadTable } from './upload.js';
 import { ROOT, TARGETS, Unavailable } from './targets.js';
 
-const ALL_SCENARIOS = ['fanout', 'spread', 'latency', 'idle', 'connect', 'resume'];
+const ALL_SCENARIOS = ['fanout', 'spread', 'latency', 'idle', 'connect', 'resume', 'upload'];
 const ALL_TARGETS = ['nats', 'sidecar', 'naive'];
 
 const FLAGS = {
@@ -50,6 +51,8 @@ const FLAGS = {
   'connect-projects': { type: 'string', default: '100', quick: '10' },
   'connect-concurrency': { type: 'string', default: '200', quick: '50' },
   'resume-events': { type: 'string', default: '1000', quick: '100' },
+  'upload-mib': { type: 'string', default: '256', quick: '8', help: 'upload scenario: file size for MB/s (tus and single request vs a raw Object Store put)' },
+  'upload-rss-mib': { type: 'string', default: '1024', quick: '32', help: 'upload scenario: size of the upload during which sidecar RSS is sampled' },
   'payload-bytes': { type: 'string', default: '200' },
   'shared-user': { type: 'boolean', default: false, help: 'all clients use one user id (default: one user per client)' },
   'sidecar-bin': { type: 'string', default: 'bin/nats-ws-sidecar.js' },
@@ -251,6 +254,19 @@ for (const row of rows) {
   }
 }
 
+// The upload scenario concerns the sidecar alone (no WebSocket target to compare): its own table.
+let upload;
+if (scenarios.includes('upload') && targets.includes('sidecar') && !unavailable.sidecar) {
+  const ts = now();
+  try {
+    upload = await uploadBench({ sizeMiB: num('upload-mib'), rssMiB: num('upload-rss-mib'), runs, verbose, sidecarBin: flag('sidecar-bin'), nodeArgs: startOpts.nodeArgs, log });
+  } catch (e) {
+    upload = { error: String(e?.message ?? e) };
+    log(`upload: error: ${upload.error}`);
+  }
+  log(`upload: done (${((now() - ts) / 1000).toFixed(1)} s)`);
+}
+
 // ---- table ----
 
 /** Median metrics over a target's successful runs of a row. */
@@ -325,11 +341,16 @@ const machine = [
 const elapsed = (now() - t0) / 1000;
 
 const out = [
-  table,
-  '',
-  `Ratios in parentheses: this target / NATS's WebSocket listener in the same run (median over runs); ` +
-    `for deliveries/s and connects/s higher is better, for latency (ratio of p99), memory, CPU and replay time lower is better. ` +
-    `"!" marks a cell with an issue listed in the notes.`,
+  ...(rows.length
+    ? [
+        table,
+        '',
+        `Ratios in parentheses: this target / NATS's WebSocket listener in the same run (median over runs); ` +
+          `for deliveries/s and connects/s higher is better, for latency (ratio of p99), memory, CPU and replay time lower is better. ` +
+          `"!" marks a cell with an issue listed in the notes.`,
+      ]
+    : []),
+  ...(upload ? [...(rows.length ? [''] : []), upload.error ? `Upload: error: ${upload.error}` : uploadTable(upload)] : []),
 ].join('\n');
 console.log(`\n${out}\n`);
 if (uniqueNotes.length) console.log(`Notes:\n${uniqueNotes.join('\n')}\n`);
@@ -391,7 +412,7 @@ if (write) {
   writeFileSync(file, next);
   log(`bench: wrote ${file}`);
 }
-if (argv.json) writeFileSync(argv.json, JSON.stringify({ command, machine, results, unavailable }, null, 2));
+if (argv.json) writeFileSync(argv.json, JSON.stringify({ command, machine, results, unavailable, upload }, null, 2));
 
-const failedAll = rows.some((row) => targets.some((t) => !unavailable[t] && (results[row.id][t] ?? []).some((r) => r.error)));
+const failedAll = Boolean(upload?.error) || rows.some((row) => targets.some((t) => !unavailable[t] && (results[row.id][t] ?? []).some((r) => r.error)));
 process.exit(failedAll ? 1 : 0);

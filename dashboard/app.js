@@ -616,6 +616,59 @@ function addEvent(msg, isTest) {
     ),
   );
   while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
+  if ((msg.type === 'file_uploaded' || msg.type === 'file_deleted') && msg.project_id && msg.project_id === files.project) void listFiles(files.project);
+}
+
+// ---- files -------------------------------------------------------------------------------------
+
+const files = { project: '' };
+const fmtSize = (n) => (n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1048576).toFixed(1)} MiB`);
+
+/** A project's files; a download is fetched with the token in a header, never in a link. */
+async function listFiles(projectId) {
+  files.project = projectId;
+  $('files-note').textContent = `· ${projectId} · loading`;
+  let body;
+  try {
+    body = await api(`projects/${encodeURIComponent(projectId)}/files`);
+  } catch (err) {
+    $('files-note').textContent = `· ${projectId} · ${err.message}`;
+    $('files').tBodies[0].replaceChildren();
+    return;
+  }
+  $('files-note').textContent = `· ${projectId} · ${body.files.length} file${body.files.length === 1 ? '' : 's'}`;
+  $('files').tBodies[0].replaceChildren(
+    ...body.files.map((f) => {
+      const button = el('button', { type: 'button', title: `sha256 ${f.sha256}` }, 'download');
+      button.addEventListener('click', () => void downloadFile(f));
+      return el(
+        'tr',
+        {},
+        el('td', {}, f.name),
+        el('td', { className: 'num' }, fmtSize(f.size)),
+        el('td', {}, f.content_type),
+        el('td', {}, f.uploaded_by),
+        el('td', { title: f.created_at }, f.created_at ? new Date(f.created_at).toLocaleString() : ''),
+        el('td', {}, button),
+      );
+    }),
+  );
+}
+
+async function downloadFile(f) {
+  let res;
+  try {
+    res = await fetch(new URL(`files/${encodeURIComponent(f.file_id)}`, API_BASE), { headers: { Authorization: `Bearer ${session.token}` }, credentials: 'omit' });
+  } catch {
+    return problem('download failed: the sidecar is unreachable');
+  }
+  if (!res.ok) return problem(`download of ${f.name} failed: HTTP ${res.status}`);
+  const url = URL.createObjectURL(await res.blob());
+  const a = el('a', { href: url, download: f.name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
 // ---- test event --------------------------------------------------------------------------------
@@ -706,6 +759,12 @@ function init() {
     void live.watch(id).catch(() => {});
   });
   $('clear-events').addEventListener('click', () => $('events').replaceChildren());
+  $('files-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const id = $('files-project').value.trim();
+    if (!ID_RE.test(id)) return problem(`not a project id: ${id.slice(0, 40)}`);
+    void listFiles(id);
+  });
   $('conn-filter').addEventListener('input', () => renderConnections(lastList.list, lastList.connections));
   document.addEventListener('visibilitychange', () => {
     if (!document.hidden && session.token && !session.refused) schedule(session.generation, 0);

@@ -154,6 +154,20 @@ export const configSchema = z.object({
   authorizationCacheTTL: duration(0),
   /** Event types clients may send (`client_event`); empty = none. */
   clientEvents: list().pipe(z.array(z.string().regex(TOKEN_PATTERN, 'each type must match [A-Za-z0-9_-]{1,128}'))),
+
+  /** Object Store bucket of uploaded files; `<filesBucket>_UPLOADS` and `<filesBucket>_INDEX` are KV buckets beside it. */
+  filesBucket: z.string().regex(/^[A-Za-z0-9_-]{1,48}$/, 'must match [A-Za-z0-9_-]{1,48}'),
+  filesReplicas: int(1, 5),
+  /** How long a file is kept; 0 = until deleted. */
+  fileTTL: duration(0),
+  /** Largest file, bytes (tus Upload-Length or request body); more is answered 413. */
+  maxUploadBytes: int(1),
+  /** Uploads one user may stream at once through one instance; more is answered 429. */
+  maxConcurrentUploads: int(1),
+  /** Media types accepted (`image/png`, `image/*`); empty = any. */
+  allowedFileTypes: list(),
+  /** An unfinished upload untouched this long is deleted with its stored bytes. */
+  uploadExpiry: duration(1000),
 });
 
 export type Config = z.infer<typeof configSchema>;
@@ -193,7 +207,7 @@ function readJsonFile(path: string): ConfigInput {
   try {
     const parsed: unknown = JSON.parse(text);
     if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not a JSON object');
-    return parsed as ConfigInput;
+    return parsed;
   } catch (err) {
     throw new ConfigError('file', `${path} is not a JSON object: ${(err as Error).message}`);
   }

@@ -24,6 +24,8 @@ import { ProjectAuthorizer } from './nats/project-authorizer.js';
 import { NatsServerNotFoundError, startEmbeddedNats, type EmbeddedNats } from './nats/embedded-server.js';
 import { Fleet } from './nats/fleet.js';
 import { createOperations } from './operations.js';
+import { FileService } from './files/service.js';
+import { FileStore } from './files/store.js';
 
 export interface SidecarOptions {
   logger?: Logger;
@@ -42,6 +44,8 @@ const START_RETRY_MAX_MS = 2_000;
 export class Sidecar {
   private draining = false;
   private stopping: Promise<void> | undefined;
+  /** File uploads and downloads (set once started). */
+  files: FileService | undefined;
 
   private constructor(
     readonly config: Config,
@@ -86,6 +90,7 @@ export class Sidecar {
     let fleet: Fleet | undefined;
     let metrics: SidecarMetrics | undefined;
     let presence: NatsPresence | undefined;
+    let files: FileService | undefined;
     try {
       await new Promise<void>((ok, fail) => {
         server.once('error', fail);
@@ -126,6 +131,16 @@ export class Sidecar {
       });
       fleet = new Fleet(broker, { instanceId, heartbeat: config.fleetHeartbeat, timeout: config.fleetTimeout }, log.child({ component: 'fleet' }));
       fleet.start(operations);
+      const fileStore = await FileStore.open(b.nc, b.js, b.jsm, { bucket: config.filesBucket, replicas: config.filesReplicas, fileTTL: config.fileTTL, timeout: 5_000 }, log.child({ component: 'files' }));
+      files = new FileService({
+        store: fileStore,
+        access: authorizer,
+        publish: (topic, payload, msgId) => b.publish(topic, payload, msgId),
+        config,
+        instanceId,
+        log: log.child({ component: 'files' }),
+      });
+      files.start();
       const api = createApi({
         hub,
         broker,
@@ -140,14 +155,17 @@ export class Sidecar {
         bodyLimit: config.apiBodyLimit,
         presence,
         presenceReady: () => presence!.ready,
+        files,
         metricsText: options.metricsText && (() => options.metricsText!(metrics!)),
       });
       http.serve(hub, api.callback());
       sidecar = new Sidecar(config, instanceId, log, broker, hub, server, embedded, fleet, metrics, presence, authorizer);
+      sidecar.files = files;
       log.info({ url: sidecar.url, ws: sidecar.wsUrl }, 'nats-ws-sidecar listening');
       return sidecar;
     } catch (err) {
       await presence?.stop().catch(() => {});
+      await files?.stop();
       fleet?.stop();
       metrics?.close();
       await broker?.close().catch(() => {});
@@ -196,6 +214,8 @@ export class Sidecar {
       // The closed connections' users leave (user_left where they were the last) before NATS goes.
       ['presence', () => this.presence.stop()],
       ['authorizer', () => this.authorizer.stop()],
+      // Writes in progress stop and release their upload leases while NATS is still there.
+      ['files', () => this.files?.stop()],
       ['fleet', () => this.fleet.stop()],
       ['nats', () => this.broker.close()],
       // The port stays open until here so readyz can answer 503 while the drain runs.
@@ -278,7 +298,7 @@ async function reachNats(
         const timer = setTimeout(ok, delay);
         signal?.addEventListener('abort', () => {
           clearTimeout(timer);
-          fail(signal.reason);
+          fail(signal.reason instanceof Error ? signal.reason : new Error('start-up aborted'));
         }, { once: true });
       });
     }

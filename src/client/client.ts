@@ -7,11 +7,12 @@
  * no longer holds it, or was created anew) the app is told with `history_truncated`, never left
  * with a silent skip. Browser-safe: no imports beyond the dependency-free protocol codes.
  */
-import { CloseCode, ErrorCode, MessageType, TOKEN_PATTERN, type EventEnvelope } from '../protocol-codes.js';
+import { CloseCode, ErrorCode, MessageType, TOKEN_PATTERN, reconnectPolicy, type EventEnvelope } from '../protocol-codes.js';
 import type { SeedEvents } from '../events.js';
 import { Emitter } from './emitter.js';
 import { ClientError, ClientErrorCode } from './errors.js';
 import { tokenExpiresAt } from './token.js';
+import { httpBaseOf, uploadFile, type FileInfo, type UploadOptions, type UploadSource } from './uploads.js';
 
 /** The part of the WebSocket API the client uses: browsers' WebSocket and the `ws` package both fit. */
 export interface WebSocketLike {
@@ -155,14 +156,6 @@ const RESERVED = new Set<string>([
   'subscribed',
   'unsubscribed',
   'history_truncated',
-]);
-
-/** Close codes after which reconnecting would not help (see PROTOCOL.md § Close codes). */
-const TERMINAL_CLOSE_CODES = new Set<number>([
-  CloseCode.MessageTooBig,
-  CloseCode.DisconnectedByOperator,
-  CloseCode.Forbidden,
-  CloseCode.TooManyErrors,
 ]);
 
 const ABNORMAL_CLOSURE = 1006;
@@ -375,10 +368,9 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
   private onClose(code: number, reason: string): void {
     this.detach();
     if (this.closing) return;
-    const tokenRefused = code === CloseCode.Unauthorized;
-    if (tokenRefused) this.token = undefined; // never offer the refused token again
-    const retry =
-      this.options.reconnect && !TERMINAL_CLOSE_CODES.has(code) && (!tokenRefused || typeof this.options.token === 'function');
+    const policy = reconnectPolicy(code); // PROTOCOL.md § Close codes
+    if (policy === 'new_token') this.token = undefined; // never offer the refused token again
+    const retry = this.options.reconnect && policy !== 'stop' && (policy === 'reconnect' || typeof this.options.token === 'function');
     if (!retry) {
       this.fire('disconnected', { code, reason, willReconnect: false });
       this.finish(new ClientError(ClientErrorCode.Disconnected, `connection closed (${code}${reason ? ` ${reason}` : ''})`, { closeCode: code }));
@@ -912,6 +904,28 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
     this.lastReceived = Date.now();
     this.pingSentAt = 0;
     this.timers.ping = setTimeout(tick, Math.min(pingInterval, pongTimeout) / 2);
+  }
+
+  // ---- files (client/uploads.ts) --------------------------------------------------------------
+
+  /** Upload a file to a project (tus, in chunks, retried and resumed across reconnects); resolves with the stored file. */
+  upload(projectId: string, file: UploadSource, options?: UploadOptions): Promise<FileInfo> {
+    if (typeof projectId !== 'string' || !TOKEN_PATTERN.test(projectId)) {
+      return Promise.reject(new ClientError(ClientErrorCode.InvalidArgument, 'projectId must match [A-Za-z0-9_-]{1,128}'));
+    }
+    return uploadFile({ baseUrl: () => httpBaseOf(this.lastUrl ?? this.peekUrl()), token: () => this.getToken(false) }, projectId, file, options);
+  }
+
+  /** The download URL of a file; with `withToken`, the current token rides along as `?token=` (for links, `<img src>`). */
+  fileUrl(fileId: string, options: { withToken?: boolean } = {}): string {
+    const url = `${httpBaseOf(this.lastUrl ?? this.peekUrl())}/api/v1/websocket/files/${encodeURIComponent(fileId)}`;
+    const token = options.withToken ? (typeof this.options.token === 'string' ? this.options.token : this.token) : undefined;
+    return token ? `${url}?token=${encodeURIComponent(token)}` : url;
+  }
+
+  private peekUrl(): string {
+    const source = this.options.url;
+    return typeof source === 'string' ? source : typeof source === 'function' ? source(0) : source[0];
   }
 
   /** `emit` without the generic event map, which TypeScript cannot narrow inside the class. */

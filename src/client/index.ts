@@ -18,6 +18,7 @@ export {
   type WebSocketConstructor,
 } from './client.js';
 export { ClientError, ClientErrorCode } from './errors.js';
+export { uploadFile, httpBaseOf, type FileInfo, type UploadOptions, type UploadSource, type UploadContext } from './uploads.js';
 export { tokenExpiresAt } from './token.js';
-export { CloseCode, ErrorCode, MessageType, type Envelope, type EventEnvelope } from '../protocol-codes.js';
+export { CloseCode, ErrorCode, MessageType, reconnectPolicy, type ReconnectPolicy, type Envelope, type EventEnvelope } from '../protocol-codes.js';
 export type * from '../events.js';

@@ -17,7 +17,7 @@ import {
 } from '../protocol.js';
 import { ErrorBudget, TokenBucket } from './limits.js';
 import type { EventRef } from './dedupe.js';
-import { topics, type OutFrame, type StoredEvent, type Topic, type Transport } from './ports.js';
+import { topics, type OutFrame, type StoredEvent, type Transport } from './ports.js';
 import { TopicSubscriptions, type Subscription } from './subscription.js';
 import type { Hub } from './hub.js';
 import { dispatch } from './processors.js';

@@ -148,5 +148,5 @@ const processors: Processors = {
 
 export function dispatch(conn: Connection, message: ClientMessage): void | Promise<void> {
   if (conn.state === 'closed') return;
-  return (processors[message.type] as Processor<typeof message.type>)(conn, message as never);
+  return (processors[message.type] as Processor<typeof message.type>)(conn, message);
 }

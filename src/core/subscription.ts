@@ -28,10 +28,6 @@ export class Subscription {
     this.firstSeq = since === undefined ? Infinity : 0;
   }
 
-  get catchingUp(): boolean {
-    return this.held !== null;
-  }
-
   /** True when the client has (or, through `since`, said it has) event `seq` of this topic. */
   has(seq: number): boolean {
     return seq >= this.firstSeq && seq <= this.lastSeq;

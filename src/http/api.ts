@@ -10,6 +10,8 @@ import type { Hub } from '../core/hub.js';
 import type { NatsBroker } from '../nats/broker.js';
 import { createAdminRouter, type AdminDeps } from './admin-routes.js';
 import { createDashboardRouter } from './dashboard.js';
+import { createFileRouter } from './file-routes.js';
+import type { FileService } from '../files/service.js';
 import type { SidecarMetrics } from './metrics.js';
 
 export interface ApiDeps extends AdminDeps {
@@ -22,6 +24,8 @@ export interface ApiDeps extends AdminDeps {
   /** The presence buckets exist and are watched. */
   presenceReady: () => boolean;
   startedAt: number;
+  /** File uploads and downloads (routes for any authenticated user, mounted before the admin API's). */
+  files?: FileService;
   /** Replaces this instance's `/metrics` text (workers mode: every worker's series). */
   metricsText?: () => Promise<string>;
 }
@@ -84,6 +88,11 @@ export function createApi(deps: ApiDeps): Koa {
   app.use(router.allowedMethods());
   app.use(dashboard.routes());
   app.use(dashboard.allowedMethods());
+  if (deps.files) {
+    const files = createFileRouter({ files: deps.files, verifier: deps.verifier, log: deps.log.child({ component: 'files' }) });
+    app.use(files.routes());
+    app.use(files.allowedMethods());
+  }
   app.use(admin.routes());
   app.use(admin.allowedMethods());
   return app;

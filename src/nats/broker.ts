@@ -91,6 +91,8 @@ const FLUSH_TIMEOUT_MS = 5_000;
 const ADVISORY_CHECK_DELAY_MS = 1_000;
 /** JetStream's API error code for "stream name already in use with a different configuration". */
 const STREAM_NAME_IN_USE = 10058;
+/** "stream configuration update can not change ..." */
+const STREAM_INVALID_UPDATE = 10052;
 const READY: Promise<void> = Promise.resolve();
 
 /**
@@ -276,9 +278,10 @@ export class NatsBroker implements BrokerPort {
       this.epoch = epochOf(existing.created);
       const { storage: _storage, retention: _retention, ...mutable } = wanted;
       await this.jsm.streams.update(wanted.name, { ...existing.config, ...mutable }).catch((err: Error) => {
-        // nats-server before 2.10 cannot add or change republish in place, and recreating the
-        // stream would lose what it stores: say what to do instead.
-        if (!/republish/i.test(err.message)) throw err;
+        // nats-server before 2.10 cannot add or change republish in place (the only setting we
+        // ask for that it refuses as an invalid update), and recreating the stream would lose
+        // what it stores: say what to do instead.
+        if (!(err instanceof JetStreamApiError && err.code === STREAM_INVALID_UPDATE)) throw err;
         throw new SidecarError(
           'stream_incompatible',
           `JetStream stream ${wanted.name} exists without republish ${mutable.republish?.src} -> ${mutable.republish?.dest}, ` +
@@ -387,7 +390,7 @@ export class NatsBroker implements BrokerPort {
     this.nc.subscribe(`${this.prefix}.live.user.*`, {
       callback: (err, msg) => {
         if (err) return this.log.warn({ err }, 'live subscription error (direct messages)');
-        const t = this.topics.get(msg.subject.slice(skip) as Topic);
+        const t = this.topics.get(msg.subject.slice(skip));
         if (t) this.onLive(t, msg);
       },
     });

@@ -64,7 +64,7 @@ async function publishTasks(projectId: string, from: number, to: number): Promis
   for (const n of range(from, to)) await pub.notifyTaskCreated({ id: `t${n}`, n }, projectId);
 }
 
-const once = <T = any>(client: Client, name: string): Promise<T> => new Promise((r) => client.once(name as never, r as never));
+const once = <T = any>(client: Client, name: string): Promise<T> => new Promise((r) => client.once(name as never, r));
 
 async function waitFor(check: () => boolean, timeoutMs = 15_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

@@ -233,6 +233,30 @@ describe.skipIf(!CHROMIUM)(
       expect(problems).toEqual([]);
     });
 
+    it('lists a project\'s files and follows file_uploaded on the watched project', async () => {
+      const up = (name: string) =>
+        fetch(`${side.httpUrl}/api/v1/websocket/projects/files-p/files`, { method: 'POST', headers: { Authorization: `Bearer ${admin}`, 'X-File-Name': name, 'Content-Type': 'text/plain' }, body: `contents of ${name}` });
+      expect((await up('first.txt')).status).toBe(201);
+      const { page, problems } = await open(`#token=${admin}`);
+      await page.locator('#auth-status.ok').waitFor();
+      await page.fill('#files-project', 'files-p');
+      await page.click('#files-form button');
+      const first = page.locator('#files tbody tr', { hasText: 'first.txt' });
+      await first.waitFor();
+      expect(await first.locator('td').allTextContents()).toEqual(['first.txt', '21 B', 'text/plain', 'ops', expect.any(String), 'download']);
+      // Watching the project: a new upload's event refreshes the list.
+      await page.fill('#watch-project', 'files-p');
+      await page.click('#watch-form button[type=submit]');
+      await page.locator('#watched', { hasText: 'files-p' }).waitFor();
+      await page.locator('#live-status.ok').waitFor();
+      expect((await up('second.txt')).status).toBe(201);
+      await page.locator('#files tbody tr', { hasText: 'second.txt' }).waitFor();
+      const download = page.waitForEvent('download');
+      await first.locator('button').click();
+      expect((await download).suggestedFilename()).toBe('first.txt');
+      expect(problems).toEqual([]);
+    });
+
     it('reports a token without the admin role, or a bad one, as refused and opens no socket', async () => {
       const viewer = await side.token('viewer', { roles: ['user'] });
       const { page } = await open(`#token=${viewer}`);

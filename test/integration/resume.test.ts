@@ -9,7 +9,7 @@ import { connect, type Msg, type NatsConnection } from '@nats-io/transport-node'
 import type { ConfigInput } from '../../src/config.js';
 import { startTestNats, type TestNats } from '../helpers/nats.js';
 import { event, publisher, startTestSidecar, type TestSidecar } from '../helpers/sidecar.js';
-import { storedPublisher, waitFor, type StoredPublisher } from '../helpers/streams.js';
+import { storedPublisher, type StoredPublisher } from '../helpers/streams.js';
 import { closeAllClients, connectClient, type TestClient } from '../helpers/ws-client.js';
 
 let nats: TestNats;

@@ -82,7 +82,7 @@ const nextSocket = async (after: number): Promise<FakeSocket> => {
   }
   return FakeSocket.all[after];
 };
-const once = <T = any>(client: Client, name: string): Promise<T> => new Promise((r) => client.once(name as never, r as never));
+const once = <T = any>(client: Client, name: string): Promise<T> => new Promise((r) => client.once(name as never, r));
 
 function makeClient(o: Partial<Options> = {}): Client {
   return new Client({
