@@ -4,6 +4,7 @@
  * validated here so the rest of the code can trust `Config` without re-checking.
  */
 import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
@@ -36,6 +37,10 @@ const bool = () =>
   z.union([z.boolean(), z.enum(['true', 'false', '1', '0'])]).transform((v) => v === true || v === 'true' || v === '1');
 const optionalString = () => z.string().min(1).optional();
 
+/** More processes than this on one host is a typo, not a plan. */
+const MAX_WORKERS = 256;
+const WORKERS_ERROR = `must be "auto" or a whole number from 1 to ${MAX_WORKERS}`;
+
 /** NATS subject tokens we accept for ids and prefixes (shared with the client SDK). */
 export { TOKEN_PATTERN };
 
@@ -49,6 +54,15 @@ export const configSchema = z.object({
   dataDir: z.string().min(1),
   /** Port of the embedded nats-server (used when natsUrl is unset); 0 = any free port. */
   embeddedNatsPort: int(0, 65535),
+  /**
+   * Processes serving the port (Node's cluster module; `auto` = one per CPU core). With more than
+   * one, a primary process supervises them and each is an instance of the fleet (src/workers.ts).
+   */
+  workers: z
+    .union([z.literal('auto'), z.coerce.number().int(WORKERS_ERROR).min(1, WORKERS_ERROR).max(MAX_WORKERS, WORKERS_ERROR)], {
+      error: WORKERS_ERROR,
+    })
+    .transform((v) => (v === 'auto' ? availableParallelism() : v)),
   /** Stable name of this instance in logs, metrics, connection ids and API answers. */
   instanceId: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must match [A-Za-z0-9_-]{1,64}').optional(),
 
@@ -265,6 +279,10 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
   if (keys > 1) throw new ConfigError('jwtSecret', 'set only one of JWT_SECRET, JWT_PUBLIC_KEY, JWT_JWKS_URL');
   if (config.production && keys === 0) {
     throw new ConfigError('jwtSecret', 'production (NODE_ENV=production) needs JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL');
+  }
+  // Workers take `<instanceId>-<n>` (src/workers.ts), which must still be a valid instance id.
+  if (config.workers > 1 && config.instanceId && config.instanceId.length > 60) {
+    throw new ConfigError('instanceId', 'must be at most 60 characters with workers > 1 (each worker adds "-<n>")');
   }
   if (config.jwtAlgorithms?.some((a) => a.toLowerCase() === 'none')) {
     throw new ConfigError('jwtAlgorithms', '"none" is never accepted');

@@ -3,9 +3,8 @@
  * `npm start` and the `nats-ws-sidecar` bin both land here.
  */
 import { parseArgs } from 'node:util';
-import { mintToken } from './auth.js';
 import { loadConfig, type Config } from './config.js';
-import { ensureDevSecret } from './dev-key.js';
+import { ensureDevSecret, printDevToken } from './dev-key.js';
 import { ConfigError } from './errors.js';
 import { createLogger } from './logger.js';
 import { NatsServerNotFoundError } from './nats/embedded-server.js';
@@ -58,6 +57,13 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
     log.error({ err }, 'OpenTelemetry could not start: running without tracing');
   }
 
+  // Workers mode (src/workers.ts); with one worker the cluster module is never loaded.
+  if (config.workers > 1) {
+    const workers = await import('./workers.js');
+    if (workers.isWorkerProcess()) return workers.runWorker(config, log);
+    return workers.runPrimary(config, log, devToken);
+  }
+
   // Signals are handled from here on: while the sidecar waits for NATS, one ends the wait.
   const starting = new AbortController();
   let sidecar: Sidecar | undefined;
@@ -101,15 +107,5 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
     process.exit(1);
   }
 
-  if (devToken) {
-    const token = await mintToken(config.jwtSecret!, { sub: 'demo', roles: ['admin'], projects: ['*'] });
-    log.warn(
-      { user: 'demo', roles: ['admin'], projects: ['*'] },
-      'no JWT key configured: using a development key (set JWT_SECRET, or NODE_ENV=production to forbid this)',
-    );
-    // Printed plainly (not through the logger's redaction) so a developer can copy it.
-    console.log(`\nDev token (user "demo", role admin, all projects; valid 24 h):\n${token}\n`);
-    console.log(`Connect: ${sidecar.wsUrl}?token=${token}\n`);
-    console.log(`Dashboard: ${sidecar.url}/dashboard#token=${token}\n`);
-  }
+  if (devToken) await printDevToken(config.jwtSecret!, sidecar, log);
 }

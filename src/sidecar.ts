@@ -35,6 +35,8 @@ export interface SidecarOptions {
   verifier?: TokenVerifier;
   /** Gives up waiting for NATS at start-up (a signal before the sidecar was ready). */
   signal?: AbortSignal;
+  /** Answers `/metrics` instead of this instance's own series (workers mode: the host's workers'). */
+  metricsText?: (own: SidecarMetrics) => Promise<string>;
 }
 
 /** Pauses between attempts to reach NATS at start-up: doubling, at most this long. */
@@ -162,6 +164,7 @@ export class Sidecar {
         presence,
         presenceReady: () => presence!.ready,
         files,
+        metricsText: options.metricsText && (() => options.metricsText!(metrics!)),
       });
       http.serve(hub, api.callback());
       sidecar = new Sidecar(config, instanceId, log, broker, hub, server, embedded, fleet, metrics, presence, authorizer, lifecycle);

@@ -27,6 +27,8 @@ export interface ApiDeps extends AdminDeps {
   startedAt: number;
   /** File uploads and downloads (routes for any authenticated user, mounted before the admin API's). */
   files?: FileService;
+  /** Replaces this instance's `/metrics` text (workers mode: every worker's series). */
+  metricsText?: () => Promise<string>;
 }
 
 export function createApi(deps: ApiDeps): Koa {
@@ -78,7 +80,7 @@ export function createApi(deps: ApiDeps): Koa {
   });
 
   router.get('/metrics', async (ctx) => {
-    ctx.body = await deps.metrics.text();
+    ctx.body = await (deps.metricsText ?? (() => deps.metrics.text()))();
     ctx.set('Content-Type', deps.metrics.contentType);
   });
 

@@ -233,6 +233,12 @@ export class SidecarMetrics {
     return this.registry.metrics();
   }
 
+  /** The same series as objects (prom-client's JSON), for merging several workers' (src/workers.ts). */
+  json(): ReturnType<Registry['getMetricsAsJSON']> {
+    this.scan = scanConnections(this.deps.hub);
+    return this.registry.getMetricsAsJSON();
+  }
+
   /**
    * Wrap the route from broker to hub to time deliveries: one sample per event that reached a
    * local subscriber, taken after the hub's flush for the tick (the flush is scheduled with
