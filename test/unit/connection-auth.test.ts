@@ -17,7 +17,7 @@ describe('authentication with a token on the upgrade', () => {
     const hub = makeHub(() => ready, { maxErrors: 100 });
     const transport = new MemoryTransport();
     const conn = hub.connect(transport, 'test');
-    conn.start(principal);
+    void conn.start(principal);
     // 20 wait in order behind the authentication; the 21st is over the inbound burst and refused.
     for (let i = 0; i < 21; i++) conn.receive('{"type":"ping"}', false);
     await new Promise((ok) => setImmediate(ok)); // a flush tick: nothing may be written yet
@@ -35,7 +35,7 @@ describe('a failed authentication setup', () => {
     const hub = makeHub(failing);
     const transport = new MemoryTransport();
     const conn = hub.connect(transport, 'test');
-    conn.start();
+    void conn.start();
     conn.receive(JSON.stringify({ type: 'auth', data: { token: 't' } }), false);
     await vi.waitFor(() => expect(transport.closed).toEqual({ code: 1011, reason: 'internal error' }));
     expect(conn.state).toBe('closed');
@@ -50,7 +50,7 @@ describe('a failed authentication setup', () => {
     const hub = makeHub(failing);
     const transport = new MemoryTransport();
     const conn = hub.connect(transport, 'test');
-    conn.start(principal);
+    void conn.start(principal);
     conn.receive('{"type":"ping"}', false);
     await vi.waitFor(() => expect(transport.closed).toEqual({ code: 1011, reason: 'internal error' }));
     expect(transport.types()).toEqual([]);

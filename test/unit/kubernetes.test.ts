@@ -14,7 +14,7 @@ const files = readdirSync(dir).filter((f) => f.endsWith('.yaml'));
 const docs = files.flatMap((f) =>
   parseAllDocuments(readFileSync(join(dir, f), 'utf8')).map((d) => {
     expect(d.errors, f).toEqual([]);
-    return { file: f, doc: d.toJSON() as any };
+    return { file: f, doc: d.toJSON() };
   }),
 );
 const manifests = docs.filter((d) => d.doc?.kind && d.doc?.apiVersion && d.file !== 'kustomization.yaml').map((d) => d.doc);

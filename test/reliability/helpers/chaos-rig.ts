@@ -134,7 +134,7 @@ export class ChaosRig {
         this.once('close', () => sockets.delete(this));
       }
     }
-    const client = sdkClient(urls, userId, projects, { WebSocket: TrackedWebSocket as never });
+    const client = sdkClient(urls, userId, projects, { WebSocket: TrackedWebSocket });
     const streams: StreamKey[] = projects.map((p) => `project:${p}`);
     if (direct) streams.push(`user:${userId}`);
     this.ledger.watch(name, client, streams);
@@ -394,7 +394,7 @@ export class ChaosRig {
   async stop(): Promise<void> {
     this.stopWatchingLag();
     this.stopping = true;
-    await Promise.all(this.instances.map((i) => i.child?.stop()));
+    await Promise.all(this.instances.map((i) => i.child?.stop() ?? Promise.resolve()));
     await Promise.all(this.instances.map((i) => i.proxy.close()));
   }
 }
