@@ -319,7 +319,9 @@ export class FileStore {
       opt_start_seq: fromSeq,
       headers_only: headersOnly,
     });
-    const iter = await consumer.consume({ max_bytes: READ_AHEAD_BYTES });
+    // Bounded by messages, not max_bytes: with chunks a good part of max_bytes, a pull whose byte
+    // budget no longer fits the next chunk stalls (seen with 512 KiB chunks and 2 MiB).
+    const iter = await consumer.consume({ max_messages: headersOnly ? 1000 : Math.max(2, Math.floor(READ_AHEAD_BYTES / this.chunkSize)) });
     // A read does not wait for NATS to come back: the reader is told at once.
     let lost = false;
     const onLost = () => {
