@@ -71,7 +71,8 @@ export async function startTarget(name, { verbose = false, sidecarBin = 'bin/nat
     await nats.stop();
   };
   try {
-    await waitHealthy(`http://127.0.0.1:${port}/healthz`, proc, startTimeoutMs);
+    // The sidecar's port answers before NATS does: wait until it is ready, not only alive.
+    await waitHealthy(`http://127.0.0.1:${port}/${name === 'sidecar' ? 'readyz' : 'healthz'}`, proc, startTimeoutMs);
   } catch (e) {
     await stop();
     throw name === 'sidecar' ? new Unavailable(String(e.message)) : e;

@@ -27,7 +27,9 @@ client.on('disconnected', ({ code, reason, willReconnect, delay }) =>
   console.log(`disconnected (${code} ${reason})${willReconnect ? `; reconnecting in ${delay} ms` : ''}`),
 );
 client.on('error', (err) => console.error(`error ${err.code}: ${err.message}`));
-client.on('history_truncated', ({ projectId: p }) => console.log(`history of ${p} was truncated: refetch its state`));
+client.on('history_truncated', (t) =>
+  console.log(`history of ${t.scope === 'project' ? `project ${t.projectId}` : t.scope} was truncated (epoch ${t.epoch}): refetch its state`),
+);
 
 let received = 0;
 client.on('event', (e) => {

@@ -111,6 +111,10 @@ export const configSchema = z.object({
   fleetTimeout: duration(50),
   /** Each instance announces itself this often; one silent for 3 beats is forgotten. */
   fleetHeartbeat: duration(100),
+  /** How often the stream's existence and incarnation are checked (its loss is noticed within about this). */
+  streamCheckInterval: duration(100),
+  /** PING interval on the NATS link: a link that stops answering is declared stale after two missed PONGs. */
+  natsPingInterval: duration(100),
   /** On shutdown, readyz answers 503 for this long before sockets are closed (load balancers move away first). */
   drainDelay: duration(0),
   /** KV bucket of who is in which project; `<presenceBucket>_INSTANCES` holds instance heartbeats. */
@@ -189,7 +193,7 @@ function readJsonFile(path: string): ConfigInput {
   try {
     const parsed: unknown = JSON.parse(text);
     if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not a JSON object');
-    return parsed as ConfigInput;
+    return parsed;
   } catch (err) {
     throw new ConfigError('file', `${path} is not a JSON object: ${(err as Error).message}`);
   }

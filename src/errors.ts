@@ -4,10 +4,16 @@
  */
 export class SidecarError extends Error {
   readonly code: string;
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
+  /**
+   * Trying the same thing again later may work (NATS away, a timeout, a rate limit); false when
+   * the request or the configuration itself is wrong.
+   */
+  readonly temporary: boolean;
+  constructor(code: string, message: string, options?: { cause?: unknown; temporary?: boolean }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = new.target.name;
     this.code = code;
+    this.temporary = options?.temporary ?? false;
   }
 }
 

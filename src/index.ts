@@ -16,4 +16,4 @@ export {
 export { startEmbeddedNats, findNatsServerBinary, NatsServerNotFoundError } from './nats/embedded-server.js';
 export { IdentityHeader, clientEventSubject } from './nats/client-events.js';
 export { publishRevocation, revokeSubject, type AuthorizationRequest } from './nats/project-authorizer.js';
-export { presenceRoutes, projectPresence, type ProjectPresence } from './http/presence-routes.js';
+export { projectPresence, type ProjectPresence } from './http/presence-routes.js';

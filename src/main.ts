@@ -48,10 +48,38 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
     devToken = true;
   }
 
-  let sidecar: Sidecar;
+  // Signals are handled from here on: while the sidecar waits for NATS, one ends the wait.
+  const starting = new AbortController();
+  let sidecar: Sidecar | undefined;
+  let signalled = 0;
+  const stop = (signal: NodeJS.Signals) => {
+    signalled += 1;
+    // npm and the terminal may both deliver one Ctrl-C; a third signal means "now".
+    if (signalled > 2) {
+      log.warn({ signal }, 'repeated signal: exiting now');
+      process.exit(1);
+    }
+    if (signalled > 1) return;
+    log.info({ signal }, 'signal received');
+    if (!sidecar) return starting.abort(new Error(`${signal} while starting`));
+    sidecar.stop().then(
+      () => process.exit(0),
+      (err) => {
+        log.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+
   try {
-    sidecar = await Sidecar.start(config, { logger: log }); // it adds its instance id to every line
+    sidecar = await Sidecar.start(config, { logger: log, signal: starting.signal }); // it adds its instance id to every line
   } catch (err) {
+    if (starting.signal.aborted) {
+      log.info('stopped before NATS answered');
+      process.exit(0);
+    }
     if (err instanceof NatsServerNotFoundError) {
       console.error(`nats-ws-sidecar: ${err.message}`);
       process.exit(69); // EX_UNAVAILABLE
@@ -71,25 +99,4 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
     console.log(`Connect: ${sidecar.wsUrl}?token=${token}\n`);
     console.log(`Dashboard: ${sidecar.url}/dashboard#token=${token}\n`);
   }
-
-  let signalled = 0;
-  const stop = (signal: NodeJS.Signals) => {
-    signalled += 1;
-    // npm and the terminal may both deliver one Ctrl-C; a third signal means "now".
-    if (signalled > 2) {
-      log.warn({ signal }, 'repeated signal: exiting now');
-      process.exit(1);
-    }
-    if (signalled > 1) return;
-    log.info({ signal }, 'signal received');
-    sidecar.stop().then(
-      () => process.exit(0),
-      (err) => {
-        log.error({ err }, 'shutdown failed');
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
 }

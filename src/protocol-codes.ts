@@ -51,6 +51,25 @@ export const CloseCode = {
 } as const;
 export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];
 
+/**
+ * What a client does after the server closed with a code: `reconnect` (with backoff; the
+ * default for any code not listed, 1006 included), `new_token` (reconnect only with a token
+ * other than the refused one), or `stop` (trying again would end the same way).
+ */
+export type ReconnectPolicy = 'reconnect' | 'new_token' | 'stop';
+
+const CLOSE_POLICY: Readonly<Partial<Record<number, ReconnectPolicy>>> = {
+  [CloseCode.MessageTooBig]: 'stop',
+  [CloseCode.DisconnectedByOperator]: 'stop',
+  [CloseCode.Forbidden]: 'stop',
+  [CloseCode.TooManyErrors]: 'stop',
+  [CloseCode.Unauthorized]: 'new_token',
+};
+
+export function reconnectPolicy(code: number): ReconnectPolicy {
+  return CLOSE_POLICY[code] ?? 'reconnect';
+}
+
 /** Project and user ids, and the subject prefix: single NATS subject tokens. */
 export const TOKEN_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
 

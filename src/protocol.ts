@@ -9,18 +9,17 @@
 import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import { TOKEN_PATTERN } from './config.js';
+import { SidecarError } from './errors.js';
 import { ErrorCode, MessageType } from './protocol-codes.js';
 
 export { MessageType, ErrorCode, CloseCode, type Envelope, type EventEnvelope } from './protocol-codes.js';
 
 /** An inbound message was refused; the connection lives (unless the error budget runs out). */
-export class ProtocolError extends Error {
-  readonly code: ErrorCode;
+export class ProtocolError extends SidecarError {
+  declare readonly code: ErrorCode;
   readonly details?: Record<string, unknown>;
   constructor(code: ErrorCode, message: string, details?: Record<string, unknown>) {
-    super(message);
-    this.name = 'ProtocolError';
-    this.code = code;
+    super(code, message, { temporary: code === ErrorCode.RateLimited || code === ErrorCode.ProcessingError });
     this.details = details;
   }
 }
@@ -37,7 +36,7 @@ const clientMessageSchema = z.discriminatedUnion('type', [
   z.object({
     type: z.literal('subscription'),
     data: z.discriminatedUnion('action', [
-      z.object({ action: z.literal('subscribe'), project_id: id, since: seq.optional() }),
+      z.object({ action: z.literal('subscribe'), project_id: id, since: seq.optional(), epoch: z.string().min(1).max(64).optional() }),
       z.object({ action: z.literal('unsubscribe'), project_id: id }),
     ]),
     ...envelope,
@@ -54,7 +53,6 @@ const clientMessageSchema = z.discriminatedUnion('type', [
 ]);
 
 export type ClientMessage = z.infer<typeof clientMessageSchema>;
-export type ClientMessageType = ClientMessage['type'];
 export const CLIENT_MESSAGE_TYPES: readonly string[] = ['auth', 'subscription', 'ping', 'ack', 'presence', 'client_event'];
 
 /** Parse one inbound text frame. Throws ProtocolError(invalid_message) with a precise reason. */
@@ -107,8 +105,11 @@ export interface PublishedEvent {
   message_id?: string;
 }
 
-export class EventError extends Error {
-  readonly code = 'event_invalid';
+/** A published payload that is not an envelope clients can be given. */
+export class EventError extends SidecarError {
+  constructor(message: string) {
+    super('event_invalid', message);
+  }
 }
 
 /**

@@ -15,6 +15,7 @@ import { CloseCode } from './protocol.js';
 import { createApi } from './http/api.js';
 import { SidecarMetrics } from './http/metrics.js';
 import { createHttpServer, WS_PATH } from './http/server.js';
+import { SidecarError } from './errors.js';
 import { createLogger } from './logger.js';
 import { NatsBroker } from './nats/broker.js';
 import { NatsClientEvents } from './nats/client-events.js';
@@ -30,7 +31,13 @@ export interface SidecarOptions {
   logger?: Logger;
   /** Replaces the JWT verifier built from config (library use). */
   verifier?: TokenVerifier;
+  /** Gives up waiting for NATS at start-up (a signal before the sidecar was ready). */
+  signal?: AbortSignal;
 }
+
+/** Pauses between attempts to reach NATS at start-up: doubling, at most this long. */
+const START_RETRY_MIN_MS = 250;
+const START_RETRY_MAX_MS = 2_000;
 
 export class Sidecar {
   private draining = false;
@@ -72,25 +79,27 @@ export class Sidecar {
       log.info({ url: embedded.url, storeDir }, `embedded NATS server running at ${embedded.url} (publish events there)`);
     }
 
+    let sidecar: Sidecar | undefined;
+    const draining = () => sidecar?.draining ?? false;
+    // The port answers from the start: alive, not ready, until NATS does.
+    const http = createHttpServer({ config, log, draining });
+    const server = http.server;
     let broker: NatsBroker | undefined;
     let fleet: Fleet | undefined;
     let metrics: SidecarMetrics | undefined;
     let presence: NatsPresence | undefined;
     let files: FileService | undefined;
     try {
-      broker = await NatsBroker.connect(natsConfig, log.child({ component: 'nats' }), `nats-ws-sidecar ${instanceId}`);
-      await broker.ensureStream();
-      const startedAt = Date.now();
-      const b = broker;
-      presence = await NatsPresence.start({
-        nc: b.nc,
-        js: b.js,
-        jsm: b.jsm,
-        config,
-        instanceId,
-        log: log.child({ component: 'presence' }),
-        publish: (topic, payload, msgId, aboutUser) => b.publish(topic, payload, msgId, aboutUser),
+      await new Promise<void>((ok, fail) => {
+        server.once('error', fail);
+        server.listen(config.port, config.host, () => {
+          server.off('error', fail);
+          ok();
+        });
       });
+      ({ broker, presence } = await reachNats(natsConfig, instanceId, log, options.signal));
+      const b = broker;
+      const startedAt = Date.now();
       const authorizer = new ProjectAuthorizer(config, b.nc, instanceId, log.child({ component: 'authz' }));
       const clientEvents = new NatsClientEvents(b.nc, config.subjectPrefix, instanceId, config.clientEvents);
       const hub = new Hub({
@@ -106,12 +115,12 @@ export class Sidecar {
       metrics = new SidecarMetrics({ hub, broker, instanceId, startedAt });
       broker.setSink(metrics.timeDelivery((topic, event) => hub.publish(topic, event)));
       broker.setLossSink((topic, afterSeq) => hub.historyLost(topic, afterSeq));
+      broker.setEpochSink((epoch, previous) => hub.epochChanged(epoch, previous));
+      broker.watchStream();
       authorizer.listenForRevocations((userId, projectId) => hub.revoke(userId, projectId));
       // Broadcasts go to every connection: one permanent subscription.
       hub.broker.setInterest('broadcast', true);
 
-      let sidecar: Sidecar | undefined;
-      const draining = () => sidecar?.draining ?? false;
       const natsLink = broker;
       const operations = createOperations({
         hub,
@@ -143,16 +152,10 @@ export class Sidecar {
         verifier,
         bodyLimit: config.apiBodyLimit,
         presence,
+        presenceReady: () => presence!.ready,
         files,
       });
-      const server = createHttpServer({ config, hub, log, api: api.callback(), draining });
-      await new Promise<void>((ok, fail) => {
-        server.once('error', fail);
-        server.listen(config.port, config.host, () => {
-          server.off('error', fail);
-          ok();
-        });
-      });
+      http.serve(hub, api.callback());
       sidecar = new Sidecar(config, instanceId, log, broker, hub, server, embedded, fleet, metrics, presence, authorizer);
       sidecar.files = files;
       log.info({ url: sidecar.url, ws: sidecar.wsUrl }, 'nats-ws-sidecar listening');
@@ -163,6 +166,7 @@ export class Sidecar {
       fleet?.stop();
       metrics?.close();
       await broker?.close().catch(() => {});
+      await new Promise((ok) => server.close(ok));
       await embedded?.stop().catch(() => {});
       throw err;
     }
@@ -199,20 +203,36 @@ export class Sidecar {
   private async shutdown(): Promise<void> {
     this.draining = true;
     this.log.info({ connections: this.hub.connections.size }, 'shutting down');
-    const work = (async () => {
-      if (this.config.drainDelay > 0) await new Promise((ok) => setTimeout(ok, this.config.drainDelay));
-      await this.hub.close(CloseCode.GoingAway, 'server shutting down; reconnect to another instance');
+    // Every step runs even when one before it failed: a failing step must not leave NATS
+    // connected, the port open or the embedded server running.
+    const steps: [string, () => unknown][] = [
+      ['drain delay', () => this.config.drainDelay > 0 && new Promise((ok) => setTimeout(ok, this.config.drainDelay))],
+      ['connections', () => this.hub.close(CloseCode.GoingAway, 'server shutting down; reconnect to another instance')],
       // The closed connections' users leave (user_left where they were the last) before NATS goes.
-      await this.presence.stop();
-      this.authorizer.stop();
+      ['presence', () => this.presence.stop()],
+      ['authorizer', () => this.authorizer.stop()],
       // Writes in progress stop and release their upload leases while NATS is still there.
-      await this.files?.stop();
-      this.fleet.stop();
-      await this.broker.close();
+      ['files', () => this.files?.stop()],
+      ['fleet', () => this.fleet.stop()],
+      ['nats', () => this.broker.close()],
       // The port stays open until here so readyz can answer 503 while the drain runs.
-      const closed = new Promise<void>((ok) => this.server.close(() => ok()));
-      this.server.closeAllConnections?.();
-      await closed;
+      [
+        'http',
+        () => {
+          const closed = new Promise<void>((ok) => this.server.close(() => ok()));
+          this.server.closeAllConnections?.();
+          return closed;
+        },
+      ],
+    ];
+    const work = (async () => {
+      for (const [name, step] of steps) {
+        try {
+          await step();
+        } catch (err) {
+          this.log.error({ err, step: name }, 'shutdown step failed; going on with the next');
+        }
+      }
     })();
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<void>((ok) => {
@@ -221,10 +241,63 @@ export class Sidecar {
         ok();
       }, this.config.shutdownTimeout);
     });
-    await Promise.race([work, timeout]);
-    clearTimeout(timer);
-    this.metrics.close();
-    await this.embeddedNats?.stop().catch(() => {});
-    this.log.info('stopped');
+    try {
+      await Promise.race([work, timeout]);
+    } finally {
+      clearTimeout(timer);
+      this.metrics.close();
+      await this.embeddedNats?.stop().catch(() => {});
+      this.log.info('stopped');
+    }
+  }
+}
+
+/**
+ * Connect to NATS, make sure of the stream and start presence, retrying until it works: NATS may
+ * start after the sidecar (containers started together) or be away for a while. Each attempt is
+ * logged; the pause doubles up to START_RETRY_MAX_MS, so the sidecar is ready within about that
+ * long of NATS answering. Only a configuration NATS cannot take (stream_incompatible) or the
+ * signal ends the wait.
+ */
+async function reachNats(
+  config: Config,
+  instanceId: string,
+  log: Logger,
+  signal: AbortSignal | undefined,
+): Promise<{ broker: NatsBroker; presence: NatsPresence }> {
+  for (let attempt = 1; ; attempt++) {
+    signal?.throwIfAborted();
+    let broker: NatsBroker | undefined;
+    try {
+      broker = await NatsBroker.connect(config, log.child({ component: 'nats' }), `nats-ws-sidecar ${instanceId}`);
+      await broker.ensureStream();
+      const b = broker;
+      const presence = await NatsPresence.start({
+        nc: b.nc,
+        js: b.js,
+        jsm: b.jsm,
+        config,
+        instanceId,
+        log: log.child({ component: 'presence' }),
+        publish: (topic, payload, msgId, aboutUser) => b.publish(topic, payload, msgId, aboutUser),
+      });
+      if (attempt > 1) log.info({ attempt }, 'NATS answers: starting');
+      return { broker, presence };
+    } catch (err) {
+      await broker?.close().catch(() => {});
+      if (err instanceof SidecarError && err.code === 'stream_incompatible') throw err;
+      const delay = Math.min(START_RETRY_MAX_MS, START_RETRY_MIN_MS * 2 ** (attempt - 1));
+      log.warn(
+        { servers: config.natsUrl, attempt, retryInMs: delay, reason: (err as Error).message },
+        'NATS is not reachable (or JetStream not ready) yet: not ready, retrying',
+      );
+      await new Promise<void>((ok, fail) => {
+        const timer = setTimeout(ok, delay);
+        signal?.addEventListener('abort', () => {
+          clearTimeout(timer);
+          fail(signal.reason instanceof Error ? signal.reason : new Error('start-up aborted'));
+        }, { once: true });
+      });
+    }
   }
 }

@@ -3,9 +3,11 @@
  *
  * What it guarantees the app: per project, events arrive in seq order with no duplicate, and —
  * across a reconnect — with no gap, because every project is re-subscribed with `since` = the
- * last seq the app saw for it. Browser-safe: no imports beyond the dependency-free protocol codes.
+ * last seq the app saw for it and the epoch that seq belongs to. When history is gone (the stream
+ * no longer holds it, or was created anew) the app is told with `history_truncated`, never left
+ * with a silent skip. Browser-safe: no imports beyond the dependency-free protocol codes.
  */
-import { CloseCode, ErrorCode, MessageType, TOKEN_PATTERN, type EventEnvelope } from '../protocol-codes.js';
+import { CloseCode, ErrorCode, MessageType, TOKEN_PATTERN, reconnectPolicy, type EventEnvelope } from '../protocol-codes.js';
 import type { SeedEvents } from '../events.js';
 import { Emitter } from './emitter.js';
 import { ClientError, ClientErrorCode } from './errors.js';
@@ -101,12 +103,29 @@ export interface SubscribedInfo {
   truncated: boolean;
   /** True when this was a resume with `since`. */
   resumed: boolean;
+  /** The stream's epoch the project's seqs belong to from now on (absent from servers without epochs). */
+  epoch?: string;
 }
+
+/**
+ * Some history may be missing: refetch the scope's state from the backend (`project`: that
+ * project; `user`: the user's direct messages; `broadcast`: broadcasts), then apply what follows.
+ */
+export type HistoryTruncatedInfo = {
+  /** The epoch the scope's seqs belong to from here on. */
+  epoch?: string;
+  /** Events after this seq may be missing (the resume point, or where a gap began). */
+  since?: number;
+  /** The epoch before, when the stream was created anew: everything of that epoch not yet seen is gone. */
+  previousEpoch?: string;
+  /** `stream_recreated` when the stream was created anew (its numbering started again). */
+  reason?: string;
+} & ({ scope: 'project'; projectId: string } | { scope: 'user' | 'broadcast'; projectId?: undefined });
 
 /** The client's own events; names here are reserved (a NATS event with such a type reaches only `event`). */
 export interface LifecycleEvents {
   state: { state: ConnectionState; previous: ConnectionState };
-  connected: { userId: string; connectionId: string; reconnected: boolean };
+  connected: { userId: string; connectionId: string; reconnected: boolean; epoch?: string };
   disconnected: { code: number; reason: string; willReconnect: boolean; delay?: number };
   error: ClientError;
   /** Every event from NATS (any type), after the typed listeners. */
@@ -116,8 +135,8 @@ export interface LifecycleEvents {
   subscribed: SubscribedInfo;
   /** `reason` is set when the server ended the subscription (e.g. `forbidden` after a token refresh). */
   unsubscribed: { projectId: string; reason?: string };
-  /** Some history of the project may be missing: refetch its state from the backend. */
-  history_truncated: { projectId: string; since?: number };
+  /** Some history may be missing (see HistoryTruncatedInfo): refetch that scope's state from the backend. */
+  history_truncated: HistoryTruncatedInfo;
 }
 
 /** Event type -> data shape. */
@@ -137,14 +156,6 @@ const RESERVED = new Set<string>([
   'subscribed',
   'unsubscribed',
   'history_truncated',
-]);
-
-/** Close codes after which reconnecting would not help (see PROTOCOL.md § Close codes). */
-const TERMINAL_CLOSE_CODES = new Set<number>([
-  CloseCode.MessageTooBig,
-  CloseCode.DisconnectedByOperator,
-  CloseCode.Forbidden,
-  CloseCode.TooManyErrors,
 ]);
 
 const ABNORMAL_CLOSURE = 1006;
@@ -168,6 +179,8 @@ function deferred<T>(): Deferred<T> & { promise: Promise<T> } {
 interface ProjectState {
   /** The highest seq the app has seen for the project; the resume point. */
   lastSeq?: number;
+  /** The epoch `lastSeq` (or `floor`) belongs to; unknown for a `since` the app gave without one. */
+  epoch?: string;
   /** Where to resume when no event of the project has been seen: the highest seq seen anywhere before the first subscribe went out. */
   floor?: number;
   /** `since` of the subscribe in flight. */
@@ -207,8 +220,8 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
   private readonly unsubscribing = new Map<string, Deferred<void>[]>();
   private readonly inflight = new Map<string, Request>();
   private nextRequestId = 0;
-  /** Subscribes answered with processing_error in a row, for the retry backoff. */
-  private subscribeRetries = 0;
+  /** Requests refused (rate_limited) or answered with processing_error in a row, for the retry backoff. */
+  private requestRetries = 0;
   /** Seqs of direct and broadcast events seen -> whether they were acked. Bounded by dedupeWindow. */
   private readonly seen = new Map<number, boolean>();
   private maxSeq = 0;
@@ -222,6 +235,8 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
   /** The user id and connection id from the last `auth_success`. */
   userId: string | undefined;
   connectionId: string | undefined;
+  /** The stream's epoch of the user's direct messages and broadcasts (their seqs): from `auth_success`, or a `history_truncated`. */
+  epoch: string | undefined;
 
   constructor(options: Options) {
     super();
@@ -249,6 +264,11 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
   /** The projects the client is subscribed to (or subscribing to), with the last seq seen of each. */
   get subscriptions(): Map<string, number | undefined> {
     return new Map([...this.projects].map(([id, p]) => [id, p.lastSeq]));
+  }
+
+  /** Per project, the last seq seen and the epoch it belongs to: what `subscribe(p, { since, epoch })` resumes from. */
+  get positions(): Map<string, { seq?: number; epoch?: string }> {
+    return new Map([...this.projects].map(([id, p]) => [id, { seq: p.lastSeq, epoch: p.epoch }]));
   }
 
   // ---- connection -----------------------------------------------------------------------------
@@ -348,10 +368,9 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
   private onClose(code: number, reason: string): void {
     this.detach();
     if (this.closing) return;
-    const tokenRefused = code === CloseCode.Unauthorized;
-    if (tokenRefused) this.token = undefined; // never offer the refused token again
-    const retry =
-      this.options.reconnect && !TERMINAL_CLOSE_CODES.has(code) && (!tokenRefused || typeof this.options.token === 'function');
+    const policy = reconnectPolicy(code); // PROTOCOL.md § Close codes
+    if (policy === 'new_token') this.token = undefined; // never offer the refused token again
+    const retry = this.options.reconnect && policy !== 'stop' && (policy === 'reconnect' || typeof this.options.token === 'function');
     if (!retry) {
       this.fire('disconnected', { code, reason, willReconnect: false });
       this.finish(new ClientError(ClientErrorCode.Disconnected, `connection closed (${code}${reason ? ` ${reason}` : ''})`, { closeCode: code }));
@@ -504,6 +523,7 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
         if (this.currentState === 'connected') {
           this.refreshWaiter?.resolve();
           this.refreshWaiter = undefined;
+          this.userEpochSeen(data.epoch);
         } else {
           this.onAuthenticated(data);
         }
@@ -527,12 +547,7 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
         this.onServerError(data);
         break;
       case MessageType.HistoryTruncated:
-        if (typeof data.project_id === 'string') {
-          this.fire('history_truncated', {
-            projectId: data.project_id,
-            since: typeof data.since === 'number' ? data.since : undefined,
-          });
-        }
+        this.onHistoryTruncated(data);
         break;
       default:
         break; // pong, and anything newer than this client: already emitted as `message`
@@ -546,13 +561,68 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
     this.connectionId = String(data.connection_id ?? '');
     const reconnected = this.everConnected;
     this.everConnected = true;
+    // Before the re-subscribes: a new epoch voids the seqs kept for direct messages and floors.
+    const previousEpoch = this.adoptUserEpoch(data.epoch);
     this.setState('connected');
     this.scheduleRefresh();
     this.startPing();
     // Resume every project: the server replays what was missed, then goes live.
     for (const projectId of this.projects.keys()) this.sendSubscribe(projectId);
     for (const w of this.connectWaiters.splice(0)) w.resolve();
-    this.fire('connected', { userId: this.userId, connectionId: this.connectionId, reconnected });
+    this.fire('connected', { userId: this.userId, connectionId: this.connectionId, reconnected, epoch: this.epoch });
+    if (previousEpoch !== undefined) this.userEpochChanged(previousEpoch);
+  }
+
+  /**
+   * The epoch of the user's topics (direct messages, broadcasts) as the server says it. Another
+   * one than before means the stream was created anew: its seqs start again, so the ones kept to
+   * drop redeliveries mean nothing. Returns the epoch before when it changed.
+   */
+  private adoptUserEpoch(epoch: unknown): string | undefined {
+    if (typeof epoch !== 'string' || epoch === this.epoch) return undefined;
+    const previous = this.epoch;
+    this.epoch = epoch;
+    if (previous === undefined) return undefined;
+    this.seen.clear();
+    this.maxSeq = 0;
+    return previous;
+  }
+
+  /** An epoch change seen in an auth_success (the server could not say it on a live connection). */
+  private userEpochSeen(epoch: unknown): void {
+    const previous = this.adoptUserEpoch(epoch);
+    if (previous !== undefined) this.userEpochChanged(previous);
+  }
+
+  private userEpochChanged(previousEpoch: string): void {
+    // Unacknowledged direct messages of the old epoch are gone with it.
+    this.fire('history_truncated', { scope: 'user', epoch: this.epoch, previousEpoch, reason: 'stream_recreated' });
+  }
+
+  private onHistoryTruncated(data: Record<string, unknown>): void {
+    const epoch = typeof data.epoch === 'string' ? data.epoch : undefined;
+    const since = typeof data.after_seq === 'number' ? data.after_seq : undefined;
+    const previousEpoch = typeof data.previous_epoch === 'string' ? data.previous_epoch : undefined;
+    const reason = typeof data.reason === 'string' ? data.reason : undefined;
+    const recreated = reason === 'stream_recreated';
+    if (typeof data.project_id === 'string') {
+      const projectId = data.project_id;
+      const st = this.projects.get(projectId);
+      if (!st) return; // unsubscribed meanwhile
+      // A new epoch numbers from 1 again: the events that follow are new, whatever their seq.
+      if (recreated || (epoch !== undefined && st.epoch !== undefined && epoch !== st.epoch)) this.restartProject(st);
+      if (epoch !== undefined) st.epoch = epoch;
+      this.fire('history_truncated', { scope: 'project', projectId, epoch, since, previousEpoch, reason });
+    } else if (data.scope === 'user' || data.scope === 'broadcast') {
+      this.adoptUserEpoch(epoch); // both scopes' seqs are the same stream's: one epoch, one filter
+      this.fire('history_truncated', { scope: data.scope, epoch: epoch ?? this.epoch, since, previousEpoch, reason });
+    }
+  }
+
+  /** The project's position means nothing any more: count afresh, and resume from the epoch's start. */
+  private restartProject(st: ProjectState): void {
+    st.lastSeq = undefined;
+    st.floor = 0;
   }
 
   private onEvent(event: SidecarEvent): void {
@@ -584,29 +654,47 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
     if (typeof projectId !== 'string') return;
     if (data.action === 'subscribed') {
       this.settleRequest('subscribe', projectId);
-      this.subscribeRetries = 0;
+      this.requestRetries = 0;
       const st = this.projects.get(projectId);
       if (!st || st.confirmed) return; // unsubscribed meanwhile, or a repeated answer
       st.confirmed = true;
+      const epoch = typeof data.epoch === 'string' ? data.epoch : undefined;
+      const previousEpoch = st.epoch;
+      const epochChanged = epoch !== undefined && previousEpoch !== undefined && epoch !== previousEpoch;
       const info: SubscribedInfo = {
         projectId,
         replayed: typeof data.replayed === 'number' ? data.replayed : 0,
         truncated: data.truncated === true,
         resumed: st.since !== undefined,
+        epoch,
       };
+      if (epoch !== undefined) st.epoch = epoch;
+      // A truncated replay may start at the epoch's first event, below the seq the client had.
+      if (info.truncated || epochChanged) this.restartProject(st);
       for (const w of st.waiters.splice(0)) w.resolve(info);
       this.fire('subscribed', info);
-      if (info.truncated) this.fire('history_truncated', { projectId, since: st.since });
+      // A live subscribe (no since) missed nothing, whatever epoch it starts in.
+      if (info.truncated || (epochChanged && info.resumed)) {
+        this.fire('history_truncated', {
+          scope: 'project',
+          projectId,
+          epoch,
+          since: st.since,
+          previousEpoch: epochChanged ? previousEpoch : undefined,
+          reason: epochChanged ? 'stream_recreated' : undefined,
+        });
+      }
     } else if (data.action === 'unsubscribed') {
       this.settleRequest('unsubscribe', projectId);
-      const waiting = this.unsubscribing.get(projectId);
-      if (waiting?.length) {
-        waiting.shift()!.resolve();
-        if (waiting.length === 0) this.unsubscribing.delete(projectId);
+      this.requestRetries = 0;
+      const reason = typeof data.reason === 'string' ? data.reason : undefined;
+      if (reason === undefined) {
+        // The answer to an unsubscribe of ours (a resent one may be answered twice).
+        for (const w of this.unsubscribing.get(projectId) ?? []) w.resolve();
+        this.unsubscribing.delete(projectId);
         return;
       }
       // The server ended it (e.g. a refreshed token no longer allows the project).
-      const reason = typeof data.reason === 'string' ? data.reason : undefined;
       const st = this.projects.get(projectId);
       if (!st) return;
       this.projects.delete(projectId);
@@ -626,18 +714,19 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
     const projectId = request?.projectId ?? (typeof data.project_id === 'string' ? data.project_id : undefined);
     const error = new ClientError(code, String(data.message ?? code), { projectId, data });
     if (code === ErrorCode.RateLimited) {
-      // Refused before it was read, so the server cannot say which request it was: resend what is unanswered.
+      // Refused before it was read, so the server cannot say which request it was: resend what is
+      // unanswered, subscribes and unsubscribes, with backoff while the refusals go on.
       this.timers.retry ??= setTimeout(() => {
         this.timers.retry = undefined;
-        this.resendUnconfirmed();
-      }, 1000);
-    } else if (code === ErrorCode.ProcessingError && request?.action === 'subscribe') {
+        this.resendUnanswered();
+      }, Math.max(1000, this.backoff(this.requestRetries++)));
+    } else if (code === ErrorCode.ProcessingError && request !== undefined) {
       // The server could not serve it now (e.g. JetStream failing over): ask again with backoff,
       // keeping the project and its resume point. Dropping it would end the app's events for good.
       this.timers.retry ??= setTimeout(() => {
         this.timers.retry = undefined;
-        this.resendUnconfirmed();
-      }, this.backoff(this.subscribeRetries++));
+        this.resendUnanswered();
+      }, this.backoff(this.requestRetries++));
     } else if (request?.action === 'subscribe') {
       const st = this.projects.get(request.projectId);
       if (st && !st.confirmed) {
@@ -657,9 +746,18 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
     }
   }
 
-  private resendUnconfirmed(): void {
+  private resendUnanswered(): void {
     if (this.currentState !== 'connected') return;
     for (const [projectId, st] of this.projects) if (!st.confirmed) this.sendSubscribe(projectId);
+    for (const [projectId, waiters] of this.unsubscribing) {
+      if (this.projects.has(projectId)) {
+        // Subscribed again since: that request, sent later, is what the app wants now.
+        for (const w of waiters) w.resolve();
+        this.unsubscribing.delete(projectId);
+      } else {
+        this.request('unsubscribe', projectId, { action: 'unsubscribe', project_id: projectId });
+      }
+    }
   }
 
   // ---- subscriptions --------------------------------------------------------------------------
@@ -668,22 +766,27 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
    * Subscribe to a project's events. Resolves when the server confirms (after a reconnect the
    * client re-subscribes by itself, resuming from the last seq seen). Rejects when the server
    * refuses it (`forbidden`, `invalid_message`); a `processing_error` is retried with backoff. `since` asks for the stored
-   * events after that seq first (e.g. the seq your backend snapshot is at); it applies only when
-   * the project is not subscribed yet.
+   * events after that seq first (e.g. the seq your backend snapshot is at), and `epoch` names the
+   * stream's epoch that seq belongs to (from `positions`, `subscribed` or `history_truncated`), so
+   * a seq from a stream since created anew is answered `truncated`; they apply only when the
+   * project is not subscribed yet.
    */
-  subscribe(projectId: string, options: { since?: number } = {}): Promise<SubscribedInfo> {
+  subscribe(projectId: string, options: { since?: number; epoch?: string } = {}): Promise<SubscribedInfo> {
     if (typeof projectId !== 'string' || !TOKEN_PATTERN.test(projectId)) {
       return Promise.reject(new ClientError(ClientErrorCode.InvalidArgument, 'project id must match [A-Za-z0-9_-]{1,128}', { projectId }));
     }
-    const { since } = options;
+    const { since, epoch } = options;
     if (since !== undefined && !(Number.isSafeInteger(since) && since >= 0)) {
       return Promise.reject(new ClientError(ClientErrorCode.InvalidArgument, 'since must be a non-negative integer', { projectId }));
     }
+    if (epoch !== undefined && (typeof epoch !== 'string' || epoch.length === 0 || since === undefined)) {
+      return Promise.reject(new ClientError(ClientErrorCode.InvalidArgument, 'epoch must be a non-empty string, given with since', { projectId }));
+    }
     let st = this.projects.get(projectId);
-    if (st?.confirmed) return Promise.resolve({ projectId, replayed: 0, truncated: false, resumed: false });
+    if (st?.confirmed) return Promise.resolve({ projectId, replayed: 0, truncated: false, resumed: false, epoch: st.epoch });
     const d = deferred<SubscribedInfo>();
     if (!st) {
-      st = { sent: false, confirmed: false, waiters: [], lastSeq: since };
+      st = { sent: false, confirmed: false, waiters: [], lastSeq: since, epoch };
       this.projects.set(projectId, st);
       if (this.currentState === 'connected') this.sendSubscribe(projectId);
     }
@@ -711,16 +814,24 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
   private sendSubscribe(projectId: string): void {
     const st = this.projects.get(projectId)!;
     st.since = st.lastSeq ?? (st.sent ? st.floor : undefined);
-    // Any event of the project stored after the first subscribe went out has a seq above maxSeq:
-    // resuming from there can replay a few earlier events, but can never miss one.
-    st.floor ??= this.maxSeq;
+    if (st.floor === undefined) {
+      // Any event of the project stored after the first subscribe went out has a seq above maxSeq:
+      // resuming from there can replay a few earlier events, but can never miss one.
+      st.floor = this.maxSeq;
+      if (st.lastSeq === undefined) st.epoch ??= this.epoch; // the floor's epoch
+    }
     st.sent = true;
     const data: Record<string, unknown> = { action: 'subscribe', project_id: projectId };
-    if (st.since !== undefined) data.since = st.since;
+    if (st.since !== undefined) {
+      data.since = st.since;
+      if (st.epoch !== undefined) data.epoch = st.epoch;
+    }
     this.request('subscribe', projectId, data);
   }
 
   private request(action: Request['action'], projectId: string, data: Record<string, unknown>): void {
+    // A resent request replaces the unanswered one (refused unread, so never answered).
+    for (const [key, r] of this.inflight) if (r.action === action && r.projectId === projectId) this.inflight.delete(key);
     const id = `c${(++this.nextRequestId).toString(36)}`;
     this.inflight.set(id, { action, projectId });
     this.write({ type: MessageType.Subscription, data, message_id: id });

@@ -8,7 +8,7 @@ export class Emitter<M> {
   on<K extends keyof M>(name: K, listener: Listener<M[K]>): () => void {
     let set = this.listeners.get(name);
     if (!set) this.listeners.set(name, (set = new Set()));
-    set.add(listener as Listener<never>);
+    set.add(listener);
     return () => this.off(name, listener);
   }
 
@@ -22,7 +22,7 @@ export class Emitter<M> {
   }
 
   off<K extends keyof M>(name: K, listener: Listener<M[K]>): void {
-    this.listeners.get(name)?.delete(listener as Listener<never>);
+    this.listeners.get(name)?.delete(listener);
   }
 
   /**

@@ -1,3 +1,4 @@
+import { SidecarError } from '../errors.js';
 import type { ErrorCode } from '../protocol-codes.js';
 
 /** Codes of errors the client itself raises; server `error` frames keep the server's code. */
@@ -25,9 +26,9 @@ export const ClientErrorCode = {
 } as const;
 export type ClientErrorCode = (typeof ClientErrorCode)[keyof typeof ClientErrorCode];
 
-export class ClientError extends Error {
+export class ClientError extends SidecarError {
   /** A ClientErrorCode, or the server's ErrorCode for `error` frames. */
-  readonly code: ClientErrorCode | ErrorCode;
+  declare readonly code: ClientErrorCode | ErrorCode;
   /** The project the error is about, when there is one. */
   readonly projectId?: string;
   /** The close code that ended the connection, for `disconnected`. */
@@ -40,9 +41,7 @@ export class ClientError extends Error {
     message: string,
     extra: { projectId?: string; closeCode?: number; data?: Record<string, unknown>; cause?: unknown } = {},
   ) {
-    super(message, extra.cause === undefined ? undefined : { cause: extra.cause });
-    this.name = 'ClientError';
-    this.code = code;
+    super(code, message, { cause: extra.cause, temporary: code === 'rate_limited' || code === 'processing_error' });
     if (extra.projectId !== undefined) this.projectId = extra.projectId;
     if (extra.closeCode !== undefined) this.closeCode = extra.closeCode;
     if (extra.data !== undefined) this.data = extra.data;

@@ -8,6 +8,7 @@ export {
   type ConnectionState,
   type SidecarEvent,
   type SubscribedInfo,
+  type HistoryTruncatedInfo,
   type LifecycleEvents,
   type ClientEvents,
   type EventTypes,
@@ -19,5 +20,5 @@ export {
 export { ClientError, ClientErrorCode } from './errors.js';
 export { uploadFile, httpBaseOf, type FileInfo, type UploadOptions, type UploadSource, type UploadContext } from './uploads.js';
 export { tokenExpiresAt } from './token.js';
-export { CloseCode, ErrorCode, MessageType, type Envelope, type EventEnvelope } from '../protocol-codes.js';
+export { CloseCode, ErrorCode, MessageType, reconnectPolicy, type ReconnectPolicy, type Envelope, type EventEnvelope } from '../protocol-codes.js';
 export type * from '../events.js';

@@ -17,7 +17,7 @@ import {
 } from '../protocol.js';
 import { ErrorBudget, TokenBucket } from './limits.js';
 import type { EventRef } from './dedupe.js';
-import { topics, type OutFrame, type StoredEvent, type Topic, type Transport } from './ports.js';
+import { topics, type OutFrame, type StoredEvent, type Transport } from './ports.js';
 import { TopicSubscriptions, type Subscription } from './subscription.js';
 import type { Hub } from './hub.js';
 import { dispatch } from './processors.js';
@@ -70,6 +70,8 @@ export class Connection {
   /** In auto mode: acked on write up to this seq, and the next written ones waiting out inboxAckWait. */
   private directAcked = 0;
   private unackedWrite: { seq: number; since: number } | undefined;
+  /** While authentication sets up: where auth_success goes in the outbound queue, which is not written meanwhile. */
+  private setupMark: number | undefined;
 
   constructor(
     readonly hub: Hub,
@@ -221,38 +223,70 @@ export class Connection {
 
   // ---- auth ---------------------------------------------------------------------------------
 
-  /** Become authenticated: join the user's and the broadcast topics, then say auth_success. */
+  /**
+   * The socket is open. With the upgrade's principal, authentication is the first request in
+   * the connection's order: frames the client sends meanwhile are processed after auth_success.
+   * Without one, the client is asked for an `auth` message.
+   */
+  start(principal?: Principal): void {
+    if (principal === undefined) {
+      this.send(serverMessage(MessageType.AuthRequired, { message: 'send {"type":"auth","data":{"token":"<JWT>"}}' }));
+      return;
+    }
+    this.inOrder(() => this.authenticate(principal));
+  }
+
+  /**
+   * Become authenticated: join the user's and the broadcast topics, then say auth_success. A
+   * setup that fails closes the connection (1011): it never stays open half set up. On an open
+   * connection this is a token refresh.
+   */
   async authenticate(principal: Principal): Promise<void> {
-    const refresh = this.state === 'open';
+    if (this.state === 'open') {
+      this.principal = principal;
+      this.hub.dropForbiddenProjects(this);
+      this.send(serverMessage(MessageType.AuthSuccess, { user_id: principal.userId, connection_id: this.id, epoch: this.hub.broker.epoch }));
+      return;
+    }
     this.principal = principal;
-    const backlog: StoredEvent[] = [];
+    if (!this.hub.admitUser(this, principal.userId)) return;
+    // Nothing is written until auth_success, which goes before whatever was queued meanwhile
+    // (a refusal, a history_truncated of the user's topics): it is the first frame after auth.
+    this.setupMark = this.queue.length;
+    this.state = 'open';
     // One string for the topic everywhere it is kept (subscriptions, rooms, broker).
-    const userTopic = refresh ? '' : topics.user(principal.userId);
-    if (!refresh) {
-      if (!this.hub.admitUser(this, principal.userId)) return;
-      this.state = 'open';
-      this.userSub = this.hub.join(this, userTopic);
-      this.hub.join(this, topics.broadcast);
+    const userTopic = topics.user(principal.userId);
+    this.userSub = this.hub.join(this, userTopic);
+    this.hub.join(this, topics.broadcast);
+    const backlog: StoredEvent[] = [];
+    try {
       await Promise.all([this.hub.ready(userTopic), this.hub.ready(topics.broadcast)]);
-      if (this.state !== 'open') return;
+      if (!this.isOpen) return; // closed meanwhile
       // The user's unacknowledged direct messages go first, in order; live ones are held meanwhile.
       await this.hub.broker.backlog(principal.userId, (event) => backlog.push(event));
-      if (this.state !== 'open') return;
-      this.hub.log.info(
-        { conn: this.id, user: principal.userId, remote: this.remoteAddress, backlog: backlog.length },
-        'connection authenticated',
-      );
-    } else {
-      this.hub.dropForbiddenProjects(this);
+    } catch (err) {
+      this.log.error({ err }, 'authentication setup failed');
+      this.close(CloseCode.InternalError, 'internal error');
+      return;
     }
-    this.send(serverMessage(MessageType.AuthSuccess, { user_id: principal.userId, connection_id: this.id }));
-    if (!refresh) {
-      for (const event of backlog) {
-        this.hub.checkDuplicate(userTopic, event);
-        this.userSub!.replayed(event);
-      }
-      for (const topic of [userTopic, topics.broadcast]) this.subscriptions.get(topic)?.release();
+    if (!this.isOpen) return; // closed meanwhile
+    this.hub.log.info(
+      { conn: this.id, user: principal.userId, remote: this.remoteAddress, backlog: backlog.length },
+      'connection authenticated',
+    );
+    const success = serverMessage(MessageType.AuthSuccess, { user_id: principal.userId, connection_id: this.id, epoch: this.hub.broker.epoch });
+    this.queue.splice(this.setupMark, 0, { text: success });
+    this.queuedChars += success.length;
+    this.setupMark = undefined;
+    if (!this.dirty) {
+      this.dirty = true;
+      this.hub.markDirty(this);
     }
+    for (const event of backlog) {
+      this.hub.checkDuplicate(userTopic, event);
+      this.userSub.replayed(event);
+    }
+    for (const topic of [userTopic, topics.broadcast]) this.subscriptions.get(topic)?.release();
   }
 
   // ---- outbound -----------------------------------------------------------------------------
@@ -282,7 +316,7 @@ export class Connection {
    */
   flush(now: number): void {
     this.dirty = false;
-    if (this.state === 'closed' || this.queue.length === 0) return;
+    if (this.state === 'closed' || this.queue.length === 0 || this.setupMark !== undefined) return;
     let n = 0;
     let fit = 0;
     if (!this.backlogged(now)) {

@@ -32,4 +32,9 @@ export class RecentIds {
     if (event.seq < seen.seq) this.ids.set(id, { topic, seq: event.seq });
     return seen;
   }
+
+  /** A new epoch: seqs of the old one name nothing any more. */
+  clear(): void {
+    this.ids.clear();
+  }
 }

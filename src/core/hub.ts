@@ -75,6 +75,12 @@ export interface HubOptions {
   clientEvents?: ClientEventPort;
 }
 
+/** The `scope` fields of a history_truncated frame for a topic. */
+function scopeOf(topic: Topic): Record<string, string> {
+  if (topic.startsWith('project.')) return { scope: 'project', project_id: topic.slice(8) };
+  return { scope: topic === 'broadcast' ? 'broadcast' : 'user' };
+}
+
 const noPresence: PresencePort = { enter() {}, exit() {}, users: async () => [] };
 const claimsAccess: ProjectAccessPort = {
   decidedByToken: true,
@@ -269,11 +275,28 @@ export class Hub {
   historyLost(topic: Topic, afterSeq: number): void {
     const room = this.rooms.get(topic);
     if (!room) return;
-    const scope = topic.startsWith('project.')
-      ? { scope: 'project', project_id: topic.slice(8) }
-      : { scope: topic === 'broadcast' ? 'broadcast' : 'user' };
-    const frame: OutFrame = { text: serverMessage(MessageType.HistoryTruncated, { ...scope, after_seq: afterSeq }) };
+    const frame: OutFrame = {
+      text: serverMessage(MessageType.HistoryTruncated, { ...scopeOf(topic), after_seq: afterSeq, epoch: this.broker.epoch }),
+    };
     for (const sub of membersOf(room)) sub.connection.enqueue(frame);
+  }
+
+  /**
+   * The stream was created anew and numbers from 1 again. Every subscriber is told
+   * (history_truncated with the new epoch) before the new epoch's first event, which the broker
+   * delivers after this, and its subscriptions count afresh.
+   */
+  epochChanged(epoch: string, previous: string): void {
+    this.recentIds.clear();
+    for (const [topic, room] of this.rooms) {
+      const frame: OutFrame = {
+        text: serverMessage(MessageType.HistoryTruncated, { ...scopeOf(topic), epoch, previous_epoch: previous, reason: 'stream_recreated' }),
+      };
+      for (const sub of membersOf(room)) {
+        sub.restart();
+        sub.connection.enqueue(frame);
+      }
+    }
   }
 
   markDirty(conn: Connection): void {

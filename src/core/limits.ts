@@ -52,12 +52,6 @@ export class TokenBucket {
     this.tokens -= n;
     return n;
   }
-
-  /** Milliseconds until `n` tokens are available. */
-  msUntil(n: number, now: number): number {
-    this.refill(now);
-    return this.tokens >= n ? 0 : Math.ceil(((n - this.tokens) * 1000) / this.ratePerSecond);
-  }
 }
 
 /** Fixed-window error counter: the seed's MaxErrors per ErrorResetInterval. */

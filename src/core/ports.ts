@@ -45,6 +45,21 @@ export const topics = {
   broadcast: 'broadcast' as Topic,
 };
 
+/** Where a client's copy of a topic ends: the last seq it has, and the epoch that seq belongs to. */
+export interface ResumePosition {
+  readonly since: number;
+  /** Absent for clients that predate epochs: then only a `since` past the stream's end is detected. */
+  readonly epoch?: string;
+}
+
+export interface ReplayResult {
+  readonly truncated: boolean;
+  /** The epoch the replayed seqs belong to. */
+  readonly epoch: string;
+  /** The replay began at the epoch's first stored event, not after `since`. */
+  readonly restarted: boolean;
+}
+
 /** What the core asks of the message broker. */
 export interface BrokerPort {
   /** The first local subscriber of a topic arrived (true) or the last one left (false). */
@@ -55,10 +70,17 @@ export interface BrokerPort {
    */
   interestReady(topic: Topic): Promise<void>;
   /**
-   * Stored events of `topic` with seq > `since`, in order, through `onEvent`. `truncated` is true
-   * when the stream no longer holds the event at `since`: some history after it may be gone.
+   * The stream's current incarnation. A seq means something only with its epoch: the stream
+   * created anew (NATS lost its store, an operator deleted it) numbers from 1 again.
    */
-  replay(topic: Topic, since: number, onEvent: (event: StoredEvent) => void): Promise<{ truncated: boolean }>;
+  readonly epoch: string;
+  /**
+   * Stored events of `topic` after the client's position, in order, through `onEvent`.
+   * `truncated` is true when part of what followed the position may be gone: the stream no longer
+   * holds the event at `since`, or the position is from another epoch (or past the stream's end),
+   * in which case every stored event of the topic in the current epoch is replayed (`restarted`).
+   */
+  replay(topic: Topic, position: ResumePosition, onEvent: (event: StoredEvent) => void): Promise<ReplayResult>;
   /**
    * The user's direct messages nobody has acknowledged yet, in order, through `onEvent`: what a
    * connection that just opened gets before live ones. Never rejects.

@@ -65,20 +65,24 @@ const processors: Processors = {
     if (!conn.subscriptions.has(topic) && projectSubs >= conn.hub.config.maxSubscriptionsPerConnection) {
       throw new ProtocolError(ErrorCode.Forbidden, 'too many subscriptions on this connection', { project_id: projectId });
     }
-    const since = message.data.since;
+    const { since, epoch } = message.data;
+    const existed = conn.subscriptions.has(topic);
     const sub = conn.hub.join(conn, topic, since);
     try {
       await conn.hub.ready(topic);
       if (conn.subscriptions.get(topic) !== sub) return; // unsubscribed or closed meanwhile
-      const reply: Record<string, unknown> = { action: 'subscribed', project_id: projectId };
+      const reply: Record<string, unknown> = { action: 'subscribed', project_id: projectId, epoch: conn.hub.broker.epoch };
       if (since === undefined) {
         conn.send(serverMessage(MessageType.Subscription, reply));
       } else {
         // Replay into a list first so the answer can say whether history was cut, then deliver in order.
         const replayed: StoredEvent[] = [];
-        const { truncated } = await conn.hub.broker.replay(topic, since, (event) => replayed.push(event));
+        const replay = await conn.hub.broker.replay(topic, { since, epoch }, (event) => replayed.push(event));
         if (conn.subscriptions.get(topic) !== sub) return;
-        if (truncated) reply.truncated = true;
+        reply.epoch = replay.epoch;
+        if (replay.truncated) reply.truncated = true;
+        // Replayed from the start of the epoch: seqs up to `since` are new events, not seen ones.
+        if (replay.restarted) sub.restart();
         reply.replayed = replayed.filter((e) => e.aboutUser !== conn.userId).length; // what will actually follow
         conn.send(serverMessage(MessageType.Subscription, reply));
         for (const event of replayed) {
@@ -87,7 +91,12 @@ const processors: Processors = {
         }
       }
     } catch (err) {
-      conn.hub.leave(conn, topic);
+      // Nothing of the replay was delivered: a subscription the client had stays as it was, live;
+      // one this request created goes.
+      if (conn.subscriptions.get(topic) === sub) {
+        if (existed) sub.resume();
+        else conn.hub.leave(conn, topic);
+      }
       throw err;
     }
     sub.release();
@@ -139,5 +148,5 @@ const processors: Processors = {
 
 export function dispatch(conn: Connection, message: ClientMessage): void | Promise<void> {
   if (conn.state === 'closed') return;
-  return (processors[message.type] as Processor<typeof message.type>)(conn, message as never);
+  return (processors[message.type] as Processor<typeof message.type>)(conn, message);
 }

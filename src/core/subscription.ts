@@ -16,6 +16,8 @@ export class Subscription {
   private firstSeq: number;
   /** Non-null while the subscription is catching up; live events wait here. */
   private held: StoredEvent[] | null = [];
+  /** Where it stood before a re-subscribe's `since` moved it: put back if that request fails. */
+  private before: { lastSeq: number; firstSeq: number } | undefined;
 
   constructor(
     readonly connection: Connection,
@@ -24,10 +26,6 @@ export class Subscription {
   ) {
     this.lastSeq = since ?? 0;
     this.firstSeq = since === undefined ? Infinity : 0;
-  }
-
-  get catchingUp(): boolean {
-    return this.held !== null;
   }
 
   /** True when the client has (or, through `since`, said it has) event `seq` of this topic. */
@@ -65,13 +63,37 @@ export class Subscription {
   hold(since?: number): void {
     this.held ??= [];
     if (since !== undefined) {
+      this.before ??= { lastSeq: this.lastSeq, firstSeq: this.firstSeq };
       this.lastSeq = since;
       this.firstSeq = 0;
     }
   }
 
+  /**
+   * The stream's numbering started again (a new epoch): what the client has counts for nothing,
+   * so every seq from here on is new. Keeps holding if it was.
+   */
+  restart(): void {
+    this.before = undefined;
+    this.lastSeq = 0;
+    this.firstSeq = Infinity;
+  }
+
+  /**
+   * A re-subscribe failed before its replay delivered anything: the client still has what it had,
+   * so go back there and deliver live again (what arrived meanwhile included).
+   */
+  resume(): void {
+    if (this.before !== undefined) {
+      this.lastSeq = this.before.lastSeq;
+      this.firstSeq = this.before.firstSeq;
+    }
+    this.release();
+  }
+
   /** The replay is done: release what arrived live meanwhile, skipping what was replayed. */
   release(): void {
+    this.before = undefined;
     const held = this.held;
     this.held = null;
     if (!held) return;

@@ -83,7 +83,7 @@ const revokeBody = z.object({ user_id: z.string().regex(TOKEN_PATTERN, 'must mat
 type Scope = 'cluster' | 'local';
 
 const sum = (answers: FleetAnswer[], key: string): number =>
-  answers.reduce((n, a) => n + (typeof a[key] === 'number' ? (a[key] as number) : 0), 0);
+  answers.reduce((n, a) => n + (typeof a[key] === 'number' ? (a[key]) : 0), 0);
 
 export function createAdminRouter(deps: AdminDeps): Router<AdminState> {
   const { fleet, operations, broker, instanceId, log } = deps;

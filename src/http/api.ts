@@ -21,6 +21,8 @@ export interface ApiDeps extends AdminDeps {
   log: Logger;
   instanceId: string;
   draining: () => boolean;
+  /** The presence buckets exist and are watched. */
+  presenceReady: () => boolean;
   startedAt: number;
   /** File uploads and downloads (routes for any authenticated user, mounted before the admin API's). */
   files?: FileService;
@@ -54,9 +56,10 @@ export function createApi(deps: ApiDeps): Koa {
   });
 
   router.get('/readyz', (ctx) => {
-    const ready = !deps.draining() && deps.broker.connected && deps.broker.streamReady;
+    const presence = deps.presenceReady();
+    const ready = !deps.draining() && deps.broker.connected && deps.broker.streamReady && presence;
     ctx.status = ready ? 200 : 503;
-    ctx.body = { ready, draining: deps.draining(), nats: deps.broker.connected, stream: deps.broker.streamReady };
+    ctx.body = { ready, draining: deps.draining(), nats: deps.broker.connected, stream: deps.broker.streamReady, presence };
   });
 
   router.get('/api/v1/websocket/health', (ctx) => {

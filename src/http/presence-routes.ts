@@ -1,9 +1,6 @@
-/**
- * The admin presence query, `GET /api/v1/websocket/projects/:id/presence`. Mount the router behind
- * the admin API's authentication; `projectPresence` is the same answer without Koa.
- */
-import Router from '@koa/router';
+/** The answer of the admin presence query, `GET /api/v1/websocket/projects/:id/presence`. */
 import { TOKEN_PATTERN } from '../config.js';
+import { SidecarError } from '../errors.js';
 import type { PresencePort } from '../core/ports.js';
 
 export interface ProjectPresence {
@@ -13,13 +10,12 @@ export interface ProjectPresence {
   count: number;
 }
 
-export class InvalidProjectIdError extends Error {
-  readonly code = 'invalid_project_id';
+export class InvalidProjectIdError extends SidecarError {
+  /** Koa's error path answers 400 with this message. */
   readonly status = 400;
   readonly expose = true;
   constructor() {
-    super('project id must match [A-Za-z0-9_-]{1,128}');
-    this.name = 'InvalidProjectIdError';
+    super('invalid_project_id', 'project id must match [A-Za-z0-9_-]{1,128}');
   }
 }
 
@@ -29,10 +25,3 @@ export async function projectPresence(presence: PresencePort, projectId: string)
   return { project_id: projectId, users, count: users.length };
 }
 
-export function presenceRoutes(presence: PresencePort, prefix = '/api/v1/websocket'): Router {
-  const router = new Router({ prefix });
-  router.get('/projects/:id/presence', async (ctx) => {
-    ctx.body = await projectPresence(presence, ctx.params.id);
-  });
-  return router;
-}

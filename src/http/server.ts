@@ -12,20 +12,44 @@ import type { Config } from '../config.js';
 import { AuthError } from '../errors.js';
 import type { Connection } from '../core/connection.js';
 import type { Hub } from '../core/hub.js';
-import { CloseCode, MessageType, serverMessage } from '../protocol.js';
 import { WsTransport } from './ws-transport.js';
 
 export const WS_PATH = '/ws/connect';
 
 export interface HttpServerOptions {
   config: Pick<Config, 'maxMessageSize' | 'maxTokenLength' | 'allowedOrigins' | 'handshakeTimeout'>;
-  hub: Hub;
   log: Logger;
-  /** Koa's `app.callback()` */
-  api: RequestListener;
   /** True once shutdown began: new upgrades are refused. */
   draining: () => boolean;
 }
+
+/**
+ * The sidecar's port. It listens from the start, before NATS answers: until `serve` hands it the
+ * hub and the API, it is alive (`/healthz` 200) but not ready (`/readyz` 503), and refuses
+ * upgrades and API requests with 503 and `Retry-After`, so orchestrators and clients wait.
+ */
+export interface SidecarHttpServer {
+  readonly server: Server;
+  /** The core is up: upgrades go to the hub, requests to the API (Koa's `app.callback()`). */
+  serve(hub: Hub, api: RequestListener): void;
+}
+
+/** Seconds a client is told to wait before trying again while the sidecar starts. */
+const STARTING_RETRY_AFTER_S = 2;
+
+/** Answers while the core is not up: alive, not ready, nothing else. */
+const starting: RequestListener = (req, res) => {
+  const path = (req.url ?? '/').split('?')[0];
+  const reply = (status: number, body: Record<string, unknown>): void => {
+    const text = JSON.stringify(body);
+    const headers: Record<string, string | number> = { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) };
+    if (status === 503) headers['Retry-After'] = STARTING_RETRY_AFTER_S;
+    res.writeHead(status, headers).end(text);
+  };
+  if (path === '/healthz') return reply(200, { status: 'ok', starting: true });
+  if (path === '/readyz') return reply(503, { ready: false, starting: true, nats: false, stream: false, presence: false });
+  reply(503, { error: 'starting: waiting for NATS' });
+};
 
 /** The handshake token: `?token=` or `Authorization: Bearer`. */
 export function handshakeToken(req: IncomingMessage, url: URL): string | undefined {
@@ -39,8 +63,9 @@ export function handshakeToken(req: IncomingMessage, url: URL): string | undefin
 function refuse(socket: Duplex, status: number, reason: string, message: string): void {
   if (!socket.writable) return void socket.destroy();
   const body = JSON.stringify({ error: message });
+  const retry = status === 503 ? `Retry-After: ${STARTING_RETRY_AFTER_S}\r\n` : '';
   socket.end(
-    `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${retry}Connection: close\r\n\r\n${body}`,
   );
 }
 
@@ -76,18 +101,13 @@ function attach(hub: Hub, ws: WebSocket, socket: Duplex, remote: string, princip
   ws.on('pong', onPong);
   ws.on('close', onClose);
   ws.on('error', onError);
-  if (principal) {
-    conn.authenticate(principal).catch((err) => {
-      conn.log.error({ err }, 'authentication setup failed');
-      conn.close(CloseCode.InternalError, 'internal error');
-    });
-  } else {
-    conn.send(serverMessage(MessageType.AuthRequired, { message: 'send {"type":"auth","data":{"token":"<JWT>"}}' }));
-  }
+  conn.start(principal);
 }
 
-export function createHttpServer(options: HttpServerOptions): Server {
-  const { config, hub, log } = options;
+export function createHttpServer(options: HttpServerOptions): SidecarHttpServer {
+  const { config, log } = options;
+  let hub: Hub | undefined;
+  let handler: RequestListener = starting;
   const wss = new WebSocketServer({
     noServer: true,
     // Room for an `auth` message with a token up to maxTokenLength; the connection holds every
@@ -105,7 +125,7 @@ export function createHttpServer(options: HttpServerOptions): Server {
       requestTimeout: Math.max(300_000, config.handshakeTimeout), // Node's default; never below headersTimeout
       connectionsCheckingInterval: Math.max(100, Math.min(1000, config.handshakeTimeout / 4)),
     },
-    options.api,
+    (req, res) => handler(req, res),
   );
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     // A shared listener, not a closure: a closure here would keep this request (headers, URL,
@@ -128,6 +148,7 @@ export function createHttpServer(options: HttpServerOptions): Server {
     }
     if (url.pathname !== WS_PATH) return refused(404, 'Not Found', `WebSocket endpoint is ${WS_PATH}`);
     if (options.draining()) return refused(503, 'Service Unavailable', 'shutting down; connect to another instance');
+    if (!hub) return refused(503, 'Service Unavailable', 'starting: waiting for NATS; retry shortly');
     // Browsers always send Origin; other clients may not, and are not what this check is about.
     const origin = req.headers.origin;
     if (origins && origin !== undefined && !origins.has(origin)) {
@@ -149,8 +170,15 @@ export function createHttpServer(options: HttpServerOptions): Server {
     }
     if (socket.destroyed) return;
     const remote = (req.socket.remoteAddress ?? '') + (req.socket.remotePort ? `:${req.socket.remotePort}` : '');
-    wss.handleUpgrade(req, socket, head, (ws) => attach(hub, ws, socket, remote, principal));
+    const to = hub;
+    wss.handleUpgrade(req, socket, head, (ws) => attach(to, ws, socket, remote, principal));
   }
 
-  return server;
+  return {
+    server,
+    serve(core, api) {
+      hub = core;
+      handler = api;
+    },
+  };
 }

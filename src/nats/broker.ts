@@ -19,6 +19,8 @@ import {
 } from '@nats-io/transport-node';
 import {
   DiscardPolicy,
+  JetStreamApiCodes,
+  JetStreamApiError,
   jetstream,
   jetstreamManager,
   RetentionPolicy,
@@ -29,7 +31,7 @@ import {
 } from '@nats-io/jetstream';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
-import type { BrokerPort, StoredEvent, Topic } from '../core/ports.js';
+import type { BrokerPort, ReplayResult, ResumePosition, StoredEvent, Topic } from '../core/ports.js';
 import { SidecarError } from '../errors.js';
 import { encodeStoredEvent, EventError } from '../protocol.js';
 import { READER_CREATE_TIMEOUT_MS, StreamHistory, type StoredMessage } from './history.js';
@@ -45,12 +47,16 @@ export type BrokerConfig = Pick<
   | 'messageTTL'
   | 'inboxAckWait'
   | 'directSubscription'
+  | 'streamCheckInterval'
+  | 'natsPingInterval'
 >;
 
 /** Where live events go: the hub, in production. */
 export type EventSink = (topic: Topic, event: StoredEvent) => void;
 /** Events of a topic after `afterSeq` were lost and the stream no longer has them all. */
 export type LossSink = (topic: Topic, afterSeq: number) => void;
+/** The stream was created anew: its seqs start again at 1 under `epoch`. */
+export type EpochSink = (epoch: string, previous: string) => void;
 
 export interface BrokerStats {
   eventsReceived: number;
@@ -62,9 +68,31 @@ export interface BrokerStats {
   eventsRecovered: number;
   /** Times subscribers were told history was cut (history_truncated). */
   historyLost: number;
+  /** Times the stream was found missing (NATS lost its store, or it was deleted) and created again. */
+  streamRecreated: number;
+  /** Times the stream's incarnation changed under this instance (recreated here or elsewhere). */
+  epochChanges: number;
+}
+
+/** The stream is not there (deleted, or NATS came back without its store). */
+export function isStreamMissing(err: unknown): boolean {
+  return err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound;
+}
+
+/** A JetStream request nobody answered: the stream (or JetStream itself) is not there. */
+function isNoResponders(err: unknown): boolean {
+  return err instanceof Error && (err.name === 'NoRespondersError' || (err.cause as Error | undefined)?.name === 'NoRespondersError');
 }
 
 const NANOS_PER_MS = 1_000_000;
+/** Longest wait for a round trip to NATS (a readiness check); past it the caller gets an error. */
+const FLUSH_TIMEOUT_MS = 5_000;
+/** Pause between a stream advisory and the check it triggers (see watchStream). */
+const ADVISORY_CHECK_DELAY_MS = 1_000;
+/** JetStream's API error code for "stream name already in use with a different configuration". */
+const STREAM_NAME_IN_USE = 10058;
+/** "stream configuration update can not change ..." */
+const STREAM_INVALID_UPDATE = 10052;
 const READY: Promise<void> = Promise.resolve();
 
 /**
@@ -75,6 +103,14 @@ const READY: Promise<void> = Promise.resolve();
 function ownString(value: string | undefined): string | undefined {
   return value ? Buffer.from(value, 'utf8').toString('utf8') : undefined;
 }
+/**
+ * The epoch names a stream's incarnation: its creation time, to the nanosecond, as digits. Every
+ * instance reads the same value from the stream, and a stream made anew gets another one.
+ */
+export function epochOf(created: string): string {
+  return created.replace(/\D/g, '');
+}
+
 /** Set on events about one user (user_joined / user_left): that user's own connections skip them. */
 const ABOUT_USER_HEADER = 'Ws-About-User';
 /** Live events held per topic while a gap is repaired; past this they are dropped and read from the stream. */
@@ -103,6 +139,8 @@ interface LiveTopic {
   /** Undefined for user topics heard through the wildcard subscription. */
   readonly sub: NatsSub | undefined;
   ready: Promise<void>;
+  /** The last readiness check failed: the next interestReady checks again instead of repeating the failure. */
+  failed: boolean;
   /** Highest seq handed to the hub; undefined until the baseline (or a first event) is known. */
   last: number | undefined;
   /** Non-null while a repair reads the stream: live events wait here, in arrival order. */
@@ -110,18 +148,35 @@ interface LiveTopic {
   overflowed: boolean;
   /** A repair that is retried reports a loss once. */
   lossReported: boolean;
+  /** A live event whose epoch was checked (see accept): it is not checked twice. */
+  verified?: number;
 }
 
 export class NatsBroker implements BrokerPort {
-  readonly stats: BrokerStats = { eventsReceived: 0, eventsInvalid: 0, reconnects: 0, gaps: 0, eventsRecovered: 0, historyLost: 0 };
+  readonly stats: BrokerStats = {
+    eventsReceived: 0,
+    eventsInvalid: 0,
+    reconnects: 0,
+    gaps: 0,
+    eventsRecovered: 0,
+    historyLost: 0,
+    streamRecreated: 0,
+    epochChanges: 0,
+  };
   connected = false;
   streamReady = false;
+  /** The stream's incarnation (its creation time), set by ensureStream. */
+  epoch = '';
   readonly history: StreamHistory;
   /** The same reads with REPAIR_REQUEST_TIMEOUT_MS, for gap repairs. */
   private readonly quickHistory: StreamHistory;
   readonly inboxes: Inboxes;
   private sink: EventSink = () => {};
   private lossSink: LossSink = () => {};
+  private epochSink: EpochSink = () => {};
+  /** One stream check at a time; callers that come meanwhile share it. */
+  private checking: Promise<void> | undefined;
+  private checkTimer: NodeJS.Timeout | undefined;
   private readonly topics = new Map<Topic, LiveTopic>();
   private repairsRunning = 0;
   private readonly repairsWaiting: (() => void)[] = [];
@@ -132,7 +187,7 @@ export class NatsBroker implements BrokerPort {
     readonly nc: NatsConnection,
     readonly js: JetStreamClient,
     readonly jsm: JetStreamManager,
-    quickJsm: JetStreamManager,
+    private readonly quickJsm: JetStreamManager,
     private readonly config: BrokerConfig,
     private readonly log: Logger,
   ) {
@@ -152,7 +207,12 @@ export class NatsBroker implements BrokerPort {
       name,
       maxReconnectAttempts: -1,
       reconnectTimeWait: 500,
-      pingInterval: 10_000,
+      // A first connect that hangs (a black-holed address) is retried by the caller, not awaited for 20 s.
+      timeout: 5_000,
+      // A link that stops answering without a reset (partition, black-holed route) is declared
+      // stale after maxPingOut (2) unanswered pings: noticed within three intervals, then reconnected.
+      pingInterval: config.natsPingInterval,
+      maxPingOut: 2,
       // nats.js otherwise builds two Error objects (stack capture) per request, in case it fails:
       // ~9% of the CPU of a connect storm (profile in BENCHMARKS.md). Errors keep their message and
       // cause; only the stack of the awaiting caller is lost.
@@ -198,19 +258,30 @@ export class NatsBroker implements BrokerPort {
   /** Create the stream, or update its limits in place. Never deletes: stored events survive. */
   async ensureStream(): Promise<void> {
     const wanted = this.streamConfig();
-    const existing = await this.jsm.streams.info(wanted.name).catch((err: Error) => {
-      if (/not found/i.test(err.message)) return null;
-      throw err;
-    });
-    if (!existing) {
-      await this.jsm.streams.add(wanted);
-      this.log.info({ stream: wanted.name, subjects: wanted.subjects }, 'created JetStream stream');
-    } else {
+    for (let attempt = 1; ; attempt++) {
+      const existing = await this.jsm.streams.info(wanted.name).catch((err: unknown) => {
+        if (isStreamMissing(err)) return null;
+        throw err;
+      });
+      if (!existing) {
+        try {
+          const created = await this.jsm.streams.add(wanted);
+          this.epoch = epochOf(created.created);
+          this.log.info({ stream: wanted.name, subjects: wanted.subjects, epoch: this.epoch }, 'created JetStream stream');
+          break;
+        } catch (err) {
+          // Another instance created it first (with other settings): update it like any existing one.
+          if (attempt < 3 && err instanceof JetStreamApiError && err.code === STREAM_NAME_IN_USE) continue;
+          throw err;
+        }
+      }
+      this.epoch = epochOf(existing.created);
       const { storage: _storage, retention: _retention, ...mutable } = wanted;
       await this.jsm.streams.update(wanted.name, { ...existing.config, ...mutable }).catch((err: Error) => {
-        // nats-server before 2.10 cannot add or change republish in place, and recreating the
-        // stream would lose what it stores: say what to do instead.
-        if (!/republish/i.test(err.message)) throw err;
+        // nats-server before 2.10 cannot add or change republish in place (the only setting we
+        // ask for that it refuses as an invalid update), and recreating the stream would lose
+        // what it stores: say what to do instead.
+        if (!(err instanceof JetStreamApiError && err.code === STREAM_INVALID_UPDATE)) throw err;
         throw new SidecarError(
           'stream_incompatible',
           `JetStream stream ${wanted.name} exists without republish ${mutable.republish?.src} -> ${mutable.republish?.dest}, ` +
@@ -219,9 +290,79 @@ export class NatsBroker implements BrokerPort {
           { cause: err },
         );
       });
-      this.log.info({ stream: wanted.name, messages: existing.state.messages }, 'JetStream stream up to date');
+      this.log.info({ stream: wanted.name, messages: existing.state.messages, epoch: this.epoch }, 'JetStream stream up to date');
+      break;
     }
     this.streamReady = true;
+  }
+
+  /**
+   * Keep checking that the stream is there and is the same incarnation: every
+   * streamCheckInterval, at once when JetStream announces that it was deleted or created, after
+   * every reconnect, and when a publish finds no stream. So its loss is noticed within about one
+   * interval whatever the cause (NATS restarted without its store, an operator deleting it).
+   */
+  watchStream(): void {
+    const name = this.config.streamName;
+    const check = (): void => void this.checkStream();
+    // Not at once: nats-server removes a deleted stream's files after it answers, and a stream
+    // created again under the same name meanwhile loses its files (seen on 2.9: "error opening
+    // msg block file").
+    const soon = (): void => void setTimeout(check, ADVISORY_CHECK_DELAY_MS).unref();
+    for (const what of ['DELETED', 'CREATED']) this.nc.subscribe(`$JS.EVENT.ADVISORY.STREAM.${what}.${name}`, { callback: soon });
+    this.checkTimer = setInterval(check, this.config.streamCheckInterval);
+    this.checkTimer.unref();
+  }
+
+  /** Is the stream there, and the incarnation we know? Recreates a missing one. Never rejects. */
+  checkStream(): Promise<void> {
+    this.checking ??= this.verifyStream()
+      .catch((err: unknown) => this.log.warn({ err }, 'stream check failed; retrying at the next one'))
+      .finally(() => (this.checking = undefined));
+    return this.checking;
+  }
+
+  private async verifyStream(): Promise<void> {
+    if (this.nc.isClosed()) return;
+    const previous = this.epoch;
+    let info;
+    try {
+      info = await this.quickJsm.streams.info(this.config.streamName);
+    } catch (err) {
+      // Anything else (a timeout, JetStream electing a leader) says nothing about the stream.
+      if (!isStreamMissing(err)) throw err;
+      info = null;
+    }
+    if (info === null) {
+      // A nats-server that just started may answer before JetStream is up; a stream created in
+      // that window can vanish again, its files with it. Only create it once JetStream answers.
+      await this.quickJsm.getAccountInfo();
+      if (this.streamReady) {
+        this.log.warn({ stream: this.config.streamName, epoch: previous }, 'the JetStream stream is gone (NATS lost its store, or it was deleted): creating it again');
+      }
+      this.streamReady = false;
+      await this.ensureStream();
+      this.stats.streamRecreated += 1;
+    } else {
+      this.epoch = epochOf(info.created);
+      this.streamReady = true;
+    }
+    if (previous !== '' && this.epoch !== previous) this.newEpoch(previous);
+  }
+
+  /**
+   * The stream numbers from 1 again. Subscribers are told first (the hub restarts their
+   * subscriptions), then every topic is read from the new stream's start: events that arrived
+   * live before this was noticed were dropped as already seen, and come now.
+   */
+  private newEpoch(previous: string): void {
+    this.stats.epochChanges += 1;
+    this.log.warn({ epoch: this.epoch, previous, topics: this.topics.size }, 'new stream epoch: subscribers told, topics read again from its start');
+    this.epochSink(this.epoch, previous);
+    for (const t of this.topics.values()) {
+      t.last = 0;
+      if (t.held === null) this.repair(t);
+    }
   }
 
   /** Live events go to `sink` (the hub). */
@@ -234,6 +375,11 @@ export class NatsBroker implements BrokerPort {
     this.lossSink = sink;
   }
 
+  /** A stream created anew goes to `sink` (the hub tells every subscriber). */
+  setEpochSink(sink: EpochSink): void {
+    this.epochSink = sink;
+  }
+
   /**
    * One subscription for every user's direct messages: those of users with a connection here go
    * on like any topic's, the rest are dropped. Sent before any baseline request on the same
@@ -244,7 +390,7 @@ export class NatsBroker implements BrokerPort {
     this.nc.subscribe(`${this.prefix}.live.user.*`, {
       callback: (err, msg) => {
         if (err) return this.log.warn({ err }, 'live subscription error (direct messages)');
-        const t = this.topics.get(msg.subject.slice(skip) as Topic);
+        const t = this.topics.get(msg.subject.slice(skip));
         if (t) this.onLive(t, msg);
       },
     });
@@ -264,20 +410,30 @@ export class NatsBroker implements BrokerPort {
       projectId: topic.startsWith('project.') ? topic.slice(8) : undefined,
       sub: heardByWildcard ? undefined : this.subscribeLive(topic),
       ready: READY,
+      failed: false,
       last: undefined,
       held: null,
       overflowed: false,
       lossReported: false,
     };
     this.topics.set(topic, t);
+    this.track(t);
+  }
+
+  /** (Re)establish the topic's readiness: its SUB confirmed and its gap-check baseline read. */
+  private track(t: LiveTopic): void {
     const ready = this.follow(t);
     t.ready = ready;
-    // Once settled well, the topic holds the one shared resolved promise, not its own (memory per topic).
+    t.failed = false;
+    // Once settled well, the topic holds the one shared resolved promise, not its own (memory per
+    // topic). A failure is remembered so that the next subscriber checks again, not fails again.
     ready.then(
       () => {
         if (t.ready === ready) t.ready = READY;
       },
-      () => {},
+      () => {
+        if (t.ready === ready) t.failed = true;
+      },
     );
   }
 
@@ -300,7 +456,7 @@ export class NatsBroker implements BrokerPort {
    * server handles a connection's operations in order. Only when it fails does a PING stand in.
    */
   private async follow(t: LiveTopic): Promise<void> {
-    const head = await this.history.head(t.subject).catch((err: Error) => {
+    const head = await this.quickHistory.head(t.subject).catch((err: Error) => {
       this.log.warn({ err, topic: t.topic }, 'no baseline for gap checks until the first live event');
       return undefined;
     });
@@ -319,14 +475,22 @@ export class NatsBroker implements BrokerPort {
     this.pendingFlush ??= new Promise<void>((resolve, reject) => {
       setImmediate(() => {
         this.pendingFlush = undefined;
-        this.nc.flush().then(resolve, reject);
+        // Bounded: while the link is down a PING waits for the reconnect, however long that takes.
+        const timer = setTimeout(
+          () => reject(new SidecarError('nats_timeout', `NATS did not answer within ${FLUSH_TIMEOUT_MS} ms`)),
+          FLUSH_TIMEOUT_MS,
+        );
+        this.nc.flush().then(resolve, reject).finally(() => clearTimeout(timer));
       });
     });
     return this.pendingFlush;
   }
 
   interestReady(topic: Topic): Promise<void> {
-    return this.topics.get(topic)?.ready ?? Promise.reject(new SidecarError('no_interest', `not subscribed to ${topic}`));
+    const t = this.topics.get(topic);
+    if (!t) return Promise.reject(new SidecarError('no_interest', `not subscribed to ${topic}`));
+    if (t.failed) this.track(t);
+    return t.ready;
   }
 
   private onLive(t: LiveTopic, msg: Msg): void {
@@ -348,8 +512,19 @@ export class NatsBroker implements BrokerPort {
       return;
     }
     if (t.last !== undefined) {
+      const previous = Number(h.get('Nats-Last-Sequence'));
+      if (previous === 0 && t.last > 0 && t.verified !== seq) {
+        // The subject's first event, though we have seen later ones: the stream was most likely
+        // created anew and this seq belongs to its new epoch. Know the stream before delivering.
+        t.held = [msg];
+        t.verified = seq;
+        void this.checkStream().then(() => {
+          if (this.topics.get(t.topic) === t && t.held !== null) this.repair(t);
+        });
+        return;
+      }
       if (seq <= t.last) return; // already delivered, e.g. by a repair
-      if (Number(h.get('Nats-Last-Sequence')) > t.last) {
+      if (previous > t.last) {
         // An event of this subject never reached us (reconnect, slow consumer): fetch it first.
         this.stats.gaps += 1;
         this.log.warn({ topic: t.topic, last: t.last, seq }, 'gap in live events: repairing from the stream');
@@ -450,13 +625,22 @@ export class NatsBroker implements BrokerPort {
     }
   }
 
-  async replay(topic: Topic, since: number, onEvent: (event: StoredEvent) => void): Promise<{ truncated: boolean }> {
+  async replay(topic: Topic, position: ResumePosition, onEvent: (event: StoredEvent) => void): Promise<ReplayResult> {
     const projectId = topic.startsWith('project.') ? topic.slice(8) : undefined;
-    const { truncated } = await this.history.read(this.subjectOf(topic), since, (m) => {
+    const subject = this.subjectOf(topic);
+    const epoch = this.epoch;
+    const deliver = (m: StoredMessage): void => {
       const event = this.toEvent(projectId, m.seq, m.data, m.headers, m.timestamp);
       if (event) onEvent(event);
-    });
-    return { truncated };
+    };
+    // A position from another incarnation says nothing about this one: everything it holds follows.
+    if (position.epoch !== undefined && position.epoch !== epoch) {
+      await this.history.read(subject, 0, deliver);
+      return { truncated: true, epoch, restarted: true };
+    }
+    const read = await this.history.read(subject, position.since, deliver);
+    if (read.beyond) await this.history.read(subject, 0, deliver);
+    return { truncated: read.truncated, epoch, restarted: read.beyond };
   }
 
   async backlog(userId: string, onEvent: (event: StoredEvent) => void): Promise<void> {
@@ -485,8 +669,13 @@ export class NatsBroker implements BrokerPort {
     const h = natsHeaders();
     if (msgId) h.set('Nats-Msg-Id', msgId);
     if (aboutUser) h.set(ABOUT_USER_HEADER, aboutUser);
-    const ack = await this.js.publish(this.subjectOf(topic), payload, { headers: h });
-    return ack.seq;
+    try {
+      const ack = await this.js.publish(this.subjectOf(topic), payload, { headers: h });
+      return ack.seq;
+    } catch (err) {
+      if (isNoResponders(err) || isStreamMissing(err)) void this.checkStream();
+      throw err;
+    }
   }
 
   private async watchStatus(): Promise<void> {
@@ -494,13 +683,16 @@ export class NatsBroker implements BrokerPort {
       switch (s.type) {
         case 'disconnect':
           this.connected = false;
+          // Unknown until checked after the reconnect: the server may come back without its store.
+          this.streamReady = false;
           this.log.warn({ server: s.server }, 'NATS disconnected');
           break;
         case 'reconnect':
           this.connected = true;
           this.stats.reconnects += 1;
           this.log.info({ server: s.server, topics: this.topics.size }, 'NATS reconnected; subscriptions restored, catching up');
-          this.catchUp();
+          // The server may have come back without its store: know the stream first, then catch up.
+          void this.checkStream().then(() => this.catchUp());
           break;
         case 'error':
           this.log.warn({ err: s.error }, 'NATS error');
@@ -514,13 +706,14 @@ export class NatsBroker implements BrokerPort {
   /** After a reconnect: events stored while we were away never came live; read them from the stream. */
   private catchUp(): void {
     for (const t of this.topics.values()) {
-      if (t.last === undefined) void this.follow(t).catch(() => {});
+      if (t.last === undefined || t.failed) this.track(t);
       else if (t.held === null) this.repair(t);
     }
   }
 
   async close(): Promise<void> {
     this.connected = false;
+    clearInterval(this.checkTimer);
     if (this.nc.isClosed()) return;
     // Acknowledgements already received reach JetStream before the connection goes.
     await Promise.race([this.inboxes.idle(), new Promise((r) => setTimeout(r, 2_000).unref())]);

@@ -4,6 +4,7 @@
  * something goes wrong, unlike a long command line) and is told its ports explicitly so that
  * restart() comes back on the same address with the same JetStream store.
  */
+import { SidecarError } from '../errors.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { accessSync, constants as fsConstants, createWriteStream, statSync, unlinkSync, type WriteStream } from 'node:fs';
@@ -20,17 +21,15 @@ const OUTPUT_LINES_KEPT = 100;
 /** A port picked by us can be taken by someone else before the server binds it: retry that case. */
 const PORT_RACE_ATTEMPTS = 3;
 
-export class NatsServerNotFoundError extends Error {
-  readonly code = 'nats_server_not_found';
-
+export class NatsServerNotFoundError extends SidecarError {
   constructor(unusableBin?: string) {
     const bad = unusableBin ? ` (NATS_SERVER_BIN=${unusableBin} is not an executable file)` : '';
     super(
+      'nats_server_not_found',
       `nats-server binary not found${bad}. Install one with "apt-get install nats-server" (Debian/Ubuntu), ` +
         'or download it from https://github.com/nats-io/nats-server/releases, ' +
         'or set NATS_SERVER_BIN to its path, or set NATS_URL to use an existing NATS server.',
     );
-    this.name = 'NatsServerNotFoundError';
   }
 }
 
@@ -97,6 +96,8 @@ export interface EmbeddedNats {
   kill(): Promise<void>;
   /** Stops, then starts again on the same ports with the same store. */
   restart(): Promise<void>;
+  /** Starts again after stop(), on the same ports, with whatever the store directory holds then. */
+  start(): Promise<void>;
   /** Exit code of the current process (null when it died from a signal). */
   readonly exited: Promise<number | null>;
 }
@@ -239,7 +240,11 @@ function renderConfig(c: ResolvedConfig): string {
   return lines.join('\n') + '\n';
 }
 
-class PortInUseError extends Error {}
+class PortInUseError extends SidecarError {
+  constructor(message: string) {
+    super('port_in_use', message, { temporary: true });
+  }
+}
 
 // --- the server --------------------------------------------------------------------------------
 
@@ -293,7 +298,7 @@ class EmbeddedNatsServer implements EmbeddedNats {
       log?.write(chunk);
       this.output.push(chunk);
     };
-    for (const stream of [child.stdout!, child.stderr!]) {
+    for (const stream of [child.stdout, child.stderr]) {
       stream.setEncoding('utf8'); // decodes characters split across chunks
       stream.on('data', onData);
     }

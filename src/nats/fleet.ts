@@ -52,7 +52,7 @@ export class FleetUnavailableError extends SidecarError {
   readonly status = 503;
   readonly expose = true;
   constructor() {
-    super('fleet_unavailable', 'NATS is unreachable: the fleet cannot be asked (use scope=local)');
+    super('fleet_unavailable', 'NATS is unreachable: the fleet cannot be asked (use scope=local)', { temporary: true });
   }
 }
 

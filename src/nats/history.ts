@@ -52,14 +52,16 @@ export class StreamHistory {
 
   /**
    * Every stored event of `subject` with seq > `since`, in order, through `onMessage`, up to the
-   * last one stored when the read began (later ones come live).
+   * last one stored when the read began (later ones come live). `beyond`: `since` is past the
+   * stream's last seq, so it was taken in an earlier incarnation of the stream.
    */
-  async read(subject: string, since: number, onMessage: (m: StoredMessage) => void): Promise<HistoryRead> {
+  async read(subject: string, since: number, onMessage: (m: StoredMessage) => void): Promise<HistoryRead & { beyond: boolean }> {
     const head = await this.head(subject);
     await this.fetch(subject, since, head, onMessage);
     // Checked after the read, not before: an event pushed out of the window while the read ran
     // (by any newer event, even the reader's own user_joined) is reported, never silently skipped.
-    return { truncated: await this.lost(subject, since), head };
+    const cut = await this.cut(subject, since);
+    return { truncated: cut !== 'kept', beyond: cut === 'beyond', head };
   }
 
   /** Where the subject's history ends now, and whether part of it after `since` is gone. */
@@ -133,22 +135,28 @@ export class StreamHistory {
    * nothing after it is missing. Usually one request (the event at `since` is still there).
    */
   async lost(subject: string, since: number): Promise<boolean> {
+    return (await this.cut(subject, since)) !== 'kept';
+  }
+
+  /** `lost`, telling a cut history from a position past the stream's end (another epoch). */
+  private async cut(subject: string, since: number): Promise<'kept' | 'cut' | 'beyond'> {
     if (since > 0) {
       const at = await this.jsm.streams.getMessage(this.stream, { seq: since });
-      if (at?.subject === subject) return false;
+      if (at?.subject === subject) return 'kept';
       if (!at) {
         // The event at `since` is gone (aged out or pushed out), or `since` is past the end (the
         // stream was recreated): unless the subject still holds an older event, history is cut.
         const [first, info] = await Promise.all([this.firstStored(subject), this.jsm.streams.info(this.stream)]);
-        return first === undefined || first > since || since > info.state.last_seq;
+        if (since > info.state.last_seq) return 'beyond';
+        return first === undefined || first > since ? 'cut' : 'kept';
       }
       // `since` is another subject's event, still stored: nothing after it has aged out.
     }
     // Only the per-subject limit can have dropped events after `since`.
     const info = await this.jsm.streams.info(this.stream, { subjects_filter: subject });
-    if ((info.state.subjects?.[subject] ?? 0) < this.maxPerSubject) return false;
+    if ((info.state.subjects?.[subject] ?? 0) < this.maxPerSubject) return 'kept';
     const first = await this.firstStored(subject);
-    return first !== undefined && first > since + 1;
+    return first !== undefined && first > since + 1 ? 'cut' : 'kept';
   }
 
   private async firstStored(subject: string): Promise<number | undefined> {

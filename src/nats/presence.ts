@@ -60,6 +60,10 @@ export interface PresenceStats {
   swept: number;
   /** Times this instance found its own heartbeat expired and registered again. */
   reregistered: number;
+  /** Times the buckets were found missing (NATS lost its store, or they were deleted) and created again. */
+  recreated: number;
+  /** Times the watcher of the presence bucket stopped and was started again. */
+  rewatched: number;
   failures: number;
 }
 
@@ -105,7 +109,11 @@ function membersOf(entry: KvEntry | null): string[] {
 }
 
 export class NatsPresence implements PresencePort {
-  readonly stats: PresenceStats = { joined: 0, left: 0, sweeps: 0, swept: 0, reregistered: 0, failures: 0 };
+  readonly stats: PresenceStats = { joined: 0, left: 0, sweeps: 0, swept: 0, reregistered: 0, recreated: 0, rewatched: 0, failures: 0 };
+  /** Both buckets are known to exist and the watched copy is live. */
+  private bucketsReady = true;
+  /** The watcher's iterator ended or threw: the next tick starts a new one. */
+  private watchBroken = false;
   private memberId = '';
   /** Every member id this process has had: its own stale entries are replaced, never left behind. */
   private readonly ownIds = new Set<string>();
@@ -149,26 +157,41 @@ export class NatsPresence implements PresencePort {
   ) {}
 
   static async start(options: PresenceOptions): Promise<NatsPresence> {
-    const { config, jsm } = options;
-    const kvm = new Kvm(options.js);
-    const replicas = config.streamReplicas;
-    const presence = await kvm.create(config.presenceBucket, { history: 1, replicas });
-    const instancesBucket = `${config.presenceBucket}_INSTANCES`;
-    const instances = await kvm.create(instancesBucket, { history: 1, replicas, ttl: config.presenceTTL });
-    await ensureMaxAge(jsm, `KV_${instancesBucket}`, config.presenceTTL);
+    const { presence, instances } = await createBuckets(options);
     const p = new NatsPresence(options, presence, instances);
     await p.watch();
     await p.register().catch((err: unknown) => {
       p.watcher?.stop();
       throw err;
     });
-    p.timer = setInterval(() => p.tick(), Math.max(100, Math.floor(config.presenceTTL / 3)));
+    p.timer = setInterval(() => p.tick(), Math.max(100, Math.floor(options.config.presenceTTL / 3)));
     p.timer.unref();
+    void p.followLink();
     return p;
+  }
+
+  /**
+   * The server may come back from a disconnect without its store: until the buckets are checked
+   * again presence is not ready, and the check runs at once on reconnect, not at the next tick.
+   */
+  private async followLink(): Promise<void> {
+    for await (const s of this.options.nc.status()) {
+      if (this.stopped) break;
+      if (s.type === 'disconnect') this.bucketsReady = false;
+      else if (s.type === 'reconnect') {
+        if (this.ticking) void this.ticking.finally(() => this.tick());
+        else this.tick();
+      }
+    }
   }
 
   get member(): string {
     return this.memberId;
+  }
+
+  /** False while a bucket is missing or the copy is not being watched (readiness). */
+  get ready(): boolean {
+    return this.bucketsReady && !this.watchBroken;
   }
 
   private get log(): Logger {
@@ -231,16 +254,65 @@ export class NatsPresence implements PresencePort {
     // Loaded once the watcher reaches what the bucket held now (a sweep must see every key).
     const loadedAt = state.messages > 0 ? state.last_seq : 0;
     this.loaded = loadedAt === 0;
-    this.watcher = await this.presence.watch();
+    const watcher = await this.presence.watch();
+    this.watcher = watcher;
+    this.watchBroken = false;
     void (async () => {
-      for await (const entry of this.watcher!) {
+      for await (const entry of watcher) {
+        if (this.watcher !== watcher) break;
         const dot = entry.key.indexOf('.');
         const projectId = entry.key.slice(0, dot);
         const userId = entry.key.slice(dot + 1);
         this.remember(projectId, userId, entry.key, entry.revision, membersOf(entry));
         if (entry.revision >= loadedAt) this.loaded = true;
       }
-    })().catch((err: unknown) => this.log.warn({ err }, 'presence watcher stopped'));
+    })()
+      .catch((err: unknown) => this.log.warn({ err }, 'presence watcher failed'))
+      .finally(() => {
+        // Its copy would go stale, and sweeps wait for a loaded copy: the next tick watches again.
+        if (this.watcher !== watcher || this.stopped) return;
+        this.watchBroken = true;
+        this.log.warn('presence watcher stopped: starting it again at the next heartbeat');
+      });
+  }
+
+  /** Forget the watched copy and watch the bucket again from its start. */
+  private async rewatch(): Promise<void> {
+    this.watcher?.stop();
+    this.watcher = undefined;
+    this.mirror.clear();
+    this.tombstones.clear();
+    this.tombstonesEvicted = false;
+    this.loaded = false;
+    await this.watch();
+    this.sweepDue = true;
+    this.stats.rewatched += 1;
+  }
+
+  /**
+   * Both buckets exist, else they are created again with their settings and this instance
+   * registers again and puts its present users back (the fleet's others do the same), so
+   * presence converges to what is connected; and the copy is watched.
+   */
+  private async ensureBuckets(): Promise<void> {
+    const { jsm, config } = this.options;
+    const [hasPresence, hasInstances] = await Promise.all([
+      streamExists(jsm, `KV_${config.presenceBucket}`),
+      streamExists(jsm, this.instancesStream),
+    ]);
+    if (hasPresence && hasInstances) {
+      if (this.watchBroken) await this.rewatch();
+      this.bucketsReady = true;
+      return;
+    }
+    if (this.watcher !== undefined) this.log.warn('presence buckets are gone (NATS lost its store, or they were deleted): creating them again');
+    this.bucketsReady = false;
+    await createBuckets(this.options);
+    await this.rewatch();
+    await this.register();
+    for (const key of this.local.keys()) this.schedule(key);
+    this.bucketsReady = true;
+    this.stats.recreated += 1;
   }
 
   private remember(projectId: string, userId: string, key: string, revision: number, members: string[]): void {
@@ -390,6 +462,7 @@ export class NatsPresence implements PresencePort {
     if (this.options.nc.isClosed()) return void clearInterval(this.timer);
     this.ticking = (async () => {
       try {
+        await this.ensureBuckets();
         await this.heartbeat();
         for (const key of [...this.failed]) this.schedule(key);
         await this.sweep();
@@ -463,6 +536,28 @@ export class NatsPresence implements PresencePort {
       this.stats.swept += 1;
     }
     this.stats.sweeps += 1;
+  }
+}
+
+/** Create the two buckets, or open them; `Kvm.create` leaves an existing one as it is. */
+async function createBuckets(options: PresenceOptions): Promise<{ presence: KV; instances: KV }> {
+  const { config, jsm } = options;
+  const kvm = new Kvm(options.js);
+  const replicas = config.streamReplicas;
+  const presence = await kvm.create(config.presenceBucket, { history: 1, replicas });
+  const instancesBucket = `${config.presenceBucket}_INSTANCES`;
+  const instances = await kvm.create(instancesBucket, { history: 1, replicas, ttl: config.presenceTTL });
+  await ensureMaxAge(jsm, `KV_${instancesBucket}`, config.presenceTTL);
+  return { presence, instances };
+}
+
+async function streamExists(jsm: JetStreamManager, name: string): Promise<boolean> {
+  try {
+    await jsm.streams.info(name);
+    return true;
+  } catch (err) {
+    if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound) return false;
+    throw err;
   }
 }
 

@@ -68,7 +68,7 @@ export class PublishError extends SidecarError {
     readonly attempts: number,
     options?: { cause?: unknown },
   ) {
-    super('publish_failed', message, options);
+    super('publish_failed', message, { ...options, temporary: true });
   }
 }
 

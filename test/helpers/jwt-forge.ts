@@ -19,11 +19,11 @@ export function signRaw(alg: string, key: KeyObject | string | Buffer, header: R
   const data = Buffer.from(input);
   const hash = `sha${alg.slice(2)}`;
   let sig: Buffer;
-  if (alg.startsWith('HS')) sig = createHmac(hash, key as string | Buffer).update(data).digest();
-  else if (alg.startsWith('RS')) sig = cryptoSign(hash, data, key as KeyObject);
+  if (alg.startsWith('HS')) sig = createHmac(hash, key).update(data).digest();
+  else if (alg.startsWith('RS')) sig = cryptoSign(hash, data, key);
   else if (alg.startsWith('PS')) sig = cryptoSign(hash, data, { key: key as KeyObject, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: Number(alg.slice(2)) / 8 });
   else if (alg.startsWith('ES')) sig = cryptoSign(`sha${alg === 'ES512' ? 512 : alg.slice(2)}`, data, { key: key as KeyObject, dsaEncoding: 'ieee-p1363' });
-  else if (alg === 'EdDSA') sig = cryptoSign(null, data, key as KeyObject);
+  else if (alg === 'EdDSA') sig = cryptoSign(null, data, key);
   else throw new Error(`cannot sign ${alg}`);
   return `${input}.${sig.toString('base64url')}`;
 }

@@ -165,7 +165,7 @@ export async function closeAllClients(): Promise<void> {
   clients.clear();
   await Promise.all(
     open.map((c) => {
-      if (c.ws.readyState === WebSocket.CLOSED) return undefined;
+      if (c.ws.readyState === WebSocket.CLOSED) return Promise.resolve();
       const closed = new Promise<void>((resolve) => c.ws.once('close', () => resolve()));
       c.ws.terminate();
       return closed;

@@ -215,7 +215,7 @@ describe('bad requests', () => {
         },
       }),
       duplex: 'half',
-    } as RequestInit);
+    });
     expect(chunked.status).toBe(413);
     expectErrorBody(await chunked.json());
 

@@ -5,6 +5,7 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
+import { jetstreamManager } from '@nats-io/jetstream';
 import { Client, type Options } from '../../src/client/index.js';
 import { Publisher } from '../../src/publisher/index.js';
 import { startTestNats, type TestNats } from '../helpers/nats.js';
@@ -63,7 +64,7 @@ async function publishTasks(projectId: string, from: number, to: number): Promis
   for (const n of range(from, to)) await pub.notifyTaskCreated({ id: `t${n}`, n }, projectId);
 }
 
-const once = <T = any>(client: Client, name: string): Promise<T> => new Promise((r) => client.once(name as never, r as never));
+const once = <T = any>(client: Client, name: string): Promise<T> => new Promise((r) => client.once(name as never, r));
 
 async function waitFor(check: () => boolean, timeoutMs = 15_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -96,7 +97,7 @@ describe('client SDK: resume across outages', () => {
       current = await startTestSidecar(nats.url, { port });
       expect((await back).reconnected).toBe(true);
       // Re-subscribed with since = seq of event 5: the five stored meanwhile are replayed.
-      expect(await resumed).toEqual({ projectId: 'sr-1', resumed: true, replayed: 5, truncated: false });
+      expect(await resumed).toEqual({ projectId: 'sr-1', resumed: true, replayed: 5, truncated: false, epoch: first.sidecar.broker.epoch });
       await publishTasks('sr-1', 11, 15);
       await app.until(15);
       // A marker after everything: any late duplicate would have arrived before it.
@@ -137,6 +138,53 @@ describe('client SDK: resume across outages', () => {
     } finally {
       await ownPub.close();
       await s.stop();
+      await own.cleanup();
+    }
+  });
+
+  it('after the stream was created anew, resumes with the old epoch, is told, and sees the new epoch\'s events from seq 1', async () => {
+    const own = await startTestNats();
+    const ownPub = new Publisher(await publisher(own.url));
+    const first = await startTestSidecar(own.url);
+    const port = first.sidecar.port;
+    let current = first;
+    try {
+      const client = makeClient(first, { token: () => current.token('u-epoch', { projects: ['ep-1'] }) });
+      const app = watch(client);
+      const truncations: any[] = [];
+      client.on('history_truncated', (t) => truncations.push(t));
+      await client.connect();
+      const oldEpoch = client.epoch;
+      expect(oldEpoch).toBe(first.sidecar.broker.epoch);
+      await client.subscribe('ep-1');
+      for (const n of range(1, 5)) await ownPub.notifyTaskCreated({ id: `t${n}`, n }, 'ep-1');
+      await app.until(5);
+      expect(client.positions.get('ep-1')).toEqual({ seq: expect.any(Number), epoch: oldEpoch });
+
+      const down = once(client, 'disconnected');
+      await first.stop();
+      await down;
+      // The store is lost (an operator deleted the stream): the next sidecar creates it anew.
+      const jsm = await jetstreamManager(ownPub.connection);
+      await jsm.streams.delete('WS_EVENTS');
+      const resumed = once<any>(client, 'subscribed');
+      current = await startTestSidecar(own.url, { port });
+      const newEpoch = current.sidecar.broker.epoch;
+      expect(newEpoch).not.toBe(oldEpoch);
+      expect(await resumed).toMatchObject({ projectId: 'ep-1', resumed: true, truncated: true, epoch: newEpoch });
+      expect(client.epoch).toBe(newEpoch);
+      // Seqs start at 1 again: none of these may be dropped as "already seen".
+      for (const n of range(6, 8)) await ownPub.notifyTaskCreated({ id: `t${n}`, n }, 'ep-1');
+      await app.until(8);
+      expect(app.seen).toEqual(range(1, 8));
+      expect(truncations).toEqual([
+        { scope: 'user', epoch: newEpoch, previousEpoch: oldEpoch, reason: 'stream_recreated' },
+        { scope: 'project', projectId: 'ep-1', epoch: newEpoch, since: expect.any(Number), previousEpoch: oldEpoch, reason: 'stream_recreated' },
+      ]);
+      expect(client.positions.get('ep-1')).toEqual({ seq: expect.any(Number), epoch: newEpoch });
+    } finally {
+      await current.stop();
+      await ownPub.connection.close();
       await own.cleanup();
     }
   });
@@ -249,7 +297,7 @@ describe('client SDK: subscriptions and acks', () => {
     const truncated = once<any>(client, 'history_truncated');
     const info = await client.subscribe('th-1', { since: 1_000_000_000 });
     expect(info).toMatchObject({ truncated: true, resumed: true });
-    expect(await truncated).toEqual({ projectId: 'th-1', since: 1_000_000_000 });
+    expect(await truncated).toEqual({ scope: 'project', projectId: 'th-1', since: 1_000_000_000, epoch: side.sidecar.broker.epoch });
   });
 
   /** Records the `ack` frames the sidecar receives on the client's connection. */

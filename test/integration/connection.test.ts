@@ -53,6 +53,25 @@ describe('authentication', () => {
     expect((await c.waitForMessage()).type).toBe('auth_success');
   });
 
+  it('with a token on the upgrade, answers frames sent right after open only after auth_success, in order', async () => {
+    const clients = await Promise.all(
+      Array.from({ length: 50 }, async (_, i) => {
+        const token = await side.token(`early-${i}`);
+        const c = await connectClient(`${side.wsUrl}?token=${token}`);
+        // Sent the moment the socket opens, before the server can have finished authenticating.
+        c.send({ type: 'subscription', data: { action: 'subscribe', project_id: `early-${i}` } });
+        c.send({ type: 'ping' });
+        c.send({ type: 'auth', data: { token } }); // a refresh, since it comes after the handshake's auth
+        return c;
+      }),
+    );
+    for (const c of clients) {
+      const frames = await c.waitForMessages(4, (m) => m.seq === undefined);
+      expect(frames.map((m) => m.type)).toEqual(['auth_success', 'subscription', 'pong', 'auth_success']);
+      expect(frames[1].data.action).toBe('subscribed');
+    }
+  });
+
   it('refuses the upgrade with HTTP 401 for a bad, forged or expired handshake token', async () => {
     const forged = (await side.token('alice')).slice(0, -4) + 'AAAA';
     const expired = await side.token('alice', { expiresIn: -3600 });
@@ -217,6 +236,23 @@ describe('heartbeat', () => {
       expect(responsive.ws.readyState).toBe(WebSocket.OPEN);
     } finally {
       await hb.stop();
+    }
+  });
+});
+
+describe('a failed authentication setup', () => {
+  it('closes the connection with 1011 after an auth message when the NATS connection is gone', async () => {
+    const own = await startTestSidecar(nats.url);
+    try {
+      const c = await connectClient(own.wsUrl);
+      await c.waitForMessage((m) => m.type === 'auth_required');
+      await own.sidecar.broker.nc.close(); // joining the user's topics now fails
+      c.send({ type: 'auth', data: { token: await own.token('zed') } });
+      expect(await c.waitForClose()).toEqual({ code: 1011, reason: 'internal error' });
+      expect(c.messages.map((m) => m.type)).toEqual(['auth_required']);
+      expect(own.sidecar.hub.connections.size).toBe(0);
+    } finally {
+      await own.stop();
     }
   });
 });

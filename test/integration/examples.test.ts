@@ -26,7 +26,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.all(
     [...children].map((c) =>
-      c.exitCode === null && c.signalCode === null ? new Promise((r) => (c.once('exit', r), c.kill('SIGKILL'))) : undefined,
+      c.exitCode === null && c.signalCode === null ? new Promise((r) => (c.once('exit', r), c.kill('SIGKILL'))) : Promise.resolve(),
     ),
   );
   await side?.stop();
@@ -53,8 +53,8 @@ function run(script: string, args: string[], env: Record<string, string>): Run {
     text += chunk.toString();
     for (const l of [...listeners]) l();
   };
-  child.stdout!.on('data', onData);
-  child.stderr!.on('data', onData);
+  child.stdout.on('data', onData);
+  child.stderr.on('data', onData);
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
   return {
     child,

@@ -9,7 +9,7 @@ import { connect, type Msg, type NatsConnection } from '@nats-io/transport-node'
 import type { ConfigInput } from '../../src/config.js';
 import { startTestNats, type TestNats } from '../helpers/nats.js';
 import { event, publisher, startTestSidecar, type TestSidecar } from '../helpers/sidecar.js';
-import { storedPublisher, waitFor, type StoredPublisher } from '../helpers/streams.js';
+import { storedPublisher, type StoredPublisher } from '../helpers/streams.js';
 import { closeAllClients, connectClient, type TestClient } from '../helpers/ws-client.js';
 
 let nats: TestNats;
@@ -134,11 +134,34 @@ describe('resume with since', () => {
     if (got.length < 10) expect(ack.data.truncated).toBe(true);
   });
 
-  it('says truncated when since is past the end of the stream (the stream was recreated)', async () => {
+  it('says truncated and replays the whole epoch when since is past the end of the stream (a position from an earlier stream)', async () => {
     const [seq] = await publishRange('ws.project.res-future', 0, 1);
     const c = await client(side, 'u-future');
     const ack = await subscribe(c, 'res-future', seq + 1_000_000);
-    expect(ack.data).toMatchObject({ truncated: true, replayed: 0 });
+    expect(ack.data).toMatchObject({ truncated: true, replayed: 1, epoch: side.sidecar.broker.epoch });
+    const event = await c.waitForMessage((m) => m.type === 'n');
+    expect(event).toMatchObject({ seq, data: { i: 0 } });
+  });
+
+  it('says truncated and replays the whole epoch when the resume position names another epoch', async () => {
+    const seqs = await publishRange('ws.project.res-epoch', 0, 3);
+    const c = await client(side, 'u-epoch');
+    c.send({ type: 'subscription', data: { action: 'subscribe', project_id: 'res-epoch', since: seqs[1], epoch: 'an-old-epoch' } });
+    const ack = await c.waitForMessage((m) => m.type === 'subscription' && m.data.project_id === 'res-epoch');
+    expect(ack.data).toMatchObject({ action: 'subscribed', truncated: true, replayed: 3, epoch: side.sidecar.broker.epoch });
+    await c.waitForMessage((m) => m.type === 'n' && m.data.i === 2);
+    expect(indexes(ofType(c, 'n'))).toEqual([0, 1, 2]);
+  });
+
+  it('resumes after since with no truncation when the epoch is the current one', async () => {
+    const seqs = await publishRange('ws.project.res-same', 0, 3);
+    const c = await client(side, 'u-same');
+    const epoch = side.sidecar.broker.epoch;
+    c.send({ type: 'subscription', data: { action: 'subscribe', project_id: 'res-same', since: seqs[0], epoch } });
+    const ack = await c.waitForMessage((m) => m.type === 'subscription' && m.data.project_id === 'res-same');
+    expect(ack.data).toEqual({ action: 'subscribed', project_id: 'res-same', epoch, replayed: 2 });
+    await c.waitForMessage((m) => m.type === 'n' && m.data.i === 2);
+    expect(indexes(ofType(c, 'n'))).toEqual([1, 2]);
   });
 
   it('delivers exactly the 5,000 events published while a client was away, in order, then live', async () => {
@@ -199,7 +222,7 @@ describe('gaps on the live path', () => {
       await c.waitForMessage((m) => m.data?.i === 7);
       const seen = c.messages.filter((m) => m.type === 'n' || m.type === 'history_truncated');
       expect(seen.map((m) => (m.type === 'n' ? m.data.i : 'cut'))).toEqual([0, 1, 'cut', 5, 6, 7]);
-      expect(seen[2].data).toEqual({ scope: 'project', project_id: 'lost', after_seq: seqs[1] });
+      expect(seen[2].data).toEqual({ scope: 'project', project_id: 'lost', after_seq: seqs[1], epoch: small.sidecar.broker.epoch });
       expect(small.sidecar.broker.stats.historyLost).toBe(1);
     } finally {
       restore();

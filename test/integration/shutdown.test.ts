@@ -51,3 +51,12 @@ it('drains: readyz 503 and upgrades refused first, then 1001 with a reconnect hi
   await left; // its peer heard it leave
   expect(c.ws.readyState).toBe(WebSocket.CLOSED);
 });
+
+it('still closes NATS, the port and the metrics when a shutdown step fails', async () => {
+  const side = await startTestSidecar(nats.url);
+  const { sidecar } = side;
+  (sidecar.presence as { stop(): Promise<void> }).stop = () => Promise.reject(new Error('presence stop failed'));
+  await expect(sidecar.stop()).resolves.toBeUndefined();
+  expect(sidecar.broker.nc.isClosed()).toBe(true);
+  expect(sidecar.server.listening).toBe(false);
+});

@@ -46,7 +46,7 @@ async function startReaders(wsUrl: string, token: string, count: number, events:
   const child = spawn(process.execPath, [join(import.meta.dirname, 'helpers', 'readers.mjs'), `${wsUrl}?token=${token}`, String(count), String(events), String(minBytes), 'lat,bulk'], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
-  const lines = createInterface({ input: child.stdout! });
+  const lines = createInterface({ input: child.stdout });
   const next = (want: string) =>
     new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`readers: no "${want}" within 30 s`)), 30_000);

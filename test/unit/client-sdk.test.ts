@@ -56,11 +56,11 @@ class FakeSocket implements WebSocketLike {
   }
 
   /** Plays the handshake: auth_required, then auth_success once the client sent its token. */
-  async accept(user = 'u1'): Promise<string> {
+  async accept(user = 'u1', epoch?: string): Promise<string> {
     await new Promise((r) => queueMicrotask(() => r(undefined)));
     this.deliver({ type: 'auth_required', data: { message: 'auth' } });
     const auth = await this.nextSent((m) => m.type === 'auth');
-    this.deliver({ type: 'auth_success', data: { user_id: user, connection_id: `c${FakeSocket.all.length}` } });
+    this.deliver({ type: 'auth_success', data: { user_id: user, connection_id: `c${FakeSocket.all.length}`, epoch } });
     return auth.data.token;
   }
 
@@ -82,7 +82,7 @@ const nextSocket = async (after: number): Promise<FakeSocket> => {
   }
   return FakeSocket.all[after];
 };
-const once = <T = any>(client: Client, name: string): Promise<T> => new Promise((r) => client.once(name as never, r as never));
+const once = <T = any>(client: Client, name: string): Promise<T> => new Promise((r) => client.once(name as never, r));
 
 function makeClient(o: Partial<Options> = {}): Client {
   return new Client({
@@ -96,12 +96,12 @@ function makeClient(o: Partial<Options> = {}): Client {
   });
 }
 
-async function connected(o: Partial<Options> = {}): Promise<{ client: Client; socket: FakeSocket }> {
+async function connected(o: Partial<Options> = {}, epoch?: string): Promise<{ client: Client; socket: FakeSocket }> {
   const client = makeClient(o);
   const before = FakeSocket.all.length;
   const ready = client.connect();
   const socket = await nextSocket(before);
-  await socket.accept();
+  await socket.accept('u1', epoch);
   await ready;
   return { client, socket };
 }
@@ -250,7 +250,128 @@ describe('client SDK logic', () => {
     const sub = client.subscribe('old', { since: 99 });
     expect((await socket.answerSubscribe('old', { truncated: true, replayed: 0 })).since).toBe(99);
     expect(await sub).toMatchObject({ truncated: true, resumed: true });
-    expect(await truncated).toEqual({ projectId: 'old', since: 99 });
+    expect(await truncated).toEqual({ scope: 'project', projectId: 'old', since: 99 });
+    await client.close();
+  });
+
+  it('resumes each project with since and the epoch that seq belongs to', async () => {
+    const { client, socket } = await connected();
+    void client.subscribe('p');
+    await socket.answerSubscribe('p', { epoch: 'e1' });
+    socket.deliver(event(12, { project_id: 'p' }));
+    expect(client.positions.get('p')).toEqual({ seq: 12, epoch: 'e1' });
+    const before = FakeSocket.all.length;
+    socket.serverClose(1006);
+    const next = await nextSocket(before);
+    await next.accept('u1', 'e1');
+    expect(await next.answerSubscribe('p', { epoch: 'e1', replayed: 0 })).toEqual({ action: 'subscribe', project_id: 'p', since: 12, epoch: 'e1' });
+    await client.close();
+  });
+
+  it('after a resume answered with another epoch, delivers that epoch\'s events from seq 1 and says history_truncated with it', async () => {
+    const { client, socket } = await connected({}, 'e1');
+    const seen: number[] = [];
+    const truncations: any[] = [];
+    client.on('event', (e) => seen.push(e.seq));
+    client.on('history_truncated', (t) => truncations.push(t));
+    void client.subscribe('p');
+    await socket.answerSubscribe('p', { epoch: 'e1' });
+    socket.deliver(event(12, { project_id: 'p' }));
+    const before = FakeSocket.all.length;
+    socket.serverClose(1006);
+    const next = await nextSocket(before);
+    await next.accept('u1', 'e2'); // NATS lost its store meanwhile: the stream numbers from 1 again
+    const info = once<any>(client, 'subscribed');
+    await next.answerSubscribe('p', { epoch: 'e2', truncated: true, replayed: 2 });
+    expect(await info).toMatchObject({ projectId: 'p', truncated: true, resumed: true, epoch: 'e2' });
+    next.deliver(event(1, { project_id: 'p' }));
+    next.deliver(event(2, { project_id: 'p' }));
+    expect(seen).toEqual([12, 1, 2]);
+    expect(truncations).toEqual([
+      { scope: 'user', epoch: 'e2', previousEpoch: 'e1', reason: 'stream_recreated' },
+      { scope: 'project', projectId: 'p', epoch: 'e2', since: 12, previousEpoch: 'e1', reason: 'stream_recreated' },
+    ]);
+    expect(client.positions.get('p')).toEqual({ seq: 2, epoch: 'e2' });
+    await client.close();
+  });
+
+  it('counts afresh after a live history_truncated of a recreated stream, for projects, direct messages and broadcasts', async () => {
+    const { client, socket } = await connected({}, 'e1');
+    const seen: string[] = [];
+    const truncations: any[] = [];
+    client.on('event', (e) => seen.push(`${e.project_id ?? 'direct'}:${e.seq}`));
+    client.on('history_truncated', (t) => truncations.push(t));
+    void client.subscribe('p');
+    await socket.answerSubscribe('p', { epoch: 'e1' });
+    socket.deliver(event(7, { project_id: 'p' }));
+    socket.deliver({ type: 'direct_message', seq: 8, data: {} });
+    const recreated = { epoch: 'e2', previous_epoch: 'e1', reason: 'stream_recreated' };
+    socket.deliver({ type: 'history_truncated', data: { scope: 'project', project_id: 'p', ...recreated } });
+    socket.deliver({ type: 'history_truncated', data: { scope: 'user', ...recreated } });
+    socket.deliver({ type: 'history_truncated', data: { scope: 'broadcast', ...recreated } });
+    socket.deliver(event(1, { project_id: 'p' }));
+    socket.deliver({ type: 'direct_message', seq: 8, data: {} }); // a new message under an old seq
+    expect(seen).toEqual(['p:7', 'direct:8', 'p:1', 'direct:8']);
+    const common = { epoch: 'e2', previousEpoch: 'e1', reason: 'stream_recreated', since: undefined };
+    expect(truncations).toEqual([
+      { scope: 'project', projectId: 'p', ...common },
+      { scope: 'user', ...common },
+      { scope: 'broadcast', ...common },
+    ]);
+    expect(client.epoch).toBe('e2');
+    expect(client.positions.get('p')).toEqual({ seq: 1, epoch: 'e2' });
+    await client.close();
+  });
+
+  it('reads after_seq of a gap the stream no longer covers, for the user and broadcast topics too, and keeps counting', async () => {
+    const { client, socket } = await connected({}, 'e1');
+    const truncations: any[] = [];
+    const seen: number[] = [];
+    client.on('history_truncated', (t) => truncations.push(t));
+    client.on('event', (e) => seen.push(e.seq));
+    void client.subscribe('p');
+    await socket.answerSubscribe('p', { epoch: 'e1' });
+    socket.deliver({ type: 'direct_message', seq: 40, data: {} });
+    socket.deliver({ type: 'history_truncated', data: { scope: 'project', project_id: 'p', after_seq: 30, epoch: 'e1' } });
+    socket.deliver({ type: 'history_truncated', data: { scope: 'user', after_seq: 40, epoch: 'e1' } });
+    socket.deliver({ type: 'history_truncated', data: { scope: 'broadcast', after_seq: 41, epoch: 'e1' } });
+    socket.deliver({ type: 'direct_message', seq: 40, data: {} }); // same epoch: still a redelivery
+    expect(seen).toEqual([40]);
+    expect(truncations).toEqual([
+      { scope: 'project', projectId: 'p', since: 30, epoch: 'e1' },
+      { scope: 'user', since: 40, epoch: 'e1' },
+      { scope: 'broadcast', since: 41, epoch: 'e1' },
+    ]);
+    await client.close();
+  });
+
+  it('resends an unsubscribe refused with rate_limited, and resolves it on the answer', async () => {
+    const { client, socket } = await connected();
+    void client.subscribe('p');
+    await socket.answerSubscribe('p');
+    const done = client.unsubscribe('p');
+    const first = await socket.nextSent((m) => m.data?.action === 'unsubscribe');
+    socket.deliver({ type: 'error', data: { code: 'rate_limited', message: 'too many requests; slow down' } });
+    const again = await socket.nextSent((m) => m.data?.action === 'unsubscribe' && m !== first);
+    expect(again.data).toEqual({ action: 'unsubscribe', project_id: 'p' });
+    socket.deliver({ type: 'subscription', data: { action: 'unsubscribed', project_id: 'p' } });
+    await done;
+    await client.close();
+  });
+
+  it('does not resend a refused unsubscribe of a project subscribed again meanwhile, and resolves it', async () => {
+    const { client, socket } = await connected();
+    void client.subscribe('p');
+    await socket.answerSubscribe('p');
+    const done = client.unsubscribe('p');
+    await socket.nextSent((m) => m.data?.action === 'unsubscribe');
+    socket.deliver({ type: 'error', data: { code: 'rate_limited', message: 'too many requests; slow down' } });
+    const again = client.subscribe('p');
+    await socket.answerSubscribe('p');
+    await again;
+    await done; // resolved at the retry, which sends nothing for p
+    expect(socket.sent.filter((m) => m.data?.action === 'unsubscribe')).toHaveLength(1);
+    expect(client.subscriptions.has('p')).toBe(true);
     await client.close();
   });
 

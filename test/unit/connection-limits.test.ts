@@ -37,7 +37,8 @@ function makeHub(overrides: ConfigInput = {}, auth?: AuthPort): Hub {
   const broker: BrokerPort = {
     setInterest() {},
     interestReady: async () => {},
-    replay: async () => ({ truncated: false }),
+    epoch: 'e1',
+    replay: async () => ({ truncated: false, epoch: 'e1', restarted: false }),
     backlog: async () => {},
     acknowledge() {},
     written() {},

@@ -13,7 +13,7 @@ export function sdkClient(url: Options['url'], userId: string, projects: string[
   const client = new Client({
     url,
     token: () => mintToken(TEST_SECRET, { sub: userId, projects }),
-    WebSocket: WebSocket as unknown as Options['WebSocket'],
+    WebSocket: WebSocket,
     minReconnectDelay: 50,
     maxReconnectDelay: 1000,
     timeout: 5000,

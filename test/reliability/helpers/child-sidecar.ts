@@ -128,8 +128,8 @@ export async function startChildSidecar(natsUrl: string | string[], env: Sidecar
       }
     }
   };
-  child.stdout!.setEncoding('utf8').on('data', onText); // always drained, or the child would block on a full pipe
-  child.stderr!.setEncoding('utf8').on('data', onText);
+  child.stdout.setEncoding('utf8').on('data', onText); // always drained, or the child would block on a full pipe
+  child.stderr.setEncoding('utf8').on('data', onText);
   let alive = true;
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
     child.once('exit', (code, signal) => {
