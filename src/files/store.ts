@@ -352,7 +352,7 @@ export class ChunkWriter {
   private parts: Buffer[] = [];
   private buffered = 0;
   private readonly pending: Promise<PubAck>[] = [];
-  private failure: unknown;
+  private failure: Error | undefined;
 
   constructor(
     private readonly js: JetStreamClient,
@@ -393,8 +393,8 @@ export class ChunkWriter {
     h.set(OFFSET_HEADER, String(this.state.offset));
     const ack = this.js.publish(this.subject, chunk, { headers: h, timeout: this.timeout });
     // Settled here too so a rejection while not awaited is never unhandled.
-    ack.catch((err) => {
-      this.failure ??= err;
+    ack.catch((err: unknown) => {
+      this.failure ??= err instanceof Error ? err : new Error(String(err));
     });
     this.pending.push(ack);
     this.state.hash.update(chunk);
