@@ -10,6 +10,9 @@
 
 const POLL_MS = 2000;
 const SPARK_POINTS = 60;
+/** The rate charts show this much history (polled every POLL_MS, kept in this tab only). */
+const CHART_WINDOW_MS = 5 * 60_000;
+const CHART_KEYS = ['out', 'in', 'routed', 'errors', 'connections'];
 const MAX_EVENTS = 100;
 const MAX_CONNECTION_ROWS = 200;
 const MAX_PROBLEMS = 30;
@@ -42,6 +45,8 @@ const fmtRate = (n) => (typeof n !== 'number' ? '–' : n === 0 ? '0' : n < 10 ?
 const fmtBytes = (n) => (typeof n === 'number' ? `${(n / 1048576).toFixed(0)} MiB` : '–');
 const fmtMs = (n) => (typeof n === 'number' ? `${n.toFixed(1)} ms` : '–');
 const fmtClock = (d) => d.toTimeString().slice(0, 8);
+const fmtSize = (n) =>
+  typeof n !== 'number' ? '–' : n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1048576).toFixed(1)} MiB`;
 
 function fmtAge(seconds) {
   const s = Math.max(0, Math.floor(seconds));
@@ -123,6 +128,8 @@ async function api(path, init = {}) {
 /** Counters per instance from the previous poll, to turn totals into rates. */
 let previous = { at: 0, instances: new Map() };
 const spark = { out: [], in: [], routed: [], errors: [] };
+/** [time (ms, performance.now), value] per chart, for the last CHART_WINDOW_MS. */
+const chart = Object.fromEntries(CHART_KEYS.map((k) => [k, []]));
 
 function countersOf(m) {
   return {
@@ -210,6 +217,7 @@ function useToken(token) {
   sessionStorage.setItem(TOKEN_KEY, token);
   previous = { at: 0, instances: new Map() };
   for (const k of Object.keys(spark)) spark[k] = [];
+  for (const k of CHART_KEYS) chart[k] = [];
   setPill('api-status', 'pending', 'connecting…');
   setStatus('auth-status', '', 'Checking the token…');
   void poll(session.generation);
@@ -225,7 +233,9 @@ function stop() {
 /** Nothing from a previous token stays on screen under another (or no) token. */
 function clearView() {
   for (const id of ['connections', 'users', 'projects', 'instances', 'out', 'in', 'routed', 'errors']) $(`ov-${id}`).textContent = '–';
-  for (const svg of document.querySelectorAll('.spark polyline')) svg.removeAttribute('points');
+  for (const svg of document.querySelectorAll('.spark polyline, .chart polyline')) svg.removeAttribute('points');
+  for (const max of document.querySelectorAll('.chart-max')) max.textContent = '';
+  $('files').tBodies[0].replaceChildren();
   for (const id of ['instances', 'connections', 'projects', 'errors']) $(id).tBodies[0].replaceChildren();
   for (const id of ['instances-note', 'connections-note', 'updated']) $(id).textContent = '';
   lastList = { list: { count: 0 }, connections: [] };
@@ -261,6 +271,14 @@ function render(stats, metrics, list, rates) {
     }
   }
 
+  const now = performance.now();
+  for (const key of CHART_KEYS) {
+    const value = key === 'connections' ? stats.connections : rates?.fleet[key];
+    if (typeof value === 'number') chart[key].push([now, value]);
+    while (chart[key].length > 0 && chart[key][0][0] < now - CHART_WINDOW_MS) chart[key].shift();
+    drawChart($(`ch-${key}`), chart[key], now, key === 'connections' ? fmtInt : fmtRate);
+  }
+
   renderInstances(stats, metrics, rates);
   renderConnections(list, connections);
   renderProjects(projects);
@@ -275,6 +293,15 @@ function drawSpark(svg, values) {
   svg.querySelector('polyline').setAttribute('points', points.join(' '));
 }
 
+/** A line over the chart window: x is time (right edge = now), y from 0 to the window's maximum. */
+function drawChart(figure, points, now, fmt) {
+  const max = Math.max(1, ...points.map((p) => p[1]));
+  const xy = points.map(([t, v]) => `${(300 - ((now - t) / CHART_WINDOW_MS) * 300).toFixed(1)},${(78 - (v / max) * 74).toFixed(1)}`);
+  const line = figure.querySelector('polyline');
+  if (xy.length > 0) line.setAttribute('points', xy.join(' '));
+  figure.querySelector('.chart-max').textContent = points.length ? `max ${fmt(max)} · now ${fmt(points[points.length - 1][1])}` : '';
+}
+
 function renderInstances(stats, metrics, rates) {
   const byId = new Map((metrics.instances ?? []).map((m) => [m.instance_id, m]));
   const rows = (stats.instances ?? []).map((s) => {
@@ -283,10 +310,15 @@ function renderInstances(stats, metrics, rates) {
     const nats = s.nats_connected === false || m.nats?.connected === false ? 'down' : s.draining ? 'draining' : 'ok';
     const name = el('td', {}, s.instance_id);
     if (s.instance_id === stats.instance_id) name.append(' ', el('span', { className: 'tag' }, 'serving this page'));
+    // Workers (SIDECAR_WORKERS) are instances on one host; their worker number when they say it.
+    const where = [s.host, s.pid].filter((v) => v !== undefined).join(' · ') || '–';
+    const host = el('td', { className: 'mono' }, where);
+    if (typeof s.worker === 'number' || typeof s.worker === 'string') host.append(' ', el('span', { className: 'tag' }, `worker ${s.worker}`));
     return el(
       'tr',
       { className: nats === 'ok' ? '' : 'bad' },
       name,
+      host,
       el('td', { className: 'num' }, fmtInt(s.connections)),
       el('td', { className: 'num' }, fmtInt(s.users)),
       el('td', { className: 'num' }, fmtInt(s.projects)),
@@ -300,10 +332,13 @@ function renderInstances(stats, metrics, rates) {
   });
   const missing = [...new Set([...(stats.missing ?? []), ...(metrics.missing ?? [])])];
   for (const id of missing) {
-    rows.push(el('tr', { className: 'bad' }, el('td', {}, id), el('td', { colSpan: 9 }, 'did not answer in time: numbers are partial')));
+    rows.push(el('tr', { className: 'bad' }, el('td', {}, id), el('td', { colSpan: 10 }, 'did not answer in time: numbers are partial')));
   }
   $('instances').tBodies[0].replaceChildren(...rows);
-  $('instances-note').textContent = missing.length ? `${missing.length} not answering` : '';
+  const hosts = new Set((stats.instances ?? []).map((s) => s.host).filter(Boolean)).size;
+  const notes = hosts ? [`${fmtInt(stats.instances.length)} on ${fmtInt(hosts)} host${hosts === 1 ? '' : 's'}`] : [];
+  if (missing.length) notes.push(`${missing.length} not answering`);
+  $('instances-note').textContent = notes.join(' · ');
 }
 
 let lastList = { list: { count: 0 }, connections: [] };
@@ -622,7 +657,6 @@ function addEvent(msg, isTest) {
 // ---- files -------------------------------------------------------------------------------------
 
 const files = { project: '' };
-const fmtSize = (n) => (n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1048576).toFixed(1)} MiB`);
 
 /** A project's files; a download is fetched with the token in a header, never in a link. */
 async function listFiles(projectId) {

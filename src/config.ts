@@ -138,6 +138,16 @@ export const configSchema = z.object({
   authorizationTimeout: duration(1),
   /** How long a backend's allow/deny answer is reused; 0 asks every time. */
   authorizationCacheTTL: duration(0),
+  /** Publish connected/disconnected/subscribed/unsubscribed on `<subjectPrefix>.lifecycle.*` (nats/lifecycle.ts). */
+  lifecycleEvents: bool(),
+  /** JetStream stream that stores the lifecycle events; created or updated at start. */
+  lifecycleStream: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must match [A-Za-z0-9_-]{1,64}'),
+  lifecycleMaxAge: duration(1000),
+  lifecycleMaxMessages: int(-1),
+  /** -1 = no byte limit. */
+  lifecycleMaxBytes: int(-1),
+  /** KV bucket of every open connection per instance: what the fleet announces when an instance dies. */
+  lifecycleBucket: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must match [A-Za-z0-9_-]{1,64}'),
   /** Event types clients may send (`client_event`); empty = none. */
   clientEvents: list().pipe(z.array(z.string().regex(TOKEN_PATTERN, 'each type must match [A-Za-z0-9_-]{1,128}'))),
 

@@ -10,6 +10,7 @@ import { ConfigError } from './errors.js';
 import { createLogger } from './logger.js';
 import { NatsServerNotFoundError } from './nats/embedded-server.js';
 import { Sidecar } from './sidecar.js';
+import { startTracing, type TracingHandle } from './tracing.js';
 
 const USAGE = `usage: nats-ws-sidecar [--config FILE]
 
@@ -48,6 +49,15 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
     devToken = true;
   }
 
+  // Only with OTEL_* settings; otherwise nothing is loaded.
+  let tracing: TracingHandle | undefined;
+  try {
+    tracing = await startTracing();
+    if (tracing) log.info('OpenTelemetry tracing on (OTEL_* settings)');
+  } catch (err) {
+    log.error({ err }, 'OpenTelemetry could not start: running without tracing');
+  }
+
   // Signals are handled from here on: while the sidecar waits for NATS, one ends the wait.
   const starting = new AbortController();
   let sidecar: Sidecar | undefined;
@@ -62,13 +72,16 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
     if (signalled > 1) return;
     log.info({ signal }, 'signal received');
     if (!sidecar) return starting.abort(new Error(`${signal} while starting`));
-    sidecar.stop().then(
-      () => process.exit(0),
-      (err) => {
-        log.error({ err }, 'shutdown failed');
-        process.exit(1);
-      },
-    );
+    sidecar
+      .stop()
+      .then(() => tracing?.shutdown().catch(() => {})) // exports the last spans
+      .then(
+        () => process.exit(0),
+        (err) => {
+          log.error({ err }, 'shutdown failed');
+          process.exit(1);
+        },
+      );
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);

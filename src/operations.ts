@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 /**
  * Admin operations as one instance performs them on its own connections. The admin API runs them
  * here for `?scope=local`, and on every instance through the fleet (`<prefix>.ctl.<op>`) otherwise;
@@ -137,6 +138,9 @@ export function instanceStats(hub: Hub, status: InstanceStatus): FleetAnswerBody
     uptime_seconds: Math.round((Date.now() - status.startedAt) / 1000),
     draining: status.draining(),
     nats_connected: status.natsConnected(),
+    // Which machine and process: workers of one process share the host (dashboard groups them).
+    host: hostname(),
+    pid: process.pid,
   };
 }
 

@@ -19,6 +19,7 @@ import { SidecarError } from './errors.js';
 import { createLogger } from './logger.js';
 import { NatsBroker } from './nats/broker.js';
 import { NatsClientEvents } from './nats/client-events.js';
+import { NatsLifecycle } from './nats/lifecycle.js';
 import { NatsPresence } from './nats/presence.js';
 import { ProjectAuthorizer } from './nats/project-authorizer.js';
 import { NatsServerNotFoundError, startEmbeddedNats, type EmbeddedNats } from './nats/embedded-server.js';
@@ -26,6 +27,7 @@ import { Fleet } from './nats/fleet.js';
 import { createOperations } from './operations.js';
 import { FileService } from './files/service.js';
 import { FileStore } from './files/store.js';
+import { spanPort, traceDelivery, tracedAuth, tracingEnabled } from './tracing.js';
 
 export interface SidecarOptions {
   logger?: Logger;
@@ -57,6 +59,8 @@ export class Sidecar {
     readonly metrics: SidecarMetrics,
     readonly presence: NatsPresence,
     readonly authorizer: ProjectAuthorizer,
+    /** Undefined with lifecycleEvents off. */
+    readonly lifecycle: NatsLifecycle | undefined,
   ) {}
 
   /** Start everything; resolves once the port is listening and the stream is ready. */
@@ -89,6 +93,7 @@ export class Sidecar {
     let metrics: SidecarMetrics | undefined;
     let presence: NatsPresence | undefined;
     let files: FileService | undefined;
+    let lifecycle: NatsLifecycle | undefined;
     try {
       await new Promise<void>((ok, fail) => {
         server.once('error', fail);
@@ -97,7 +102,7 @@ export class Sidecar {
           ok();
         });
       });
-      ({ broker, presence } = await reachNats(natsConfig, instanceId, log, options.signal));
+      ({ broker, presence, lifecycle } = await reachNats(natsConfig, instanceId, log, options.signal));
       const b = broker;
       const startedAt = Date.now();
       const authorizer = new ProjectAuthorizer(config, b.nc, instanceId, log.child({ component: 'authz' }));
@@ -107,16 +112,19 @@ export class Sidecar {
         instanceId,
         log: log.child({ component: 'hub' }),
         broker,
-        auth: verifier,
+        auth: tracedAuth(verifier),
         presence,
         access: authorizer,
         clientEvents,
+        lifecycle,
+        spans: spanPort(),
       });
-      metrics = new SidecarMetrics({ hub, broker, instanceId, startedAt });
+      metrics = new SidecarMetrics({ hub, broker, instanceId, startedAt, presence, lifecycle });
       broker.setSink(metrics.timeDelivery((topic, event) => hub.publish(topic, event)));
       broker.setLossSink((topic, afterSeq) => hub.historyLost(topic, afterSeq));
       broker.setEpochSink((epoch, previous) => hub.epochChanged(epoch, previous));
       broker.watchStream();
+      if (tracingEnabled()) broker.setTraceSink(traceDelivery);
       authorizer.listenForRevocations((userId, projectId) => hub.revoke(userId, projectId));
       // Broadcasts go to every connection: one permanent subscription.
       hub.broker.setInterest('broadcast', true);
@@ -156,11 +164,12 @@ export class Sidecar {
         files,
       });
       http.serve(hub, api.callback());
-      sidecar = new Sidecar(config, instanceId, log, broker, hub, server, embedded, fleet, metrics, presence, authorizer);
+      sidecar = new Sidecar(config, instanceId, log, broker, hub, server, embedded, fleet, metrics, presence, authorizer, lifecycle);
       sidecar.files = files;
       log.info({ url: sidecar.url, ws: sidecar.wsUrl }, 'nats-ws-sidecar listening');
       return sidecar;
     } catch (err) {
+      await lifecycle?.stop().catch(() => {});
       await presence?.stop().catch(() => {});
       await files?.stop();
       fleet?.stop();
@@ -208,6 +217,8 @@ export class Sidecar {
     const steps: [string, () => unknown][] = [
       ['drain delay', () => this.config.drainDelay > 0 && new Promise((ok) => setTimeout(ok, this.config.drainDelay))],
       ['connections', () => this.hub.close(CloseCode.GoingAway, 'server shutting down; reconnect to another instance')],
+      // Their `disconnected` events go out while this instance is still a live member.
+      ['lifecycle', () => this.lifecycle?.stop()],
       // The closed connections' users leave (user_left where they were the last) before NATS goes.
       ['presence', () => this.presence.stop()],
       ['authorizer', () => this.authorizer.stop()],
@@ -264,7 +275,7 @@ async function reachNats(
   instanceId: string,
   log: Logger,
   signal: AbortSignal | undefined,
-): Promise<{ broker: NatsBroker; presence: NatsPresence }> {
+): Promise<{ broker: NatsBroker; presence: NatsPresence; lifecycle: NatsLifecycle | undefined }> {
   for (let attempt = 1; ; attempt++) {
     signal?.throwIfAborted();
     let broker: NatsBroker | undefined;
@@ -281,8 +292,23 @@ async function reachNats(
         log: log.child({ component: 'presence' }),
         publish: (topic, payload, msgId, aboutUser) => b.publish(topic, payload, msgId, aboutUser),
       });
+      let lifecycle: NatsLifecycle | undefined;
+      if (config.lifecycleEvents) {
+        lifecycle = await NatsLifecycle.start({
+          nc: b.nc,
+          js: b.js,
+          jsm: b.jsm,
+          config,
+          instanceId,
+          log: log.child({ component: 'lifecycle' }),
+          presence,
+        }).catch(async (err: unknown) => {
+          await presence.stop().catch(() => {});
+          throw err;
+        });
+      }
       if (attempt > 1) log.info({ attempt }, 'NATS answers: starting');
-      return { broker, presence };
+      return { broker, presence, lifecycle };
     } catch (err) {
       await broker?.close().catch(() => {});
       if (err instanceof SidecarError && err.code === 'stream_incompatible') throw err;

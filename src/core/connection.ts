@@ -12,12 +12,14 @@ import {
   errorMessage,
   parseClientMessage,
   peekMessageId,
+  type ClientMessage,
   serverMessage,
   truncateCloseReason,
 } from '../protocol.js';
 import { ErrorBudget, TokenBucket } from './limits.js';
 import type { EventRef } from './dedupe.js';
 import { topics, type OutFrame, type StoredEvent, type Transport } from './ports.js';
+import { OutboundQueue } from './outbound.js';
 import { TopicSubscriptions, type Subscription } from './subscription.js';
 import type { Hub } from './hub.js';
 import { dispatch } from './processors.js';
@@ -46,9 +48,7 @@ export class Connection {
   /** The client has sent an `ack`: it acknowledges its direct messages itself (inboxAckMode auto). */
   acksDirect = false;
 
-  private queue: OutFrame[] = [];
-  /** Characters of text in `queue` (a cheap stand-in for its bytes). */
-  private queuedChars = 0;
+  private readonly queue = new OutboundQueue();
   private dirty = false;
   /** The pacer holds a limiter for this connection (it went past its outbound burst). */
   private paced = false;
@@ -62,7 +62,7 @@ export class Connection {
   private childLog: Logger | undefined;
   private busy = false;
   /** Requests waiting behind an async one; created when one has to wait. */
-  private backlog: (() => void | Promise<void>)[] | undefined;
+  private waiting: (() => void | Promise<void>)[] | undefined;
   /** The user's own topic (direct messages), once authenticated. */
   private userSub: Subscription | undefined;
   /** Direct messages up to this seq have been written to the socket; for ack-on-write. */
@@ -121,19 +121,33 @@ export class Connection {
       this.fail(new ProtocolError(ErrorCode.RateLimited, 'too many requests; slow down'));
       return;
     }
-    // Admitted requests that wait behind a slow one (auth, subscribe) are capped too, so a client
-    // cannot pile up work and memory while a handler waits on NATS.
-    if (this.backlog !== undefined && this.backlog.length >= this.hub.config.burstSize) {
+    if (!this.busy) return this.inOrder(() => this.process(data, isBinary));
+    // A slow request (auth, subscribe) is running. An ack has no answer and depends on nothing
+    // before it: it is applied at once, not queued (a client acking its inbox during a long
+    // replay would otherwise fill the queue and be refused).
+    const message = this.parse(data, isBinary);
+    if (message === undefined) return;
+    if (message.type === MessageType.Ack && this.state === 'open' && this.setupMark === undefined) return void this.execute(message);
+    // Requests that wait behind a slow one are capped, so a client cannot pile up work and
+    // memory while a handler waits on NATS.
+    if (this.waiting !== undefined && this.waiting.length >= this.hub.config.burstSize) {
       this.hub.stats.rateLimited += 1;
-      this.fail(new ProtocolError(ErrorCode.RateLimited, 'too many requests in flight; wait for the answers'));
+      this.fail(new ProtocolError(ErrorCode.RateLimited, 'too many requests in flight; wait for the answers'), message.message_id);
       return;
     }
-    this.inOrder(() => this.process(data, isBinary));
+    this.inOrder(() => this.execute(message));
   }
 
   private process(data: string | Buffer, isBinary: boolean): void | Promise<void> {
+    const message = this.parse(data, isBinary);
+    if (message !== undefined) return this.execute(message);
+  }
+
+  /** The frame as a client message, or undefined when it was answered with an error or a close. */
+  private parse(data: string | Buffer, isBinary: boolean): ClientMessage | undefined {
     if (isBinary) {
-      return this.fail(new ProtocolError(ErrorCode.InvalidMessage, 'binary frames are not supported; send JSON text'));
+      this.fail(new ProtocolError(ErrorCode.InvalidMessage, 'binary frames are not supported; send JSON text'));
+      return undefined;
     }
     // The socket accepts frames up to maxTokenLength + 1 KiB so that an `auth` message can carry
     // an RS/PS token (they rarely fit in 512 bytes); every other message keeps maxMessageSize.
@@ -143,10 +157,18 @@ export class Connection {
     try {
       message = parseClientMessage(text);
     } catch (err) {
-      if (oversized) return this.close(CloseCode.MessageTooBig, 'message too big');
-      return this.fail(err, peekMessageId(text));
+      if (oversized) this.close(CloseCode.MessageTooBig, 'message too big');
+      else this.fail(err, peekMessageId(text));
+      return undefined;
     }
-    if (oversized && message.type !== MessageType.Auth) return this.close(CloseCode.MessageTooBig, 'message too big');
+    if (oversized && message.type !== MessageType.Auth) {
+      this.close(CloseCode.MessageTooBig, 'message too big');
+      return undefined;
+    }
+    return message;
+  }
+
+  private execute(message: ClientMessage): void | Promise<void> {
     if (this.state !== 'open' && message.type !== MessageType.Auth) {
       const err = new ProtocolError(ErrorCode.Unauthorized, 'authenticate first: send {"type":"auth","data":{"token":...}}');
       return this.fail(err, message.message_id);
@@ -163,12 +185,12 @@ export class Connection {
   /**
    * Run request handlers one at a time, in arrival order, so answers come back in the order the
    * client asked (a `ping` after a `subscribe` is answered after it). Synchronous handlers run at
-   * once; only an async one (auth, subscribe) makes later requests wait. The backlog is bounded
+   * once; only an async one (auth, subscribe) makes later requests wait. The waiting list is bounded
    * by the inbound limiter.
    */
   private inOrder(task: () => void | Promise<void>): void {
     if (this.busy) {
-      (this.backlog ??= []).push(task);
+      (this.waiting ??= []).push(task);
       return;
     }
     let next: (() => void | Promise<void>) | undefined = task;
@@ -178,12 +200,12 @@ export class Connection {
         this.busy = true;
         void result.then(() => {
           this.busy = false;
-          const queued = this.backlog?.shift();
+          const queued = this.waiting?.shift();
           if (queued) this.inOrder(queued);
         });
         return;
       }
-      next = this.backlog?.shift();
+      next = this.waiting?.shift();
     }
   }
 
@@ -228,12 +250,13 @@ export class Connection {
    * the connection's order: frames the client sends meanwhile are processed after auth_success.
    * Without one, the client is asked for an `auth` message.
    */
-  start(principal?: Principal): void {
+  start(principal?: Principal): Promise<void> | undefined {
     if (principal === undefined) {
       this.send(serverMessage(MessageType.AuthRequired, { message: 'send {"type":"auth","data":{"token":"<JWT>"}}' }));
-      return;
+      return undefined;
     }
-    this.inOrder(() => this.authenticate(principal));
+    // Settles when the authentication ran (the ws.connect span lasts until then).
+    return new Promise<void>((settled) => this.inOrder(() => this.authenticate(principal).finally(settled)));
   }
 
   /**
@@ -258,12 +281,12 @@ export class Connection {
     const userTopic = topics.user(principal.userId);
     this.userSub = this.hub.join(this, userTopic);
     this.hub.join(this, topics.broadcast);
-    const backlog: StoredEvent[] = [];
+    const inbox: StoredEvent[] = [];
     try {
       await Promise.all([this.hub.ready(userTopic), this.hub.ready(topics.broadcast)]);
       if (!this.isOpen) return; // closed meanwhile
       // The user's unacknowledged direct messages go first, in order; live ones are held meanwhile.
-      await this.hub.broker.backlog(principal.userId, (event) => backlog.push(event));
+      await this.hub.broker.backlog(principal.userId, (event) => inbox.push(event));
     } catch (err) {
       this.log.error({ err }, 'authentication setup failed');
       this.close(CloseCode.InternalError, 'internal error');
@@ -271,18 +294,18 @@ export class Connection {
     }
     if (!this.isOpen) return; // closed meanwhile
     this.hub.log.info(
-      { conn: this.id, user: principal.userId, remote: this.remoteAddress, backlog: backlog.length },
+      { conn: this.id, user: principal.userId, remote: this.remoteAddress, inbox: inbox.length },
       'connection authenticated',
     );
     const success = serverMessage(MessageType.AuthSuccess, { user_id: principal.userId, connection_id: this.id, epoch: this.hub.broker.epoch });
-    this.queue.splice(this.setupMark, 0, { text: success });
-    this.queuedChars += success.length;
+    this.queue.insert(this.setupMark, { text: success });
     this.setupMark = undefined;
+    this.hub.lifecycle.connected(this.id, principal.userId);
     if (!this.dirty) {
       this.dirty = true;
       this.hub.markDirty(this);
     }
-    for (const event of backlog) {
+    for (const event of inbox) {
       this.hub.checkDuplicate(userTopic, event);
       this.userSub.replayed(event);
     }
@@ -300,7 +323,6 @@ export class Connection {
   enqueue(frame: OutFrame): void {
     if (this.state === 'closed') return;
     this.queue.push(frame);
-    this.queuedChars += frame.text.length;
     if (!this.dirty) {
       this.dirty = true;
       this.hub.markDirty(this);
@@ -309,8 +331,8 @@ export class Connection {
 
   /**
    * Write what the budget allows and the socket buffer has room for; the rest waits, for the
-   * slow lane (budget spent) or the next tick (buffer room spent). While the socket is
-   * backlogged nothing is written, so its buffer never exceeds maxBufferedBytes by more than one
+   * slow lane (budget spent) or the next tick (buffer room spent). While the socket buffer is
+   * full nothing is written, so its buffer never exceeds maxBufferedBytes by more than one
    * frame. What is left waiting is capped (maxQueuedMessages, maxQueuedBytes) after the write, so
    * a burst that arrives within one tick and that the socket takes is not a slow consumer.
    */
@@ -319,23 +341,12 @@ export class Connection {
     if (this.state === 'closed' || this.queue.length === 0 || this.setupMark !== undefined) return;
     let n = 0;
     let fit = 0;
-    if (!this.backlogged(now)) {
-      const room = this.hub.config.maxBufferedBytes - this.transport.bufferedAmount;
-      fit = this.queuedChars <= room ? this.queue.length : this.framesWithin(room);
+    if (!this.socketFull(now)) {
+      fit = this.queue.countWithin(this.hub.config.maxBufferedBytes - this.transport.bufferedAmount);
       n = this.outbound.takeUpTo(fit, now);
     }
     if (n > 0) {
-      let batch: OutFrame[];
-      if (n === this.queue.length) {
-        batch = this.queue;
-        this.queue = [];
-        this.queuedChars = 0;
-      } else {
-        batch = this.queue.slice(0, n);
-        this.queue = this.queue.slice(n);
-        for (const f of batch) this.queuedChars -= f.text.length;
-      }
-      this.transport.write(batch);
+      this.transport.write(this.queue.take(n));
       this.messagesOut += n;
       this.hub.stats.messagesSent += n;
       // A drained queue means every direct message enqueued so far is written: one compare per flush.
@@ -348,9 +359,9 @@ export class Connection {
         this.stalledSince = now;
       }
     }
-    if ((this.state as ConnectionState) === 'closed') return; // backlogged() found a slow consumer
+    if ((this.state as ConnectionState) === 'closed') return; // socketFull() found a slow consumer
     const c = this.hub.config;
-    if (this.queue.length > c.maxQueuedMessages || this.queuedChars > c.maxQueuedBytes) {
+    if (this.queue.length > c.maxQueuedMessages || this.queue.chars > c.maxQueuedBytes) {
       return this.slowConsumer('outbound queue over its cap');
     }
     if (this.queue.length === 0) {
@@ -364,15 +375,7 @@ export class Connection {
     } else if (fit > 0) {
       this.dirty = true; // buffer room spent: look again next tick, when the socket has written
       this.hub.markDirty(this);
-    } // else backlogged: the hub's sweep looks again
-  }
-
-  /** How many queued frames fit in `room` characters; at least one, so a big frame still goes. */
-  private framesWithin(room: number): number {
-    let chars = this.queue[0].text.length;
-    let n = 1;
-    while (n < this.queue.length && chars + this.queue[n].text.length <= room) chars += this.queue[n++].text.length;
-    return n;
+    } // else the socket buffer is full: the hub's sweep looks again
   }
 
   /**
@@ -381,7 +384,7 @@ export class Connection {
    * makes this a slow consumer. The hub's sweep checks stalled connections again, so a socket
    * that drains resumes even when no new frame arrives.
    */
-  private backlogged(now: number): boolean {
+  private socketFull(now: number): boolean {
     if (this.transport.bufferedAmount < this.hub.config.maxBufferedBytes) {
       this.stalledSince = 0;
       return false;
@@ -396,7 +399,7 @@ export class Connection {
 
   /** The sweep's look at a stalled connection: close it, or resume writing once it drained. */
   recheckStalled(now: number): void {
-    if (this.stalledSince !== 0 && !this.backlogged(now) && this.queue.length > 0) this.flush(now);
+    if (this.stalledSince !== 0 && !this.socketFull(now) && this.queue.length > 0) this.flush(now);
   }
 
   get stalled(): boolean {
@@ -405,7 +408,7 @@ export class Connection {
 
   /** Frames and characters waiting in the outbound queue. */
   get queued(): { messages: number; chars: number } {
-    return { messages: this.queue.length, chars: this.queuedChars };
+    return { messages: this.queue.length, chars: this.queue.chars };
   }
 
   /** True when the client has event `ref` (used to skip the same message under another seq). */
@@ -435,8 +438,7 @@ export class Connection {
     if (this.state === 'closed') return;
     this.hub.stats.slowConsumers += 1;
     this.log.warn({ queued: this.queue.length, buffered: this.transport.bufferedAmount }, `slow consumer: ${reason}`);
-    this.queue = [];
-    this.queuedChars = 0;
+    this.queue.clear();
     this.close(CloseCode.SlowConsumer, 'slow consumer: resume with since');
   }
 
@@ -447,10 +449,9 @@ export class Connection {
     if (this.state === 'closed') return;
     if (this.queue.length > 0 && code !== CloseCode.SlowConsumer) {
       const n = this.outbound.takeUpTo(this.queue.length, Date.now());
-      if (n > 0) this.transport.write(this.queue.slice(0, n));
+      if (n > 0) this.transport.write(this.queue.take(n));
     }
-    this.queue = [];
-    this.queuedChars = 0;
+    this.queue.clear();
     this.transport.close(code, truncateCloseReason(reason));
     this.closed(code, reason);
   }
@@ -460,6 +461,7 @@ export class Connection {
     if (this.state === 'closed') return;
     this.state = 'closed';
     this.hub.remove(this);
+    if (this.userId) this.hub.lifecycle.disconnected(this.id, this.userId, code, reason);
     this.hub.log.info(
       { conn: this.id, user: this.userId ?? undefined, code, reason: reason || undefined, in: this.messagesIn, out: this.messagesOut },
       'connection closed',

@@ -16,6 +16,8 @@ import {
   type AuthPort,
   type BrokerPort,
   type ClientEventPort,
+  type LifecyclePort,
+  type SpanPort,
   type PresencePort,
   type ProjectAccessPort,
   type OutFrame,
@@ -73,6 +75,10 @@ export interface HubOptions {
   access?: ProjectAccessPort;
   /** Default: clients may send no events. */
   clientEvents?: ClientEventPort;
+  /** Default: no lifecycle events. */
+  lifecycle?: LifecyclePort;
+  /** Default: no spans (tracing off). */
+  spans?: SpanPort;
 }
 
 /** The `scope` fields of a history_truncated frame for a topic. */
@@ -88,6 +94,7 @@ const claimsAccess: ProjectAccessPort = {
     mayAccessProject(principal, projectId) ? { allowed: true } : { allowed: false, reason: "not in the token's projects claim" },
 };
 const noClientEvents: ClientEventPort = { allows: () => false, publish() {} };
+const noLifecycle: LifecyclePort = { connected() {}, disconnected() {}, subscribed() {}, unsubscribed() {} };
 
 export class Hub {
   readonly config: HubConfig;
@@ -98,6 +105,8 @@ export class Hub {
   readonly presence: PresencePort;
   readonly access: ProjectAccessPort;
   readonly clientEvents: ClientEventPort;
+  readonly lifecycle: LifecyclePort;
+  readonly spans: SpanPort | undefined;
   readonly pacer: OutboundPacer;
   readonly stats: HubStats = {
     totalConnections: 0,
@@ -128,6 +137,8 @@ export class Hub {
     this.presence = options.presence ?? noPresence;
     this.access = options.access ?? claimsAccess;
     this.clientEvents = options.clientEvents ?? noClientEvents;
+    this.lifecycle = options.lifecycle ?? noLifecycle;
+    this.spans = options.spans;
     const leaseInterval = 250;
     this.pacer = new OutboundPacer({ leaseInterval, idleTimeout: 30_000 });
     const c = this.config;
@@ -202,7 +213,10 @@ export class Hub {
     const sub = new Subscription(conn, topic, since);
     conn.subscriptions.add(sub);
     if (addMember(this.rooms, topic, sub)) this.broker.setInterest(topic, true);
-    if (conn.userId && topic.startsWith('project.')) this.presence.enter(topic.slice(8), conn.userId);
+    if (conn.userId && topic.startsWith('project.')) {
+      this.presence.enter(topic.slice(8), conn.userId);
+      this.lifecycle.subscribed(conn.id, conn.userId, topic.slice(8));
+    }
     return sub;
   }
 
@@ -211,7 +225,10 @@ export class Hub {
     if (!sub) return false;
     conn.subscriptions.delete(topic);
     if (removeMember(this.rooms, topic, sub)) this.broker.setInterest(topic, false);
-    if (conn.userId && topic.startsWith('project.')) this.presence.exit(topic.slice(8), conn.userId);
+    if (conn.userId && topic.startsWith('project.')) {
+      this.presence.exit(topic.slice(8), conn.userId);
+      this.lifecycle.unsubscribed(conn.id, conn.userId, topic.slice(8));
+    }
     return true;
   }
 

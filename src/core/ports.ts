@@ -132,3 +132,21 @@ export interface ClientEventPort {
   allows(event: string): boolean;
   publish(event: ClientEvent): void;
 }
+
+/**
+ * Connection lifecycle for backends (nats/lifecycle.ts). The hub calls `connected` once a
+ * connection is announced to its client (auth_success), `disconnected` for every connection
+ * that closes (the port ignores ids it never announced), and subscribed/unsubscribed for
+ * project topics. Calls return at once: the port publishes in the background.
+ */
+export interface LifecyclePort {
+  connected(connectionId: string, userId: string): void;
+  disconnected(connectionId: string, userId: string, code: number, reason: string): void;
+  subscribed(connectionId: string, userId: string, projectId: string): void;
+  unsubscribed(connectionId: string, userId: string, projectId: string): void;
+}
+
+/** Spans around client requests (tracing.ts); the hub has none unless tracing is on. */
+export interface SpanPort {
+  run<T>(name: string, attributes: Record<string, string | number | boolean>, fn: () => T | Promise<T>): Promise<T>;
+}

@@ -148,5 +148,11 @@ const processors: Processors = {
 
 export function dispatch(conn: Connection, message: ClientMessage): void | Promise<void> {
   if (conn.state === 'closed') return;
-  return (processors[message.type] as Processor<typeof message.type>)(conn, message);
+  const processor = processors[message.type] as Processor<typeof message.type>;
+  const spans = conn.hub.spans;
+  if (spans !== undefined && message.type === 'subscription') {
+    const { action, project_id: projectId } = message.data;
+    return spans.run(`ws.${action}`, { 'ws.project_id': projectId, 'ws.connection_id': conn.id }, () => processor(conn, message));
+  }
+  return processor(conn, message);
 }

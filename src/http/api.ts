@@ -13,6 +13,7 @@ import { createDashboardRouter } from './dashboard.js';
 import { createFileRouter } from './file-routes.js';
 import type { FileService } from '../files/service.js';
 import type { SidecarMetrics } from './metrics.js';
+import { httpSpans } from '../tracing.js';
 
 export interface ApiDeps extends AdminDeps {
   hub: Hub;
@@ -31,6 +32,7 @@ export interface ApiDeps extends AdminDeps {
 export function createApi(deps: ApiDeps): Koa {
   const app = new Koa();
   const router = new Router();
+  app.use(httpSpans());
 
   // One error path: nothing internal (stack, message of an unexpected error) reaches a client.
   app.use(async (ctx, next) => {

@@ -34,6 +34,16 @@ export interface MetricsDeps {
   broker: NatsBroker;
   instanceId: string;
   startedAt: number;
+  /** Counters of nats/presence.ts and nats/lifecycle.ts, when they run. */
+  presence?: { readonly stats: { joined: number; left: number; sweeps: number; swept: number; failures: number } };
+  lifecycle?: { readonly stats: { published: number; lost: number; dropped: number; failures: number; pending: number } };
+}
+
+/** Upload counters, fed by the files module (`metrics.uploads.started()` and so on). */
+export interface UploadCounters {
+  started(): void;
+  completed(bytes: number): void;
+  failed(): void;
 }
 
 /** One instance's numbers, in the seed's JSON shape plus this sidecar's extensions. */
@@ -97,6 +107,7 @@ export class SidecarMetrics {
   private lastLagMs = 0;
   /** Refreshed once per scrape, read by the series that need a pass over the connections. */
   private scan = { authenticated: 0, users: 0, withErrors: 0 };
+  readonly uploads: UploadCounters;
 
   constructor(private readonly deps: MetricsDeps) {
     const { hub, broker } = deps;
@@ -160,6 +171,35 @@ export class SidecarMetrics {
     counter('sidecar_nats_events_invalid_total', 'Live events dropped as invalid.', () => b.eventsInvalid);
     counter('sidecar_nats_reconnects_total', 'Reconnections to NATS.', () => b.reconnects);
     counter('sidecar_gaps_total', 'Gaps detected in live event sequences.', () => b.gaps);
+    counter('sidecar_events_recovered_total', 'Events read back from the stream by gap repairs.', () => b.eventsRecovered);
+    counter('sidecar_history_lost_total', 'Gaps the stream could no longer fill (clients told history_truncated).', () => b.historyLost);
+    gauge('sidecar_stream_ready', '1 while the JetStream stream exists with its configured settings.', () => (broker.streamReady ? 1 : 0));
+
+    const p = deps.presence?.stats;
+    const zero = () => 0;
+    counter('sidecar_presence_joined_total', 'user_joined events published by this instance.', p ? () => p.joined : zero);
+    counter('sidecar_presence_left_total', 'user_left events published by this instance.', p ? () => p.left : zero);
+    counter('sidecar_presence_sweeps_total', 'Sweeps for dead instances run by this instance.', p ? () => p.sweeps : zero);
+    counter('sidecar_presence_failures_total', 'Presence updates or events that failed (retried).', p ? () => p.failures : zero);
+    const l = deps.lifecycle?.stats;
+    counter('sidecar_lifecycle_events_total', 'Lifecycle events stored (connected, disconnected, subscribed, unsubscribed).', l ? () => l.published : zero);
+    counter('sidecar_lifecycle_instance_lost_total', "Dead instances' connections announced as disconnected (instance_lost) by this instance.", l ? () => l.lost : zero);
+    counter('sidecar_lifecycle_dropped_total', 'Connections not announced because the lifecycle queue was full.', l ? () => l.dropped : zero);
+    counter('sidecar_lifecycle_failures_total', 'Lifecycle publishes that failed (retried).', l ? () => l.failures : zero);
+    gauge('sidecar_lifecycle_pending', 'Lifecycle events waiting to be stored.', l ? () => l.pending : zero);
+
+    const uploadsStarted = new Counter({ name: 'sidecar_uploads_started_total', help: 'File uploads started.', registers: [r] });
+    const uploadsCompleted = new Counter({ name: 'sidecar_uploads_completed_total', help: 'File uploads completed.', registers: [r] });
+    const uploadsFailed = new Counter({ name: 'sidecar_uploads_failed_total', help: 'File uploads that failed or were refused.', registers: [r] });
+    const uploadBytes = new Counter({ name: 'sidecar_upload_bytes_total', help: 'Bytes of completed uploads.', registers: [r] });
+    this.uploads = {
+      started: () => uploadsStarted.inc(),
+      completed: (bytes) => {
+        uploadsCompleted.inc();
+        uploadBytes.inc(bytes);
+      },
+      failed: () => uploadsFailed.inc(),
+    };
 
     this.latency = new Histogram({
       name: 'sidecar_delivery_latency_seconds',

@@ -12,6 +12,7 @@ import type { Config } from '../config.js';
 import { AuthError } from '../errors.js';
 import type { Connection } from '../core/connection.js';
 import type { Hub } from '../core/hub.js';
+import { traced, tracingEnabled } from '../tracing.js';
 import { WsTransport } from './ws-transport.js';
 
 export const WS_PATH = '/ws/connect';
@@ -94,14 +95,14 @@ function onError(this: WebSocket, err: Error): void {
  * A new WebSocket joins the hub. Outside `upgrade` on purpose: the listeners below live as long as
  * the socket, and closures made in `upgrade` would keep its request, URL and token with them.
  */
-function attach(hub: Hub, ws: WebSocket, socket: Duplex, remote: string, principal: Principal | undefined): void {
+function attach(hub: Hub, ws: WebSocket, socket: Duplex, remote: string, principal: Principal | undefined): Promise<void> | undefined {
   const conn = hub.connect(new WsTransport(ws, socket), remote);
   (ws as SocketWithConnection)[CONNECTION] = conn;
   ws.on('message', onMessage);
   ws.on('pong', onPong);
   ws.on('close', onClose);
   ws.on('error', onError);
-  conn.start(principal);
+  return conn.start(principal);
 }
 
 export function createHttpServer(options: HttpServerOptions): SidecarHttpServer {
@@ -131,13 +132,16 @@ export function createHttpServer(options: HttpServerOptions): SidecarHttpServer 
     // A shared listener, not a closure: a closure here would keep this request (headers, URL,
     // token) alive for as long as the socket lives (memory per idle connection).
     socket.on('error', destroySocket);
-    void upgrade(req, socket, head);
+    if (tracingEnabled()) void traced('ws.connect', (span) => upgrade(req, socket, head, span));
+    else void upgrade(req, socket, head);
   });
 
-  async function upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+  /** `span` (tracing on): ws.connect, which lasts until the handshake token's auth_success. */
+  async function upgrade(req: IncomingMessage, socket: Duplex, head: Buffer, span?: { setAttribute(k: string, v: string | number): unknown }): Promise<void> {
     // `url` is masked by the logger's redaction (token query parameter), like the headers.
     const refused = (status: number, reason: string, message: string, detail?: Record<string, unknown>): void => {
       log.debug({ status, url: req.url, origin: req.headers.origin, ...detail }, `upgrade refused: ${message}`);
+      span?.setAttribute('http.response.status_code', status);
       refuse(socket, status, reason, message);
     };
     let url: URL;
@@ -171,7 +175,22 @@ export function createHttpServer(options: HttpServerOptions): SidecarHttpServer 
     if (socket.destroyed) return;
     const remote = (req.socket.remoteAddress ?? '') + (req.socket.remotePort ? `:${req.socket.remotePort}` : '');
     const to = hub;
-    wss.handleUpgrade(req, socket, head, (ws) => attach(to, ws, socket, remote, principal));
+    if (!span) return void wss.handleUpgrade(req, socket, head, (ws) => attach(to, ws, socket, remote, principal));
+    if (principal) span.setAttribute('enduser.id', principal.userId);
+    await new Promise<void>((ok) => {
+      // A handshake that ws refuses never calls back: the socket's close ends the span then.
+      const done = () => {
+        socket.off('close', done);
+        ok();
+      };
+      socket.once('close', done);
+      wss.handleUpgrade(req, socket, head, (ws) => {
+        const authenticated = attach(to, ws, socket, remote, principal);
+        span.setAttribute('http.response.status_code', 101);
+        if (authenticated) void authenticated.finally(done);
+        else done();
+      });
+    });
   }
 
   return {

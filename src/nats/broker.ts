@@ -177,6 +177,8 @@ export class NatsBroker implements BrokerPort {
   /** One stream check at a time; callers that come meanwhile share it. */
   private checking: Promise<void> | undefined;
   private checkTimer: NodeJS.Timeout | undefined;
+  /** Set with tracing on: a live event with a publisher's `traceparent` is delivered through it. */
+  private traceSink: ((topic: Topic, traceparent: string, deliver: () => void) => void) | undefined;
   private readonly topics = new Map<Topic, LiveTopic>();
   private repairsRunning = 0;
   private readonly repairsWaiting: (() => void)[] = [];
@@ -195,7 +197,7 @@ export class NatsBroker implements BrokerPort {
     const readerJs = jetstream(nc, { timeout: READER_CREATE_TIMEOUT_MS });
     this.history = new StreamHistory(js, jsm, config.streamName, config.maxStoredMessages, readerJs);
     this.quickHistory = new StreamHistory(js, quickJsm, config.streamName, config.maxStoredMessages, readerJs);
-    this.inboxes = new Inboxes(nc, jsm, config, log);
+    this.inboxes = new Inboxes(nc, jsm, config, log, quickJsm);
     if (config.directSubscription === 'wildcard') this.hearAllUsers();
     void this.watchStatus();
   }
@@ -535,7 +537,15 @@ export class NatsBroker implements BrokerPort {
     }
     t.last = seq;
     const event = this.toEvent(t.projectId, seq, msg.data, h, h.get('Nats-Time-Stamp') || undefined);
-    if (event) this.sink(t.topic, event);
+    if (!event) return;
+    const traceparent = this.traceSink !== undefined ? h.get('traceparent') : '';
+    if (traceparent) this.traceSink!(t.topic, traceparent, () => this.sink(t.topic, event));
+    else this.sink(t.topic, event);
+  }
+
+  /** With tracing on: deliveries of events that carry a `traceparent` header go through `sink`. */
+  setTraceSink(sink: (topic: Topic, traceparent: string, deliver: () => void) => void): void {
+    this.traceSink = sink;
   }
 
   /**

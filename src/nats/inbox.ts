@@ -101,6 +101,12 @@ export class Inboxes {
     private readonly jsm: JetStreamManager,
     private readonly config: InboxConfig,
     private readonly log: Logger,
+    /**
+     * For the requests a connect waits on (is anything stored, the consumer): a short timeout,
+     * so that JetStream answering slowly (just restarted, electing) costs a connect its backlog
+     * for now, not its authentication, which clients give up on after a few seconds.
+     */
+    private readonly connectJsm: JetStreamManager = jsm,
   ) {}
 
   consumerName(userId: string): string {
@@ -125,12 +131,12 @@ export class Inboxes {
 
   private async hasStored(userId: string): Promise<boolean> {
     const subject = `${this.config.subjectPrefix}.user.${userId}`;
-    return (await this.jsm.direct.getMessage(this.config.streamName, { last_by_subj: subject })) !== null;
+    return (await this.connectJsm.direct.getMessage(this.config.streamName, { last_by_subj: subject })) !== null;
   }
 
   /** Create the user's consumer, or bring its mutable settings up to date (the same call: idempotent). */
-  ensureConsumer(userId: string): Promise<ConsumerInfo> {
-    return this.jsm.consumers.add(this.config.streamName, this.consumerConfig(userId));
+  ensureConsumer(userId: string, jsm = this.jsm): Promise<ConsumerInfo> {
+    return jsm.consumers.add(this.config.streamName, this.consumerConfig(userId));
   }
 
   /**
@@ -149,7 +155,7 @@ export class Inboxes {
         // the consumer is made by the first ack (a pull that finds none creates it) or the next
         // connect after a direct message, and starts from everything stored, so nothing is missed.
         if (!(await this.hasStored(userId))) return [];
-        await this.ensureConsumer(userId);
+        await this.ensureConsumer(userId, this.connectJsm);
         const pulled = await this.snapshot(userId, user, Infinity);
         const unacked = pulled.filter((m) => !user.acknowledged(m.seq));
         await this.settleAll(user, pulled);

@@ -52,6 +52,12 @@ export interface PresenceOptions {
   publish(topic: Topic, payload: string, msgId: string, aboutUser: string): Promise<number>;
 }
 
+/**
+ * Work that runs with the presence sweep (nats/lifecycle.ts): `alive` are the live members,
+ * `isDead` confirms a member missing from that snapshot. A throw makes the sweep due again.
+ */
+export type Sweeper = (alive: ReadonlySet<string>, isDead: (member: string) => Promise<boolean>) => Promise<void>;
+
 export interface PresenceStats {
   joined: number;
   left: number;
@@ -149,6 +155,8 @@ export class NatsPresence implements PresencePort {
   private ticking: Promise<void> | undefined;
   private stopped = false;
   private timer: NodeJS.Timeout | undefined;
+  private readonly sweepers: Sweeper[] = [];
+  private readonly reregistered: ((expired: string, member: string) => Promise<void>)[] = [];
 
   private constructor(
     private readonly options: PresenceOptions,
@@ -192,6 +200,16 @@ export class NatsPresence implements PresencePort {
   /** False while a bucket is missing or the copy is not being watched (readiness). */
   get ready(): boolean {
     return this.bucketsReady && !this.watchBroken;
+  }
+
+  /** Run `sweeper` whenever this instance sweeps for dead members. */
+  addSweeper(sweeper: Sweeper): void {
+    this.sweepers.push(sweeper);
+  }
+
+  /** Told when this instance's heartbeat had expired and it registered under a new member id. */
+  onReregistered(listener: (expired: string, member: string) => Promise<void>): void {
+    this.reregistered.push(listener);
   }
 
   private get log(): Logger {
@@ -493,6 +511,7 @@ export class NatsPresence implements PresencePort {
     this.stats.reregistered += 1;
     this.log.warn({ expired, member: this.memberId }, 'presence heartbeat had expired: registered again, re-adding local users');
     for (const key of this.local.keys()) this.schedule(key);
+    for (const listener of this.reregistered) await listener(expired, this.memberId).catch((err: unknown) => this.log.warn({ err }, 'reregistration listener failed'));
   }
 
   private async sweep(): Promise<void> {
@@ -507,6 +526,8 @@ export class NatsPresence implements PresencePort {
     if ([...alive].sort()[0] === this.memberId) {
       if (!this.loaded) return; // still due: the copy does not yet show every key
       await this.removeDeadMembers(alive);
+      const isDead = (m: string) => this.instances.get(m).then((e) => e?.operation !== 'PUT');
+      for (const sweeper of this.sweepers) await sweeper(alive, isDead);
     }
     this.sweepDue = false;
   }

@@ -1,73 +1,115 @@
 /**
- * A TCP proxy between a client and a server for fault tests. `blackhole()` makes the link stop
- * answering without a reset (a partition, a dropped route): bytes in both directions are dropped
- * and sockets stay open, so only a liveness check can tell. Connections made while black-holed
- * are accepted and never answered; `restore()` lets new connections through again (the ones that
- * saw the black hole stay dead, as after a real partition).
+ * A TCP proxy between a sidecar and its nats-server, for link faults NATS cannot make by itself.
+ * `blackhole()` stops forwarding in both directions without closing anything (no FIN, no RST),
+ * as a partition or a dropped route does: both ends keep their sockets and hear nothing. Bytes
+ * in flight stay in the kernel buffers (TCP retransmits them once a real partition heals), and
+ * connections opened meanwhile are accepted but not connected upstream (their SYN "never
+ * arrived"). `restore()` lets everything flow again, closes included.
  */
 import net from 'node:net';
 
 export interface TcpProxy {
-  /** host:port clients connect to. */
-  readonly port: number;
+  /** nats://127.0.0.1:PORT, for NATS_URL. */
   readonly url: string;
+  readonly port: number;
+  readonly blackholed: boolean;
+  /** Connections accepted so far, and those open now. */
+  readonly stats: { accepted: number; open: number; blackholes: number };
   blackhole(): void;
   restore(): void;
-  /** Drops every connection with a reset, as a crashed peer would. */
-  reset(): void;
+  /** Closes the listener and destroys every connection. */
   close(): Promise<void>;
 }
 
-export async function startTcpProxy(target: { host?: string; port: number }, scheme = 'nats'): Promise<TcpProxy> {
-  const host = target.host ?? '127.0.0.1';
+interface Pair {
+  client: net.Socket;
+  upstream?: net.Socket;
+}
+
+export async function startTcpProxy(upstream: { host?: string; port: number }, listenPort = 0): Promise<TcpProxy> {
+  const host = upstream.host ?? '127.0.0.1';
+  const pairs = new Set<Pair>();
+  const stats = { accepted: 0, open: 0, blackholes: 0 };
   let holed = false;
-  const links = new Set<{ client: net.Socket; upstream?: net.Socket; dead: boolean }>();
-  const server = net.createServer((client) => {
-    const link: { client: net.Socket; upstream?: net.Socket; dead: boolean } = { client, dead: holed };
-    links.add(link);
-    const drop = (): void => {
-      links.delete(link);
-      client.destroy();
-      link.upstream?.destroy();
-    };
-    client.on('error', drop);
-    client.on('close', drop);
-    if (link.dead) return; // accepted, never answered
-    const upstream = net.connect(target.port, host);
-    link.upstream = upstream;
-    upstream.on('error', drop);
-    upstream.on('close', drop);
-    client.on('data', (chunk) => {
-      if (!link.dead) upstream.write(chunk);
+
+  /** Forward `from` to `to` with back-pressure; nothing moves while the link is black-holed. */
+  const forward = (from: net.Socket, to: net.Socket): void => {
+    from.on('data', (chunk) => {
+      if (!to.write(chunk)) from.pause();
     });
-    upstream.on('data', (chunk) => {
-      if (!link.dead) client.write(chunk);
+    to.on('drain', () => {
+      if (!holed) from.resume();
     });
+    from.on('end', () => to.end());
+  };
+
+  const connectUpstream = (pair: Pair): void => {
+    const up = net.connect({ host, port: upstream.port });
+    pair.upstream = up;
+    up.setNoDelay(true);
+    forward(pair.client, up);
+    forward(up, pair.client);
+    up.on('error', () => pair.client.destroy());
+    up.on('close', () => pair.client.destroy());
+    if (holed) up.pause();
+    else pair.client.resume();
+  };
+
+  const server = net.createServer({ pauseOnConnect: true }, (client) => {
+    stats.accepted += 1;
+    stats.open += 1;
+    const pair: Pair = { client };
+    pairs.add(pair);
+    client.setNoDelay(true);
+    client.on('error', () => pair.upstream?.destroy());
+    client.on('close', () => {
+      stats.open -= 1;
+      pairs.delete(pair);
+      pair.upstream?.destroy();
+    });
+    // Black-holed: accept (the kernel did already) but never reach upstream until restore().
+    if (!holed) connectUpstream(pair);
   });
-  await new Promise<void>((ok) => server.listen(0, '127.0.0.1', ok));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(listenPort, '127.0.0.1', () => resolve());
+  });
   const port = (server.address() as net.AddressInfo).port;
+
   return {
+    url: `nats://127.0.0.1:${port}`,
     port,
-    url: `${scheme}://127.0.0.1:${port}`,
+    get blackholed() {
+      return holed;
+    },
+    stats,
     blackhole() {
+      if (holed) return;
       holed = true;
-      for (const link of links) link.dead = true;
+      stats.blackholes += 1;
+      for (const p of pairs) {
+        p.client.pause();
+        p.upstream?.pause();
+      }
     },
     restore() {
+      if (!holed) return;
       holed = false;
-    },
-    reset() {
-      for (const link of links) {
-        link.client.resetAndDestroy();
-        link.upstream?.destroy();
+      for (const p of pairs) {
+        if (!p.upstream) {
+          connectUpstream(p);
+          continue;
+        }
+        p.client.resume();
+        p.upstream.resume();
       }
     },
     async close() {
-      for (const link of links) {
-        link.client.destroy();
-        link.upstream?.destroy();
+      for (const p of pairs) {
+        p.client.destroy();
+        p.upstream?.destroy();
       }
-      await new Promise((ok) => server.close(ok));
+      await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
 }

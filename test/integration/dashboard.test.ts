@@ -9,6 +9,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import http from 'node:http';
+import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
@@ -230,6 +231,29 @@ describe.skipIf(!CHROMIUM)(
         await mkdir(process.env.DASHBOARD_SCREENSHOT_DIR, { recursive: true });
         await page.screenshot({ path: path.join(process.env.DASHBOARD_SCREENSHOT_DIR, 'dashboard.png'), fullPage: true });
       }
+      expect(problems).toEqual([]);
+    });
+
+    it("charts the fleet's rates over the last minutes and shows each instance's host and process", async () => {
+      const tester = await subscribedClient('charter', 'beta');
+      const { page, problems } = await open(`#token=${admin}`);
+      await page.locator('#auth-status.ok').waitFor();
+      // Traffic for the charts: pings answered with pongs move frames in and out.
+      for (let i = 0; i < 5; i++) tester.send({ type: 'ping', data: {} });
+      await tester.waitForMessages(5, (m) => m.type === 'pong');
+      // Rates need two polls; then every chart has a line with a point per poll.
+      for (const key of ['out', 'in', 'routed', 'errors', 'connections']) {
+        // A space in `points` separates two of them.
+        await page.locator(`#ch-${key} polyline[points*=" "]`).waitFor({ state: 'attached' });
+      }
+      expect(await text(page, '#ch-out .chart-from')).toBe('5 min ago');
+      expect(await text(page, '#ch-connections .chart-max')).toMatch(/^max \d+ · now \d+$/);
+
+      const row = page.locator('#instances tbody tr', { hasText: side.sidecar.instanceId });
+      await row.waitFor();
+      expect((await row.locator('td').allTextContents())[1]).toBe(`${os.hostname()} · ${process.pid}`);
+      expect(await text(page, '#instances-note')).toMatch(/^1 on 1 host$/);
+
       expect(problems).toEqual([]);
     });
 

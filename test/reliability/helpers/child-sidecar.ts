@@ -31,6 +31,8 @@ export interface ChildSidecar {
   /** Log lines at warn or above, by message, and the last lines of output (for failures). */
   readonly warnings: Map<string, number>;
   tail(): string;
+  /** With `keepOutput`: everything the process printed so far. */
+  output(): string;
   rss(): number;
   fds(): number;
   token(sub: string, o?: Omit<MintOptions, 'sub'>): Promise<string>;
@@ -72,6 +74,8 @@ export type SidecarEnv = Record<string, string | number>;
 export interface ChildOptions {
   /** Preload gc-probe.cjs (with --expose-gc) so that heapAfterGc() works. */
   gcProbe?: boolean;
+  /** Keep all of stdout and stderr (for output(); tail() keeps only the last lines). */
+  keepOutput?: boolean;
 }
 
 export async function startChildSidecar(natsUrl: string | string[], env: SidecarEnv = {}, opts: ChildOptions = {}): Promise<ChildSidecar> {
@@ -106,8 +110,10 @@ export async function startChildSidecar(natsUrl: string | string[], env: Sidecar
   let listening: ((v: { url: string; instance: string }) => void) | undefined;
   const probes: ((m: { heapUsed: number; external: number; arrayBuffers: number; rss: number }) => void)[] = [];
   let partial = '';
+  let all = '';
   const onText = (chunk: string) => {
     logFile?.write(chunk);
+    if (opts.keepOutput) all += chunk;
     const parts = (partial + chunk).split('\n');
     partial = parts.pop() ?? '';
     for (const line of parts) {
@@ -169,6 +175,7 @@ export async function startChildSidecar(natsUrl: string | string[], env: Sidecar
     },
     warnings,
     tail,
+    output: () => all,
     rss: () => rssOf(pid),
     fds: () => fdsOf(pid),
     token: (sub, o = {}) => mintToken(TEST_SECRET, { sub, projects: ['*'], ...o }),
