@@ -21,6 +21,7 @@ export class FileError extends SidecarError {
     message: string,
     options?: { cause?: unknown },
   ) {
-    super(code, message, options);
+    // Retrying may work: NATS away (503), the upload written by another request (423), too many at once (429).
+    super(code, message, { ...options, temporary: status === 503 || status === 423 || status === 429 });
   }
 }

@@ -41,7 +41,6 @@ export function parseUploadMetadata(header: string | undefined): Map<string, str
 }
 
 // Control characters, and the bidirectional overrides that make "evil\u202Etxt.exe" look harmless.
-// eslint-disable-next-line no-control-regex
 const UNSAFE_NAME_CHARS = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
 
 /**
@@ -79,7 +78,6 @@ const MEDIA_TYPE = /^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}\/[A-Za-z0-9][A-Za-z0
 export function normalizeContentType(raw: string | undefined): string {
   const value = (raw ?? '').trim();
   if (value === '') return 'application/octet-stream';
-  // eslint-disable-next-line no-control-regex
   if (value.length > MAX_TYPE_LENGTH || /[\u0000-\u001f\u007f]/.test(value)) throw new FileError('bad_request', 400, 'the content type is not a media type');
   const [essence, ...params] = value.split(';');
   if (!MEDIA_TYPE.test(essence.trim())) throw new FileError('bad_request', 400, 'the content type is not a media type');

@@ -555,6 +555,6 @@ class Lease {
     await this.chain.catch(() => {});
     if (this.lost) return;
     const { holder: _holder, lease_until: _until, ...rest } = this.record;
-    await this.write({ ...rest, expires_at: Date.now() + this.expiry } as UploadRecord);
+    await this.write({ ...rest, expires_at: Date.now() + this.expiry });
   }
 }

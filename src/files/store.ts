@@ -319,7 +319,9 @@ export class FileStore {
       opt_start_seq: fromSeq,
       headers_only: headersOnly,
     });
-    const iter = await consumer.consume({ max_bytes: READ_AHEAD_BYTES });
+    // Bounded by messages, not max_bytes: with chunks a good part of max_bytes, a pull whose byte
+    // budget no longer fits the next chunk stalls (seen with 512 KiB chunks and 2 MiB).
+    const iter = await consumer.consume({ max_messages: headersOnly ? 1000 : Math.max(2, Math.floor(READ_AHEAD_BYTES / this.chunkSize)) });
     // A read does not wait for NATS to come back: the reader is told at once.
     let lost = false;
     const onLost = () => {
@@ -350,7 +352,7 @@ export class ChunkWriter {
   private parts: Buffer[] = [];
   private buffered = 0;
   private readonly pending: Promise<PubAck>[] = [];
-  private failure: unknown;
+  private failure: Error | undefined;
 
   constructor(
     private readonly js: JetStreamClient,
@@ -391,8 +393,8 @@ export class ChunkWriter {
     h.set(OFFSET_HEADER, String(this.state.offset));
     const ack = this.js.publish(this.subject, chunk, { headers: h, timeout: this.timeout });
     // Settled here too so a rejection while not awaited is never unhandled.
-    ack.catch((err) => {
-      this.failure ??= err;
+    ack.catch((err: unknown) => {
+      this.failure ??= err instanceof Error ? err : new Error(String(err));
     });
     this.pending.push(ack);
     this.state.hash.update(chunk);

@@ -91,20 +91,6 @@ function integerHeader(ctx: Context, name: string): number | undefined {
 
 const httpDate = (ms: number): string => new Date(ms).toUTCString();
 
-/**
- * A download that fails after its headers went (NATS gone mid-file) is logged here and its
- * connection closed, so the client sees a broken transfer, not a short one; the error does not
- * reach Koa, which would print it to stderr.
- */
-async function* interruptible(source: AsyncGenerator<Uint8Array>, ctx: Context, log: Logger, fileId: string): AsyncGenerator<Uint8Array> {
-  try {
-    yield* source;
-  } catch (err) {
-    log.warn({ err, file: fileId }, 'download interrupted: file storage (NATS) failed');
-    ctx.res.destroy();
-  }
-}
-
 export function createFileRouter(deps: FileRouteDeps): Router<FileState> {
   const { files } = deps;
   const router = new Router<FileState>();
@@ -229,8 +215,19 @@ export function createFileRouter(deps: FileRouteDeps): Router<FileState> {
       if (file.size === 0) ctx.body = Buffer.alloc(0);
       return;
     }
-    ctx.body = Readable.from(interruptible(files.read(file, start, end), ctx, deps.log, file.file_id), { objectMode: false, highWaterMark: 256 * 1024 });
     ctx.length = end - start + 1;
+    // Streamed here, not through Koa: a transfer that breaks off (NATS went away mid-file) destroys
+    // the response, so the client sees a failed transfer rather than a short one, and is logged
+    // here (Koa would print the error to stderr); a client that leaves stops the read.
+    ctx.respond = false;
+    const source = Readable.from(files.read(file, start, end), { objectMode: false, highWaterMark: 256 * 1024 });
+    const res = ctx.res;
+    source.on('error', (err) => {
+      deps.log.warn({ err, file: file.file_id }, 'download interrupted: file storage (NATS) failed');
+      res.destroy();
+    });
+    res.on('close', () => source.destroy());
+    source.pipe(res);
   });
 
   router.delete('/api/v1/websocket/files/:id', errors, auth, async (ctx) => {

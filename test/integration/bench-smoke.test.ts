@@ -21,8 +21,11 @@ it('runs every benchmark scenario at tiny sizes against the sidecar and NATS wit
       ['bench/run.js', '--quick', '--targets', 'nats,sidecar', '--no-write', '--json', out],
       { cwd: root, timeout: 150_000 },
     );
-    const { results, unavailable } = JSON.parse(await readFile(out, 'utf8'));
+    const { results, unavailable, upload } = JSON.parse(await readFile(out, 'utf8'));
     expect(unavailable).toEqual({});
+    // The upload scenario (sidecar only): every way measured, RSS sampled.
+    expect(upload?.error).toBeUndefined();
+    for (const k of ['rawMBps', 'tusMBps', 'postMBps', 'tusRatio', 'rssGrowthMiB']) expect(Number.isFinite(upload.metrics[k]), k).toBe(true);
     const keys = Object.keys(results);
     for (const scenario of ['fanout', 'spread', 'latency', 'idle', 'connect', 'resume']) {
       expect(keys.some((k) => k.startsWith(scenario)), scenario).toBe(true);

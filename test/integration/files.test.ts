@@ -445,7 +445,7 @@ describe('limits and hostile input', () => {
       headers: { Authorization: `Bearer ${alice}`, 'Content-Length': big },
       body: new ReadableStream({ start: (c) => c.close() }),
       duplex: 'half',
-    } as RequestInit).catch((err) => err);
+    }).catch((err) => err);
     // Refused before the body is read: either the 413 arrives or the socket is closed under the upload.
     if (declared instanceof Response) expect(declared.status).toBe(413);
     let sent = 0;
@@ -461,7 +461,7 @@ describe('limits and hostile input', () => {
       headers: { Authorization: `Bearer ${alice}` },
       body: endless,
       duplex: 'half',
-    } as RequestInit).catch((err) => err);
+    }).catch((err) => err);
     if (chunked instanceof Response) expect(chunked.status).toBe(413);
     else expect(sent).toBeLessThan(20 * (1 << 20)); // the server stopped reading well before the end
   });
@@ -488,7 +488,7 @@ describe('limits and hostile input', () => {
           c.close();
         },
       });
-      const first = fetch(`${limited.httpUrl}${BASE}/projects/p1/files`, { method: 'POST', headers: { Authorization: `Bearer ${erin}` }, body: slow, duplex: 'half' } as RequestInit);
+      const first = fetch(`${limited.httpUrl}${BASE}/projects/p1/files`, { method: 'POST', headers: { Authorization: `Bearer ${erin}` }, body: slow, duplex: 'half' });
       await started;
       await waitFor(() => (limited.sidecar.files as any).active.get('erin') === 1, 5000, 'first upload admitted');
       const second = await fetch(`${limited.httpUrl}${BASE}/projects/p1/files`, { method: 'POST', headers: { Authorization: `Bearer ${erin}` }, body: 'x' });

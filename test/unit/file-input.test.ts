@@ -85,3 +85,21 @@ describe('file configuration', () => {
     expect(() => loadConfig({ env: { SIDECAR_MAX_UPLOAD_BYTES: 'lots' } })).toThrow(/maxUploadBytes/);
   });
 });
+
+describe('FileError', () => {
+  it('is a SidecarError with a stable code, its status, and temporary for what a retry may fix', async () => {
+    const { FileError } = await import('../../src/files/errors.js');
+    const { SidecarError } = await import('../../src/errors.js');
+    const cases: [InstanceType<typeof FileError>, boolean][] = [
+      [new FileError('storage_unavailable', 503, 'nats away'), true],
+      [new FileError('locked', 423, 'busy'), true],
+      [new FileError('too_many_uploads', 429, 'slow down'), true],
+      [new FileError('too_large', 413, 'big'), false],
+      [new FileError('bad_metadata', 400, 'bad'), false],
+    ];
+    for (const [err, temporary] of cases) {
+      expect(err).toBeInstanceOf(SidecarError);
+      expect({ name: err.name, temporary: err.temporary }).toEqual({ name: 'FileError', temporary });
+    }
+  });
+});
