@@ -1,4 +1,4 @@
-// What one offline inbox costs nats-server (issue 18, item 6): every user with a stored direct
+// What one offline inbox costs nats-server: every user with a stored direct
 // message holds a durable consumer (src/nats/inbox.ts). This creates the sidecar's own stream and
 // its own consumers (the built dist/ modules, so the configuration is exactly the sidecar's), one
 // stored direct message per user, and reports for each step of users:

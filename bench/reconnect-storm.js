@@ -1,4 +1,4 @@
-// Reconnect storm (issue 18, item 3): N client-SDK apps on instance A, each subscribed to one of P
+// Reconnect storm: N client-SDK apps on instance A, each subscribed to one of P
 // projects, while a backend publishes acknowledged JetStream events; A is killed with SIGKILL. The
 // apps (SDK defaults: backoff from 500 ms with jitter, both instances' URLs) reconnect to B and
 // resume with `since`. Reported: time from the kill to each app's reconnect and to its resumed

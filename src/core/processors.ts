@@ -1,5 +1,5 @@
 /**
- * One processor per client message type (the seed's per-type message processors). Each gets the
+ * One processor per client message type (as in the Go package this project re-creates, per-type message processors). Each gets the
  * connection and a validated message; throwing a ProtocolError answers the client with its code.
  */
 import { AuthError } from '../errors.js';
