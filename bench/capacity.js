@@ -212,7 +212,7 @@ if (!a.hosts) console.log(`\n${H} hosts is the fewest that pass the sidecar's ch
 if (a.measure) console.log(`\nMeasured now: ${JSON.stringify(Object.fromEntries(Object.entries(m).filter(([k]) => k.startsWith('natsBytes') || k === 'natsUsPerKvCas')))}`);
 
 async function measureNats() {
-  const { startEmbeddedNats } = await import('../dist/nats/embedded-server.js');
+  const { startEmbeddedNats } = await import('../dist/internal.js');
   const { connect } = await import('@nats-io/transport-node');
   const { Kvm } = await import('@nats-io/kv');
   const { cpuSeconds, rssBytes } = await import('./proc.js');

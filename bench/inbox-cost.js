@@ -18,11 +18,11 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
-import { loadConfig } from '../dist/config.js';
-import { createLogger } from '../dist/logger.js';
-import { NatsBroker } from '../dist/nats/broker.js';
-import { startEmbeddedNats } from '../dist/nats/embedded-server.js';
-import { Inboxes } from '../dist/nats/inbox.js';
+import { loadConfig } from '../dist/internal.js';
+import { createLogger } from '../dist/internal.js';
+import { NatsBroker } from '../dist/internal.js';
+import { startEmbeddedNats } from '../dist/internal.js';
+import { Inboxes } from '../dist/internal.js';
 import { cpuSeconds, rssBytes } from './proc.js';
 import { pool, sleep } from './common.js';
 

@@ -16,7 +16,7 @@ import { parseArgs } from 'node:util';
 import { connect } from '@nats-io/transport-node';
 import { jetstream } from '@nats-io/jetstream';
 import WebSocket from 'ws';
-import { mintToken } from '../dist/auth.js';
+import { mintToken } from '../dist/internal.js';
 import { Client } from '../dist/client/index.js';
 import { startNatsServer } from './nats-server.js';
 import { Proc, cpuSeconds, freePort, waitHealthy } from './proc.js';
