@@ -12,6 +12,7 @@ export const MessageType = {
   Ack: 'ack',
   Presence: 'presence', // also the answer's type
   ClientEvent: 'client_event',
+  History: 'history', // also the answer's type
   // server -> client
   AuthRequired: 'auth_required',
   AuthSuccess: 'auth_success',

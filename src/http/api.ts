@@ -10,6 +10,7 @@ import type { Hub } from '../core/hub.js';
 import type { NatsBroker } from '../nats/broker.js';
 import { createAdminRouter, type AdminDeps } from './admin-routes.js';
 import { createDashboardRouter } from './dashboard.js';
+import { createHistoryRouter } from './history-routes.js';
 import type { SidecarMetrics } from './metrics.js';
 
 export interface ApiDeps extends AdminDeps {
@@ -75,10 +76,13 @@ export function createApi(deps: ApiDeps): Koa {
 
   const admin = createAdminRouter(deps);
   const dashboard = createDashboardRouter(deps.log);
+  // Before the admin routes: any user allowed to see the project may read its history.
+  const history = createHistoryRouter({ hub: deps.hub, verifier: deps.verifier });
   app.use(router.routes());
   app.use(router.allowedMethods());
   app.use(dashboard.routes());
   app.use(dashboard.allowedMethods());
+  app.use(history.routes());
   app.use(admin.routes());
   app.use(admin.allowedMethods());
   return app;
