@@ -13,12 +13,22 @@ import { AuthError } from '../errors.js';
 import type { Connection } from '../core/connection.js';
 import type { Hub } from '../core/hub.js';
 import { CloseCode, MessageType, serverMessage } from '../protocol.js';
-import { WsTransport } from './ws-transport.js';
+import type { FrameOptions } from './frames.js';
+import { BATCH_PROTOCOL, WsTransport } from './ws-transport.js';
 
 export const WS_PATH = '/ws/connect';
 
 export interface HttpServerOptions {
-  config: Pick<Config, 'maxMessageSize' | 'maxTokenLength' | 'allowedOrigins' | 'handshakeTimeout'>;
+  config: Pick<
+    Config,
+    | 'maxMessageSize'
+    | 'maxTokenLength'
+    | 'allowedOrigins'
+    | 'handshakeTimeout'
+    | 'compression'
+    | 'compressionThreshold'
+    | 'batchFrameBytes'
+  >;
   hub: Hub;
   log: Logger;
   /** Koa's `app.callback()` */
@@ -34,6 +44,21 @@ export function handshakeToken(req: IncomingMessage, url: URL): string | undefin
   const header = req.headers.authorization;
   if (header && /^bearer\s+/i.test(header)) return header.replace(/^bearer\s+/i, '').trim() || undefined;
   return undefined;
+}
+
+/**
+ * Remove the permessage-deflate offers that ask for server_max_window_bits below 15: the shared
+ * compressed frames use a 15-bit window, which such a client could not inflate.
+ */
+export function dropNarrowDeflateOffers(req: IncomingMessage): void {
+  const header = req.headers['sec-websocket-extensions'];
+  if (typeof header !== 'string' || !/server_max_window_bits/i.test(header)) return;
+  const kept = header.split(',').filter((offer) => {
+    const m = /server_max_window_bits\s*=\s*"?(\d+)/i.exec(offer);
+    return !m || Number(m[1]) >= 15;
+  });
+  if (kept.length === 0) delete req.headers['sec-websocket-extensions'];
+  else req.headers['sec-websocket-extensions'] = kept.join(',');
 }
 
 function refuse(socket: Duplex, status: number, reason: string, message: string): void {
@@ -69,8 +94,15 @@ function onError(this: WebSocket, err: Error): void {
  * A new WebSocket joins the hub. Outside `upgrade` on purpose: the listeners below live as long as
  * the socket, and closures made in `upgrade` would keep its request, URL and token with them.
  */
-function attach(hub: Hub, ws: WebSocket, socket: Duplex, remote: string, principal: Principal | undefined): void {
-  const conn = hub.connect(new WsTransport(ws, socket), remote);
+function attach(
+  hub: Hub,
+  ws: WebSocket,
+  socket: Duplex,
+  remote: string,
+  principal: Principal | undefined,
+  frames: FrameOptions,
+): void {
+  const conn = hub.connect(new WsTransport(ws, socket, frames), remote);
   (ws as SocketWithConnection)[CONNECTION] = conn;
   ws.on('message', onMessage);
   ws.on('pong', onPong);
@@ -92,10 +124,20 @@ export function createHttpServer(options: HttpServerOptions): Server {
     noServer: true,
     // Room for an `auth` message with a token up to maxTokenLength; the connection holds every
     // other message to maxMessageSize (1009), so only auth frames may be this large.
+    // With permessage-deflate this holds the inflated size: ws stops inflating there (1009).
     maxPayload: Math.max(config.maxMessageSize, config.maxTokenLength + 1024),
-    perMessageDeflate: false,
+    // Only to negotiate: the transport compresses each event once for every socket (frames.ts),
+    // which needs server_no_context_takeover and the full window; ws never compresses a frame itself.
+    perMessageDeflate:
+      config.compression === 'deflate' ? { serverNoContextTakeover: true, serverMaxWindowBits: 15, threshold: Infinity } : false,
+    // Batched frames when asked for; otherwise ws's default, the first subprotocol offered.
+    handleProtocols: (protocols: Set<string>) => (protocols.has(BATCH_PROTOCOL) ? BATCH_PROTOCOL : (protocols.values().next().value ?? false)),
     clientTracking: false,
   });
+  const frames: FrameOptions = {
+    compressionThreshold: config.compressionThreshold,
+    batchFrameBytes: config.batchFrameBytes,
+  };
   const origins = config.allowedOrigins?.length ? new Set(config.allowedOrigins) : undefined;
   // A socket that never finishes its request head (a half-open connection, slowloris) is answered
   // 408 and closed after handshakeTimeout; Node's own default is 60 s, checked every 30 s.
@@ -149,7 +191,10 @@ export function createHttpServer(options: HttpServerOptions): Server {
     }
     if (socket.destroyed) return;
     const remote = (req.socket.remoteAddress ?? '') + (req.socket.remotePort ? `:${req.socket.remotePort}` : '');
-    wss.handleUpgrade(req, socket, head, (ws) => attach(hub, ws, socket, remote, principal));
+    // Offers that only accept a smaller server window than the shared frames use are dropped, so
+    // such a client is served uncompressed rather than refused (ws answers 400 when no offer fits).
+    if (config.compression === 'deflate') dropNarrowDeflateOffers(req);
+    wss.handleUpgrade(req, socket, head, (ws) => attach(hub, ws, socket, remote, principal, frames));
   }
 
   return server;
