@@ -46,19 +46,39 @@ export function handshakeToken(req: IncomingMessage, url: URL): string | undefin
   return undefined;
 }
 
+/** The window the sidecar inflates client frames with, when the client lets it choose (512 bytes). */
+export const INBOUND_WINDOW_BITS = 9;
+
 /**
- * Remove the permessage-deflate offers that ask for server_max_window_bits below 15: the shared
- * compressed frames use a 15-bit window, which such a client could not inflate.
+ * Shape the client's permessage-deflate offers before ws reads them:
+ * - drop offers that only accept a server window below 15 bits: the shared compressed frames use
+ *   the full window, which such a client could not inflate (ws would refuse the upgrade with 400
+ *   if no offer were left; this way the client is served uncompressed);
+ * - where the client lets the server choose its window (`client_max_window_bits`), choose a
+ *   small one: client frames are a few hundred bytes, and each socket that sends compressed frames
+ *   keeps an inflate context, whose window is most of it (32 KiB at 15 bits).
  */
-export function dropNarrowDeflateOffers(req: IncomingMessage): void {
+export function shapeDeflateOffers(req: IncomingMessage): void {
   const header = req.headers['sec-websocket-extensions'];
-  if (typeof header !== 'string' || !/server_max_window_bits/i.test(header)) return;
-  const kept = header.split(',').filter((offer) => {
-    const m = /server_max_window_bits\s*=\s*"?(\d+)/i.exec(offer);
-    return !m || Number(m[1]) >= 15;
-  });
-  if (kept.length === 0) delete req.headers['sec-websocket-extensions'];
-  else req.headers['sec-websocket-extensions'] = kept.join(',');
+  if (typeof header !== 'string' || !/permessage-deflate/i.test(header)) return;
+  const offers: string[] = [];
+  for (const offer of header.split(',')) {
+    const params = offer.split(';').map((p) => p.trim());
+    if (params[0].toLowerCase() !== 'permessage-deflate') {
+      offers.push(offer);
+      continue;
+    }
+    const server = params.find((p) => /^server_max_window_bits\s*=/i.test(p));
+    if (server && Number(server.split('=')[1].replace(/"/g, '').trim()) < 15) continue;
+    const shaped = params.map((p) => {
+      if (!/^client_max_window_bits(\s*=|$)/i.test(p)) return p;
+      const value = Number(p.split('=')[1]?.replace(/"/g, '').trim() ?? 15);
+      return `client_max_window_bits=${Math.min(value, INBOUND_WINDOW_BITS)}`;
+    });
+    offers.push(shaped.join('; '));
+  }
+  if (offers.length === 0) delete req.headers['sec-websocket-extensions'];
+  else req.headers['sec-websocket-extensions'] = offers.join(', ');
 }
 
 function refuse(socket: Duplex, status: number, reason: string, message: string): void {
@@ -191,9 +211,7 @@ export function createHttpServer(options: HttpServerOptions): Server {
     }
     if (socket.destroyed) return;
     const remote = (req.socket.remoteAddress ?? '') + (req.socket.remotePort ? `:${req.socket.remotePort}` : '');
-    // Offers that only accept a smaller server window than the shared frames use are dropped, so
-    // such a client is served uncompressed rather than refused (ws answers 400 when no offer fits).
-    if (config.compression === 'deflate') dropNarrowDeflateOffers(req);
+    if (config.compression === 'deflate') shapeDeflateOffers(req);
     wss.handleUpgrade(req, socket, head, (ws) => attach(hub, ws, socket, remote, principal, frames));
   }
 

@@ -171,6 +171,14 @@ describe('compression', () => {
     expect(await c.until(3, ofType('task_updated'))).toHaveLength(3);
   });
 
+  it('inflates client frames with a small window where the client lets the server choose it', async () => {
+    const s = await sidecar('cwin', { compression: 'deflate' });
+    const c = await rawClient(s, 'u1', { deflate: { threshold: 0 } });
+    expect(c.extensionsHeader).toMatch(/client_max_window_bits=9/);
+    c.ws.send(JSON.stringify({ type: 'ping', data: { note: 'compressed with a 512-byte window '.repeat(10) } }));
+    await c.until(1, ofType('pong'));
+  });
+
   it('closes 1009 on a compressed frame that inflates past maxMessageSize (a zip bomb), and answers nothing else', async () => {
     const s = await sidecar('cbomb', { compression: 'deflate' });
     const c = await rawClient(s, 'u1', { deflate: { threshold: 0 } });
