@@ -24,7 +24,7 @@ it('runs every benchmark scenario at tiny sizes against the sidecar and NATS wit
     const { results, unavailable } = JSON.parse(await readFile(out, 'utf8'));
     expect(unavailable).toEqual({});
     const keys = Object.keys(results);
-    for (const scenario of ['fanout', 'spread', 'latency', 'idle', 'connect', 'resume']) {
+    for (const scenario of ['fanout', 'spread', 'latency', 'idle', 'connect', 'resume', 'batched', 'compress', 'history']) {
       expect(keys.some((k) => k.startsWith(scenario)), scenario).toBe(true);
     }
     for (const [row, byTarget] of Object.entries(results as Record<string, Record<string, any[]>>)) {
