@@ -7,6 +7,7 @@ export {
   MessageType,
   ErrorCode,
   CloseCode,
+  BATCH_PROTOCOL,
   ProtocolError,
   parseClientMessage,
   encodeEvent,
@@ -17,3 +18,5 @@ export { startEmbeddedNats, findNatsServerBinary, NatsServerNotFoundError } from
 export { IdentityHeader, clientEventSubject } from './nats/client-events.js';
 export { publishRevocation, revokeSubject, type AuthorizationRequest } from './nats/project-authorizer.js';
 export { presenceRoutes, projectPresence, type ProjectPresence } from './http/presence-routes.js';
+export { createHistoryRouter } from './http/history-routes.js';
+export type { HistoryQuery, HistoryPage } from './core/ports.js';

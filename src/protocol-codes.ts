@@ -52,6 +52,9 @@ export const CloseCode = {
 } as const;
 export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];
 
+/** The WebSocket subprotocol a client asks for to get several envelopes per server frame, joined by "\n". */
+export const BATCH_PROTOCOL = 'nats-ws-sidecar.batch';
+
 /** Project and user ids, and the subject prefix: single NATS subject tokens. */
 export const TOKEN_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
 

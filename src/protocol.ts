@@ -11,7 +11,7 @@ import { z } from 'zod';
 import { TOKEN_PATTERN } from './config.js';
 import { ErrorCode, MessageType } from './protocol-codes.js';
 
-export { MessageType, ErrorCode, CloseCode, type Envelope, type EventEnvelope } from './protocol-codes.js';
+export { MessageType, ErrorCode, CloseCode, BATCH_PROTOCOL, type Envelope, type EventEnvelope } from './protocol-codes.js';
 
 /** An inbound message was refused; the connection lives (unless the error budget runs out). */
 export class ProtocolError extends Error {

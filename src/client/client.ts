@@ -5,7 +5,7 @@
  * across a reconnect — with no gap, because every project is re-subscribed with `since` = the
  * last seq the app saw for it. Browser-safe: no imports beyond the dependency-free protocol codes.
  */
-import { CloseCode, ErrorCode, MessageType, TOKEN_PATTERN, type EventEnvelope } from '../protocol-codes.js';
+import { BATCH_PROTOCOL, CloseCode, ErrorCode, MessageType, TOKEN_PATTERN, type EventEnvelope } from '../protocol-codes.js';
 import type { SeedEvents } from '../events.js';
 import { Emitter } from './emitter.js';
 import { ClientError, ClientErrorCode } from './errors.js';
@@ -23,9 +23,6 @@ export interface WebSocketLike {
   onerror: ((event: any) => void) | null;
 }
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
-
-/** The subprotocol that asks the server for several envelopes per frame, joined by "\n". */
-export const BATCH_PROTOCOL = 'nats-ws-sidecar.batch';
 
 /** Returns a fresh JWT; called to connect (when the last token is missing or expiring) and to refresh. */
 export type TokenProvider = () => string | Promise<string>;

@@ -15,10 +15,9 @@ export {
   type UrlProvider,
   type WebSocketLike,
   type WebSocketConstructor,
-  BATCH_PROTOCOL,
 } from './client.js';
 export type { HistoryOptions, HistoryPage } from './history.js';
 export { ClientError, ClientErrorCode } from './errors.js';
 export { tokenExpiresAt } from './token.js';
-export { CloseCode, ErrorCode, MessageType, type Envelope, type EventEnvelope } from '../protocol-codes.js';
+export { BATCH_PROTOCOL, CloseCode, ErrorCode, MessageType, type Envelope, type EventEnvelope } from '../protocol-codes.js';
 export type * from '../events.js';

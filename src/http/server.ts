@@ -12,9 +12,9 @@ import type { Config } from '../config.js';
 import { AuthError } from '../errors.js';
 import type { Connection } from '../core/connection.js';
 import type { Hub } from '../core/hub.js';
-import { CloseCode, MessageType, serverMessage } from '../protocol.js';
+import { BATCH_PROTOCOL, CloseCode, MessageType, serverMessage } from '../protocol.js';
 import type { FrameOptions } from './frames.js';
-import { BATCH_PROTOCOL, WsTransport } from './ws-transport.js';
+import { WsTransport } from './ws-transport.js';
 
 export const WS_PATH = '/ws/connect';
 

@@ -10,12 +10,10 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import WebSocket from 'ws';
 import type { OutFrame, Transport } from '../core/ports.js';
+import { BATCH_PROTOCOL } from '../protocol-codes.js';
 import { batchedFrames, singleFrame, type FrameOptions } from './frames.js';
 
 export { encodeTextFrame } from './frames.js';
-
-/** The subprotocol a client asks for to get several envelopes per frame, joined by "\n". */
-export const BATCH_PROTOCOL = 'nats-ws-sidecar.batch';
 
 export class WsTransport implements Transport {
   /** permessage-deflate was negotiated: frames over the threshold go compressed. */
