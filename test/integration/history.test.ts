@@ -172,6 +172,34 @@ describe('history limits', () => {
     expect(after.more).toBe(false);
   });
 
+  it('finds a sparse project\'s events among many others\' in both directions', async () => {
+    const s = await sidecarWith('hs', {});
+    const mine: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      mine.push(await pub.publish('hs.project.rare', 'n', { i }));
+      await Promise.all(Array.from({ length: 150 }, (_, k) => pub.publish(`hs.project.busy-${k % 7}`, 'n', { k })));
+    }
+    const c = await client(s, 'u1');
+    const latest = (await history(c, { project_id: 'rare', limit: 4 })).data;
+    expect(latest.events.map((e: any) => e.seq)).toEqual(mine.slice(2));
+    expect(latest.more).toBe(true);
+    const older = (await history(c, { project_id: 'rare', limit: 4, before: mine[2] })).data;
+    expect(older.events.map((e: any) => e.seq)).toEqual(mine.slice(0, 2));
+    expect(older.more).toBe(false);
+    const newer = (await history(c, { project_id: 'rare', limit: 3, after: mine[0] })).data;
+    expect(newer.events.map((e: any) => e.seq)).toEqual(mine.slice(1, 4));
+    expect(newer.more).toBe(true);
+  });
+
+  it('counts each history request as one request for the inbound rate limit', async () => {
+    const s = await sidecarWith('hq', { requestsPerSecond: 0.01, burstSize: 2 });
+    const c = await client(s, 'u1');
+    for (let i = 0; i < 3; i++) c.send({ type: 'history', data: { project_id: 'p' } });
+    const answers = await c.waitForMessages(3, (m) => m.type === 'history' || m.type === 'error');
+    expect(answers.filter((m) => m.type === 'history')).toHaveLength(2);
+    expect(answers.find((m) => m.type === 'error').data.code).toBe('rate_limited');
+  });
+
   it('caps the answer at historyMaxBytes and says more', async () => {
     const s = await sidecarWith('hb', { historyMaxBytes: 4096 });
     const pad = 'x'.repeat(900);
