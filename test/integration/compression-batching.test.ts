@@ -7,6 +7,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { ConfigInput } from '../../src/config.js';
+import { constants, inflateRawSync } from 'node:zlib';
+import { rawUpgrade, type RawWebSocket, type ServerFrame } from '../reliability/helpers/raw-ws.js';
 import { startTestNats, type TestNats } from '../helpers/nats.js';
 import { event, publisher, startTestSidecar, type TestSidecar } from '../helpers/sidecar.js';
 
@@ -160,6 +162,53 @@ describe('compression', () => {
     const zippedBytes = zipped.bytesRead() - start[0];
     const plainBytes = plain.bytesRead() - start[1];
     expect(zippedBytes).toBeLessThan(plainBytes * 0.5);
+  });
+
+  it('sends the same compressed bytes to every socket, inflating to the event', async () => {
+    const s = await sidecar('csame', { compression: 'deflate' });
+    const port = Number(new URL(s.httpUrl).port);
+    const open = async (user: string): Promise<{ ws: RawWebSocket; frames: ServerFrame[] }> => {
+      const answer = await rawUpgrade(port, `/ws/connect?token=${await s.token(user)}`, { 'Sec-WebSocket-Extensions': 'permessage-deflate' });
+      expect(answer.status).toBe(101);
+      expect(answer.headers['sec-websocket-extensions']).toMatch(/server_no_context_takeover/);
+      const frames: ServerFrame[] = [];
+      answer.ws!.onFrame((f) => frames.push(f));
+      return { ws: answer.ws!, frames };
+    };
+    const text = (f: ServerFrame, compressed: boolean) =>
+      compressed
+        ? inflateRawSync(Buffer.concat([f.payload, Buffer.from([0, 0, 0xff, 0xff])]), { finishFlush: constants.Z_SYNC_FLUSH }).toString()
+        : f.payload.toString();
+    const a = await open('u1');
+    const b = await open('u2');
+    /** Resolves once the socket has received `n` frames (a frame listener, not a poll). */
+    const waitFrames = (c: { ws: RawWebSocket; frames: ServerFrame[] }, n: number) =>
+      new Promise<void>((resolve, reject) => {
+        if (c.frames.length >= n) return resolve();
+        const timer = setTimeout(() => reject(new Error(`only ${c.frames.length} of ${n} frames`)), 5_000);
+        const off = c.ws.onFrame(() => {
+          if (c.frames.length < n) return;
+          clearTimeout(timer);
+          off();
+          resolve();
+        });
+      });
+    for (const c of [a, b]) {
+      await waitFrames(c, 1); // auth_success: small, so uncompressed
+      expect(JSON.parse(text(c.frames[0], false)).type).toBe('auth_success');
+      c.ws.text(JSON.stringify({ type: 'subscription', data: { action: 'subscribe', project_id: 'p' } }));
+      await waitFrames(c, 2);
+    }
+    const before = [a.frames.length, b.frames.length];
+    nc.publish('csame.project.p', taskEvent(7));
+    await Promise.all([waitFrames(a, before[0] + 1), waitFrames(b, before[1] + 1)]);
+    const fa = a.frames.at(-1)!;
+    const fb = b.frames.at(-1)!;
+    expect(fa.payload.equals(fb.payload)).toBe(true);
+    const event = JSON.parse(text(fa, true));
+    expect(event).toMatchObject({ type: 'task_updated', project_id: 'p', data: { i: 7 } });
+    a.ws.destroy();
+    b.ws.destroy();
   });
 
   it('serves a client whose offer needs a smaller server window uncompressed, not refused', async () => {
