@@ -28,18 +28,52 @@ export const markerOf = (run) => `"run":"${run}"`;
  * `t` is last so a client can find it with one indexOf; it is the publish time from now().
  */
 export class EventFactory {
-  /** @param {{ run: string, size?: number }} opts */
-  constructor({ run, size = 200 }) {
+  /**
+   * `task`: instead of padding with one repeated character (which compresses to nothing), a ~1 KB
+   * task record like a tracker publishes (title, description, assignee, labels, comments).
+   * @param {{ run: string, size?: number, task?: boolean }} opts
+   */
+  constructor({ run, size = 200, task = false }) {
     this.run = run;
+    this.task = task;
     const sample = this.#build('e000000', 'p000', 'x', now());
-    this.pad = 'x'.repeat(Math.max(1, size - Buffer.byteLength(sample) + 1));
+    this.pad = task ? '' : 'x'.repeat(Math.max(1, size - Buffer.byteLength(sample) + 1));
   }
 
   #build(id, project, pad, t) {
+    if (this.task) return this.#buildTask(id, project, t);
     return (
       `{"type":"${EVENT_TYPE}","data":{"task_id":"${id}","project_id":"${project}",` +
       `"title":"benchmark task","run":"${this.run}","pad":"${pad}","t":${t}}}`
     );
+  }
+
+  #buildTask(id, project, t) {
+    const n = Number(String(id).slice(1)) || 0;
+    const task = {
+      task_id: id,
+      project_id: project,
+      title: `Prepare the release notes for milestone ${n % 97}`,
+      description:
+        'Collect the merged changes since the last release, group them by area, and write a short summary of ' +
+        `each for the changelog. Ask the owners of items ${n % 13} and ${(n * 7) % 31} to review the wording.`,
+      status: ['todo', 'in_progress', 'review', 'done'][n % 4],
+      priority: ['low', 'medium', 'high'][n % 3],
+      assignee: { id: `user-${n % 50}`, name: `Member ${n % 50}`, email: `member${n % 50}@example.com` },
+      reporter: { id: `user-${(n * 3) % 50}`, name: `Member ${(n * 3) % 50}` },
+      labels: ['release', 'docs', n % 2 ? 'frontend' : 'backend'],
+      due_date: '2026-12-15',
+      estimate_hours: (n % 8) + 1,
+      updated_at: '2026-12-02T03:00:00.000Z',
+      comments: [
+        { id: `c${n}-1`, author: `user-${n % 50}`, text: 'I started on the API section, the UI part is still open.' },
+        { id: `c${n}-2`, author: `user-${(n + 1) % 50}`, text: 'Please mention the migration step for the new config keys.' },
+        { id: `c${n}-3`, author: `user-${(n + 2) % 50}`, text: 'Done with the review, two small wording changes left.' },
+      ],
+      run: this.run,
+      t: 0,
+    };
+    return `{"type":"${EVENT_TYPE}","data":${JSON.stringify(task).replace('"t":0', `"t":${t}`)}}`;
   }
 
   /** @param {number} seq @param {string} project */

@@ -8,7 +8,8 @@
 //                     fed to a byte-level stream parser.
 //   kind 'contract' - the sidecar and the naive bridge (PROTOCOL.md): `/ws/connect?token=JWT`,
 //                     first frame `auth_success`, send `subscription`/`subscribe`, wait for `subscribed`;
-//                     then one event per text frame.
+//                     then one event per text frame, or with `batch` (subprotocol nats-ws-sidecar.batch)
+//                     several joined by "\n"; with `deflate` the client offers permessage-deflate.
 //
 // Counting: on 2 cores the clients' own parsing competes with the target for CPU, so in the measured
 // phase a frame is NOT JSON.parsed. It counts as a delivery if it contains the phase's marker
@@ -34,6 +35,8 @@ const CONNECT_LINE =
   'CONNECT {"verbose":false,"pedantic":false,"protocol":1,"headers":false,"no_responders":false,' +
   '"lang":"bench","version":"1.0.0"}\r\nPING\r\n';
 const SAMPLE_MASK = 1023;
+const BATCH_PROTOCOL = 'nats-ws-sidecar.batch';
+const NEWLINE = 0x0a;
 
 /** @type {Array<NatsWsClient | ContractClient>} */
 let clients = [];
@@ -52,6 +55,8 @@ class Phase {
     this.hist = latency ? new Histogram() : null;
     this.received = 0;
     this.other = 0;
+    /** WebSocket messages (frames) that carried the phase's deliveries and anything else. */
+    this.frames = 0;
     this.closed = 0;
     this.lastAt = 0;
     this.verified = 0;
@@ -187,6 +192,7 @@ class NatsWsClient {
 
   /** Stream parser: frames are arbitrary slices of the NATS protocol byte stream. */
   feed(chunk) {
+    if (phase !== null) phase.frames++;
     const buf = this.pending === null ? chunk : Buffer.concat([this.pending, chunk]);
     const len = buf.length;
     let pos = 0;
@@ -238,19 +244,39 @@ class ContractClient {
    * @param {string} url base ws://host:port
    * @param {string} token
    * @param {string} project
-   * @param {{ checkSeq?: boolean, since?: number }} [opts]
+   * @param {{ checkSeq?: boolean, since?: number, batch?: boolean, deflate?: boolean }} [opts]
    */
-  constructor(url, token, project, { checkSeq = false, since } = {}) {
+  constructor(url, token, project, { checkSeq = false, since, batch = false, deflate = false } = {}) {
     this.url = `${url}/ws/connect?token=${encodeURIComponent(token)}`;
     this.project = project;
     this.checkSeq = checkSeq;
     this.since = since;
+    this.batch = batch;
+    this.deflate = deflate;
     this.count = 0;
     /** @type {Phase | null} */
     this.phase = null;
     this.ready = false;
     /** hot-path handler once subscribed: (buf) => void */
-    this.onEvent = (buf) => onDelivery(buf, 0, buf.length, this);
+    this.onEvent = batch
+      ? (buf) => this.onBatch(buf)
+      : (buf) => {
+          if (phase !== null) phase.frames++;
+          onDelivery(buf, 0, buf.length, this);
+        };
+  }
+
+  /** A batched frame: one delivery per "\n"-separated envelope, found with indexOf, not parsed. */
+  onBatch(buf) {
+    if (phase !== null) phase.frames++;
+    let start = 0;
+    for (;;) {
+      const nl = buf.indexOf(NEWLINE, start);
+      const end = nl === -1 ? buf.length : nl;
+      onDelivery(buf, start, end, this);
+      if (nl === -1) return;
+      start = nl + 1;
+    }
   }
 
   /**
@@ -266,11 +292,14 @@ class ContractClient {
       ws.on('message', (data) => {
         const buf = /** @type {Buffer} */ (data);
         if (this.ready) return this.onEvent(buf);
+        for (const line of buf.toString().split('\n')) if (!this.ready) onSetupLine(line);
+      });
+      const onSetupLine = (line) => {
         let msg;
         try {
-          msg = JSON.parse(buf.toString());
+          msg = JSON.parse(line);
         } catch {
-          return fail(new Error(`setup: not JSON: ${buf.toString().slice(0, 80)}`));
+          return fail(new Error(`setup: not JSON: ${line.slice(0, 80)}`));
         }
         if (msg.type === 'error') return fail(new Error(`setup: error ${msg.data?.code}: ${msg.data?.message}`));
         if (step === 0) {
@@ -290,7 +319,7 @@ class ContractClient {
           this.ready = true;
           resolve();
         }
-      });
+      };
     });
   }
 
@@ -318,13 +347,22 @@ function openForSetup(client, timeoutMs, reject) {
     client.ws?.terminate();
     reject(err);
   };
-  const ws = (client.ws = new WebSocket(client.url, { ...WS_OPTS, handshakeTimeout: timeoutMs }));
+  const ws = (client.ws = new WebSocket(client.url, client.batch ? [BATCH_PROTOCOL] : [], {
+    ...WS_OPTS,
+    perMessageDeflate: client.deflate ?? false,
+    handshakeTimeout: timeoutMs,
+  }));
   ws.on('close', (code) => {
     if (!client.ready) return fail(new Error(`closed during setup (${code})`));
     closedTotal++;
     if (phase) phase.closed++;
   });
   return { ws, fail, settled: () => clearTimeout(timer) };
+}
+
+/** Bytes the client's TCP socket has read (ws keeps it in the private `_socket`). */
+function bytesRead(c) {
+  return /** @type {any} */ (c.ws)?._socket?.bytesRead ?? 0;
 }
 
 /** @param {WebSocket | undefined} ws */
@@ -337,6 +375,8 @@ function resetClose(ws) {
 
 /** The user of the resume scenario (its resuming connection and the one holding its presence). */
 const RESUME_USER = 'resume-user';
+/** The history scenario's connection per target URL. */
+const historyClients = new Map();
 
 /** HS256 tokens for users `${prefix}${i}`, signed before any timing starts. */
 async function signTokens(secret, subs) {
@@ -362,7 +402,7 @@ const handlers = {
    * `${userPrefix}${i}` (or `${userPrefix}0` for all with sharedUser). Returns how many became ready
    * and how long that took (token signing excluded).
    */
-  async connect({ kind, url, from, to, projects, secret, userPrefix = 'u', sharedUser = false, checkSeq = false, concurrency = 100, timeoutMs = 15_000, deadlineMs = 120_000 }) {
+  async connect({ kind, url, from, to, projects, secret, userPrefix = 'u', sharedUser = false, checkSeq = false, batch = false, deflate = false, concurrency = 100, timeoutMs = 15_000, deadlineMs = 120_000 }) {
     const n = to - from;
     const projectOf = (i) => `p${i % projects}`;
     let tokens = [];
@@ -379,7 +419,7 @@ const handlers = {
       concurrency,
       async (k) => {
         const i = from + k;
-        const c = kind === 'nats' ? new NatsWsClient(url, projectOf(i)) : new ContractClient(url, tokens[k], projectOf(i), { checkSeq });
+        const c = kind === 'nats' ? new NatsWsClient(url, projectOf(i)) : new ContractClient(url, tokens[k], projectOf(i), { checkSeq, batch, deflate });
         try {
           await c.open(timeoutMs);
           clients.push(c);
@@ -401,7 +441,10 @@ const handlers = {
   /** Starts a phase: from now on frames with this run marker count. Answered at once. */
   arm({ run, expected, perProject, latency = false }) {
     phase = new Phase({ run, expected, perProject, latency });
-    for (const c of clients) c.count = 0;
+    for (const c of clients) {
+      c.count = 0;
+      c.bytes0 = bytesRead(c);
+    }
     if (expected === 0) phase.complete();
     return { armed: true, clients: clients.length };
   },
@@ -455,8 +498,12 @@ const handlers = {
         else if (c.count > want) over++;
       }
     }
+    let wireBytes = 0;
+    for (const c of clients) wireBytes += bytesRead(c) - (c.bytes0 ?? 0);
     return {
       outcome,
+      wireBytes,
+      frames: p.frames,
       expected: p.expected,
       received: receivedAtEnd,
       endAt,
@@ -570,6 +617,40 @@ const handlers = {
   },
 
   /**
+   * History read: one authenticated connection sends `history` with `limit` and waits for the
+   * answer; the time from the request to the parsed answer, and how many events it held. The
+   * connection is kept (and reused by the next read), as a page that reads history would.
+   */
+  async history({ url, secret, project, limit, timeoutMs = 10_000 }) {
+    let c = historyClients.get(url);
+    if (!c) {
+      const [token] = await signTokens(secret, ['history-user']);
+      c = new ContractClient(url, token, project);
+      await c.open(timeoutMs, true);
+      historyClients.set(url, c);
+      clients.push(c);
+    }
+    const client = c;
+    const answer = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no history answer within ${timeoutMs} ms`)), timeoutMs);
+      client.onEvent = (buf) => {
+        const msg = JSON.parse(buf.toString());
+        if (msg.type === 'error') {
+          clearTimeout(timer);
+          reject(new Error(`history: ${msg.data?.code} ${msg.data?.message}`));
+        } else if (msg.type === 'history') {
+          clearTimeout(timer);
+          resolve(msg);
+        }
+      };
+    });
+    const t0 = now();
+    client.ws.send(JSON.stringify({ type: 'history', data: { project_id: project, limit } }));
+    const msg = await answer;
+    return { ms: now() - t0, received: msg.data.events.length };
+  },
+
+  /**
    * Contract only: another connection ("tab") of the resume scenario's user, subscribed to
    * `project` and kept open. Presence is per user, so the resuming connection's subscribe then
    * stores no `user_joined`, which would otherwise push the oldest of exactly `maxStoredMessages`
@@ -592,6 +673,7 @@ const handlers = {
     for (const c of clients) c.close();
     const n = clients.length;
     clients = [];
+    historyClients.clear();
     phase = null;
     return { closed: n, closedByServer: closedTotal };
   },

@@ -31,9 +31,10 @@ export class Publisher {
    * Publishes `n` events as fast as possible, event k to project projects[k % projects.length],
    * yielding to the event loop every 1024 so the connection keeps flushing. Returns when flushed.
    * @param {number} n @param {string[]} projects @param {string} run @param {number} size
+   * @param {boolean} [task] ~1 KB task records instead of padded events (EventFactory)
    */
-  async burst(n, projects, run, size) {
-    const f = new EventFactory({ run, size });
+  async burst(n, projects, run, size, task = false) {
+    const f = new EventFactory({ run, size, task });
     const subjects = projects.map((p) => `ws.project.${p}`);
     this.stopped = false;
     for (let k = 0; k < n && !this.stopped; k++) {
@@ -74,9 +75,9 @@ export class Publisher {
    * so they are stored before a client asks to replay them. Returns the first and last stream seq.
    * @returns {Promise<{ stream: string, first: number, last: number }>}
    */
-  async stored(n, project, run, size) {
+  async stored(n, project, run, size, task = false) {
     const js = jetstream(this.nc);
-    const f = new EventFactory({ run, size });
+    const f = new EventFactory({ run, size, task });
     const subject = `ws.project.${project}`;
     let first = Infinity;
     let last = 0;
@@ -92,6 +93,26 @@ export class Publisher {
       }
     }
     return { stream, first, last };
+  }
+
+  /**
+   * A raw ordered-consumer read of `n` stored events of `subject` (the history scenario's
+   * reference): from consumer creation to the n-th message. Returns { ms, received }.
+   */
+  async orderedRead(stream, subject, n) {
+    const js = jetstream(this.nc);
+    const t0 = now();
+    const consumer = await js.consumers.get(stream, { filter_subjects: subject });
+    const messages = await consumer.consume({ max_messages: 1000 });
+    let received = 0;
+    for await (const m of messages) {
+      received++;
+      m.json(); // the sidecar's reader parses its answer too
+      if (received >= n || m.info.pending === 0) break;
+    }
+    const ms = now() - t0;
+    await messages.close().catch(() => {});
+    return { ms, received };
   }
 
   /** Creates a stream (for the NATS target's own replay comparison). */

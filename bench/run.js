@@ -23,12 +23,14 @@ import * as S from './scenarios.js';
 import { uploadBench, uploadTable } from './upload.js';
 import { ROOT, TARGETS, Unavailable } from './targets.js';
 
-const ALL_SCENARIOS = ['fanout', 'spread', 'latency', 'idle', 'connect', 'resume', 'upload'];
+const ALL_SCENARIOS = ['fanout', 'spread', 'latency', 'idle', 'connect', 'resume', 'batched', 'compress', 'history', 'upload'];
 const ALL_TARGETS = ['nats', 'sidecar', 'naive'];
+/** Also accepted by --targets; the compress scenario adds sidecar-deflate by itself when sidecar runs. */
+const KNOWN_TARGETS = [...ALL_TARGETS, 'sidecar-deflate'];
 
 const FLAGS = {
   scenarios: { type: 'string', default: ALL_SCENARIOS.join(','), help: 'comma-separated subset of ' + ALL_SCENARIOS.join(',') },
-  targets: { type: 'string', default: ALL_TARGETS.join(','), help: 'comma-separated subset of ' + ALL_TARGETS.join(',') },
+  targets: { type: 'string', default: ALL_TARGETS.join(','), help: 'comma-separated subset of ' + KNOWN_TARGETS.join(',') },
   runs: { type: 'string', default: '3', help: 'runs of fanout, connect, resume (table shows medians)' },
   'long-runs': { type: 'string', default: '1', help: 'runs of spread, latency and idle (the long ones; 3 makes the run ~2 minutes longer)' },
   quick: { type: 'boolean', default: false, help: 'tiny sizes, 1 run, no BENCHMARKS.md (CI smoke run)' },
@@ -53,6 +55,12 @@ const FLAGS = {
   'resume-events': { type: 'string', default: '1000', quick: '100' },
   'upload-mib': { type: 'string', default: '256', quick: '8', help: 'upload scenario: file size for MB/s (tus and single request vs a raw Object Store put)' },
   'upload-rss-mib': { type: 'string', default: '1024', quick: '32', help: 'upload scenario: size of the upload during which sidecar RSS is sampled' },
+  'batched-clients': { type: 'string', default: '500', quick: '50' },
+  'batched-events': { type: 'string', default: '2000', quick: '200' },
+  'compress-clients': { type: 'string', default: '500', quick: '50' },
+  'compress-events': { type: 'string', default: '2000', quick: '200' },
+  'history-events': { type: 'string', default: '1000', quick: '100' },
+  'history-reads': { type: 'string', default: '5', quick: '2', help: 'measured history reads per run (median), after one warm-up read' },
   'payload-bytes': { type: 'string', default: '200' },
   'shared-user': { type: 'boolean', default: false, help: 'all clients use one user id (default: one user per client)' },
   'sidecar-bin': { type: 'string', default: 'bin/nats-ws-sidecar.js' },
@@ -91,7 +99,11 @@ const list = (k, allowed) => {
 };
 
 const scenarios = list('scenarios', ALL_SCENARIOS);
-const targets = list('targets', ALL_TARGETS);
+const targets = list('targets', KNOWN_TARGETS);
+// Compression on and off side by side: the compress scenario measures the sidecar both ways.
+if (scenarios.includes('compress') && targets.includes('sidecar') && !targets.includes('sidecar-deflate')) {
+  targets.splice(targets.indexOf('sidecar') + 1, 0, 'sidecar-deflate');
+}
 const runs = quick && argv.runs === undefined ? 1 : Math.max(1, Math.floor(num('runs')));
 const longRuns = Math.max(1, Math.floor(num('long-runs')));
 const size = num('payload-bytes');
@@ -127,6 +139,7 @@ const fmtMs = (v) => (!Number.isFinite(v) ? '-' : v >= 100 ? v.toFixed(0) : v.to
  * @property {string} [shared]   rows with the same value come from one measurement
  * @property {(issue: string) => boolean} [issueFilter]  which of a shared measurement's issues concern this row
  * @property {Record<string, string>} [naFor]  targets for which the row does not apply, and why
+ * @property {string[]} [only]  the only targets the row runs against (default: every target but sidecar-deflate)
  */
 
 /** @type {Row[]} */
@@ -137,6 +150,9 @@ const lat = { clients: num('latency-clients'), seconds: num('latency-seconds'), 
 const idl = { clients: num('idle-clients'), projects: num('idle-projects'), settleSeconds: num('idle-settle'), seconds: num('idle-seconds') };
 const con = { clients: num('connect-clients'), projects: num('connect-projects'), concurrency: num('connect-concurrency') };
 const res = { events: num('resume-events') };
+const bat = { clients: num('batched-clients'), events: num('batched-events') };
+const cmp = { clients: num('compress-clients'), events: num('compress-events') };
+const his = { events: num('history-events'), reads: Math.max(1, Math.floor(num('history-reads'))) };
 const common = { size, sharedUser, capSeconds: num('max-phase-seconds') };
 
 for (const sc of scenarios) {
@@ -188,6 +204,26 @@ for (const sc of scenarios) {
       run: (t, l, p) => S.resume(t, l, p, { ...res, ...common }),
       show: (m) => fmtMs(m.ms),
     });
+  } else if (sc === 'batched' || sc === 'compress') {
+    // One measurement per run, several rows: rate, server CPU per delivery, bytes on the wire, RSS.
+    const batched = sc === 'batched';
+    const dims = batched ? bat : cmp;
+    const what = batched
+      ? `Batched fan-out: ${dims.clients} clients, ${dims.events} events (sidecar clients ask for batched frames)`
+      : `Compression: ${dims.clients} clients, ${dims.events} ~1 KB task events (batched; clients offer permessage-deflate)`;
+    const run = (t, l, p) => S.frames(t, l, p, { name: sc, ...dims, ...common, batch: true, deflate: !batched, task: !batched });
+    const base = { scenario: sc, shared: sc, runs, loaders: loadersFor(dims.clients, true), run, only: batched ? ['nats', 'sidecar', 'naive'] : ['nats', 'sidecar', 'sidecar-deflate'] };
+    rows.push({ ...base, id: `${sc}-rate`, label: what, metric: 'deliveries/s', better: 'higher', ratioKey: 'rate', keys: ['rate'], show: (m) => fmtRate(m.rate) });
+    rows.push({ ...base, id: `${sc}-cpu`, label: `${batched ? 'Batched fan-out' : 'Compression'}: server CPU (target + its nats-server)`, metric: 'CPU s per million deliveries', better: 'lower', ratioKey: 'cpuPerM', keys: ['cpuPerM'], show: (m) => fix(m.cpuPerM, 2) });
+    rows.push({ ...base, id: `${sc}-wire`, label: `${batched ? 'Batched fan-out' : 'Compression'}: bytes on the wire`, metric: 'bytes per delivery (frames per delivery)', better: 'lower', ratioKey: 'bytesPerDelivery', keys: ['bytesPerDelivery', 'framesPerDelivery'], show: (m) => `${fix(m.bytesPerDelivery, 0)} (${fix(m.framesPerDelivery, 3)})` });
+    rows.push({ ...base, id: `${sc}-rss`, label: `${batched ? 'Batched fan-out' : 'Compression'}: memory`, metric: 'RSS per connection, KB', better: 'lower', ratioKey: 'rssPerConnKB', keys: ['rssPerConnKB'], show: (m) => fix(m.rssPerConnKB, 1) });
+  } else if (sc === 'history') {
+    rows.push({
+      id: 'history', scenario: sc, label: `History: read ${his.events} stored events (NATS column: a raw ordered-consumer read with nats.js)`,
+      metric: 'ms (median of reads)', better: 'lower', runs, loaders: 1, ratioKey: 'ms', keys: ['ms'], only: ['nats', 'sidecar'],
+      run: (t, l, p) => S.historyRead(t, l, p, { ...his, ...common }),
+      show: (m) => fmtMs(m.ms),
+    });
   }
 }
 
@@ -218,6 +254,9 @@ if (loadStart > 0.5 * os.cpus().length) log(`bench: warning: load average ${load
 
 log(`bench: scenarios ${scenarios.join(',')}; targets ${targets.join(',')}; runs ${runs} (spread/latency/idle ${longRuns})${quick ? '; quick' : ''}`);
 
+/** Rows run against every selected target except sidecar-deflate, unless they name their own. */
+const runsAgainst = (row, target) => (row.only ? row.only.includes(target) : target !== 'sidecar-deflate');
+
 const done = new Set();
 const started = new Set();
 for (const row of rows) {
@@ -228,7 +267,7 @@ for (const row of rows) {
   for (let run = 1; run <= row.runs; run++) {
     for (const target of targets) {
       const tag = `${row.shared ?? row.id} run ${run}/${row.runs} ${target}`;
-      if (unavailable[target]) continue;
+      if (unavailable[target] || !runsAgainst(row, target)) continue;
       let r;
       const ts = now();
       try {
@@ -283,6 +322,7 @@ const rowIssues = (row, r) => (r.issues ?? []).filter((s) => !row.issueFilter ||
 function cell(row, target) {
   if (unavailable[target]) return 'unavailable';
   if (row.naFor?.[target]) return `n/a (${row.naFor[target]})`;
+  if (!runsAgainst(row, target)) return 'n/a';
   const rs = results[row.id][target];
   if (!rs.length) return '-';
   if (rs.every((r) => r.error)) return `error (see notes)`;

@@ -64,14 +64,14 @@ export async function withTarget(name, loaders, opts, fn) {
  * 150 handshakes in flight per loader: enough to keep a loader busy, and with two loaders still
  * below the default listen backlog (511) of a Node server, so no SYN is dropped and retried 1 s later.
  */
-async function connectAll(t, loaders, { clients, projects, userPrefix = 'u', sharedUser = false, concurrency = 150, deadlineMs = 120_000 }) {
+async function connectAll(t, loaders, { clients, projects, userPrefix = 'u', sharedUser = false, batch = false, deflate = false, concurrency = 150, deadlineMs = 120_000 }) {
   const parts = split(clients, loaders.length);
   const t0 = now();
   const res = await Promise.all(
     loaders.map((l, j) =>
       l.request(
         'connect',
-        { kind: t.kind, url: t.wsUrl, ...parts[j], projects, secret: t.secret, userPrefix, sharedUser, checkSeq: t.checkSeq, concurrency, deadlineMs },
+        { kind: t.kind, url: t.wsUrl, ...parts[j], projects, secret: t.secret, userPrefix, sharedUser, checkSeq: t.checkSeq, batch, deflate, concurrency, deadlineMs },
         deadlineMs + 30_000,
       ),
     ),
@@ -144,6 +144,8 @@ async function phase(t, loaders, parts, pub, { run, counts, latency = false, tim
       loaderElu: +Math.max(...rs.map((r) => r.elu)).toFixed(2),
       sampled: sum('verified'),
       otherFrames: sum('other'),
+      wireBytes: sum('wireBytes'),
+      frames: sum('frames'),
     },
   };
 }
@@ -355,4 +357,77 @@ export async function resume(t, loaders, pub, o) {
     );
   }
   return { metrics: { ms: r.ms }, issues, details: { events: r.received, outcome: r.outcome } };
+}
+
+/**
+ * Frames: fan-out as `throughput`, with the contract clients asking for batched frames
+ * (`batch`) and offering permessage-deflate (`deflate`), optionally with ~1 KB task records
+ * (`task`). Besides deliveries/s: the CPU the target and its nats-server spent per million
+ * deliveries in the measured phase, the bytes the clients' sockets read per delivery, frames per
+ * delivery, and the target's RSS per connection (after connecting and settling).
+ * @returns {Promise<Result>}
+ */
+export async function frames(t, loaders, pub, o) {
+  const { clients, events } = o;
+  const rss0 = rssBytes(t.pid);
+  const { parts } = await connectAll(t, loaders, { clients, projects: 1, sharedUser: o.sharedUser, batch: o.batch, deflate: o.deflate });
+  await settle(t);
+  const rss1 = rssBytes(t.pid);
+  const ids = ['p0'];
+  const warmEvents = Math.min(events, 50);
+  const warm = await phase(t, loaders, parts, pub, {
+    run: `${o.name}-warm`,
+    counts: { p0: warmEvents },
+    timeoutMs: phaseTimeout(warmEvents * clients),
+    publish: () => pub.burst(warmEvents, ids, `${o.name}-warm`, o.size, o.task),
+  });
+  const m = await phase(t, loaders, parts, pub, {
+    run: o.name,
+    counts: { p0: events },
+    timeoutMs: phaseTimeout(events * clients),
+    capMs: o.capSeconds * 1000,
+    publish: () => pub.burst(events, ids, o.name, o.size, o.task),
+  });
+  const d = m.details;
+  const cpuS = d.targetCpuS + (d.natsCpuS ?? 0);
+  return {
+    metrics: {
+      rate: m.rate,
+      cpuPerM: (cpuS / Math.max(1, d.deliveries)) * 1e6,
+      bytesPerDelivery: d.wireBytes / Math.max(1, d.deliveries),
+      framesPerDelivery: d.frames / Math.max(1, d.deliveries),
+      rssPerConnKB: (rss1 - rss0) / clients / 1024,
+    },
+    issues: [...warm.issues.map((s) => `warm-up: ${s}`), ...m.issues],
+    details: d,
+  };
+}
+
+/**
+ * History read: `events` events stored in one project, then the time to read them back.
+ * Sidecar: one `history` request with limit `events` over its WebSocket, from the request to the
+ * parsed answer. NATS (the reference the target is measured against): a raw ordered-consumer read
+ * of the same number of stored events with nats.js over TCP, from consumer creation to the last
+ * message. One unmeasured read first (warm-up); the median of `reads` reads after it.
+ * @returns {Promise<Result>}
+ */
+export async function historyRead(t, loaders, pub, o) {
+  if (t.name === 'naive') return { metrics: {}, issues: [], details: {}, na: 'no history' };
+  const [l] = loaders;
+  if (t.kind === 'nats') await pub.addStream('BENCH', ['ws.project.>']);
+  const s = await pub.stored(o.events, 'hist', 'hist', o.size, o.task);
+  const times = [];
+  let received = 0;
+  for (let i = 0; i <= o.reads; i++) {
+    const r =
+      t.kind === 'nats'
+        ? await pub.orderedRead(s.stream, 'ws.project.hist', o.events)
+        : await l.request('history', { url: t.wsUrl, secret: t.secret, project: 'hist', limit: o.events }, 30_000);
+    if (r.error) throw new Error(r.error);
+    received = r.received;
+    if (i > 0) times.push(r.ms);
+  }
+  times.sort((a, b) => a - b);
+  const issues = received < o.events ? [`${received}/${o.events} events read`] : [];
+  return { metrics: { ms: times[Math.floor(times.length / 2)] }, issues, details: { events: received, reads: o.reads, minMs: +times[0].toFixed(2) } };
 }

@@ -19,12 +19,14 @@ export const ROOT = dirname(here);
 export const TARGETS = /** @type {const} */ ({
   nats: { label: 'NATS WS listener', kind: 'nats', checkSeq: false },
   sidecar: { label: 'sidecar', kind: 'contract', checkSeq: true },
+  // The same sidecar with SIDECAR_COMPRESSION=deflate (the compression scenario's "on").
+  'sidecar-deflate': { label: 'sidecar, compression on', kind: 'contract', checkSeq: true },
   naive: { label: 'naive bridge', kind: 'contract', checkSeq: false },
 });
 
 /**
  * @typedef {object} Target
- * @property {string} name         nats | sidecar | naive
+ * @property {string} name         nats | sidecar | sidecar-deflate | naive
  * @property {'nats' | 'contract'} kind
  * @property {boolean} checkSeq
  * @property {string} wsUrl        where clients connect (base URL for contract targets)
@@ -39,14 +41,15 @@ export const TARGETS = /** @type {const} */ ({
 export class Unavailable extends Error {}
 
 /**
- * @param {'nats' | 'sidecar' | 'naive'} name
+ * @param {'nats' | 'sidecar' | 'sidecar-deflate' | 'naive'} name
  * @param {{ verbose?: boolean, sidecarBin?: string, nodeArgs?: string[], startTimeoutMs?: number }} opts
  * @returns {Promise<Target>}
  */
 export async function startTarget(name, { verbose = false, sidecarBin = 'bin/nats-ws-sidecar.js', nodeArgs = [], startTimeoutMs = 30_000 } = {}) {
   const def = TARGETS[name];
   if (!def) throw new Error(`unknown target ${name}`);
-  if (name === 'sidecar' && !existsSync(join(ROOT, sidecarBin))) {
+  const sidecar = name === 'sidecar' || name === 'sidecar-deflate';
+  if (sidecar && !existsSync(join(ROOT, sidecarBin))) {
     throw new Unavailable(`${sidecarBin} not found (sidecar not built yet)`);
   }
   const nats = await startNatsServer({ verbose });
@@ -63,8 +66,9 @@ export async function startTarget(name, { verbose = false, sidecarBin = 'bin/nat
     LOG_LEVEL: 'warn',
     // configuration must come from the env above and the shipped defaults only
     SIDECAR_CONFIG: '',
+    ...(name === 'sidecar-deflate' ? { SIDECAR_COMPRESSION: 'deflate' } : {}),
   };
-  const script = name === 'sidecar' ? join(ROOT, sidecarBin) : join(here, 'naive-bridge.js');
+  const script = sidecar ? join(ROOT, sidecarBin) : join(here, 'naive-bridge.js');
   const proc = new Proc(name, process.execPath, [...nodeArgs, script], { env, cwd: ROOT, verbose });
   const stop = async () => {
     await proc.stop(2000);
@@ -75,7 +79,7 @@ export async function startTarget(name, { verbose = false, sidecarBin = 'bin/nat
     await waitHealthy(`http://127.0.0.1:${port}/${name === 'sidecar' ? 'readyz' : 'healthz'}`, proc, startTimeoutMs);
   } catch (e) {
     await stop();
-    throw name === 'sidecar' ? new Unavailable(String(e.message)) : e;
+    throw sidecar ? new Unavailable(String(e.message)) : e;
   }
   return { name, ...def, wsUrl: `ws://127.0.0.1:${port}`, natsUrl: nats.url, pid: proc.pid, natsPid: nats.pid, secret, stop };
 }

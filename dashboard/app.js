@@ -468,12 +468,15 @@ const live = {
     clearTimeout(this.retryTimer);
     const url = new URL(WS_URL);
     if (this.tokenInUrl) url.searchParams.set('token', session.token);
-    const ws = new WebSocket(url);
+    // Batched frames: a busy project's events arrive several to a frame, joined by "\n".
+    const ws = new WebSocket(url, ['nats-ws-sidecar.batch']);
     this.ws = ws;
     this.authenticated = false;
     setPill('live-status', 'pending', 'live view connecting…');
     ws.addEventListener('message', (e) => {
-      if (ws === this.ws) this.onMessage(e.data);
+      if (ws !== this.ws) return;
+      if (typeof e.data === 'string' && e.data.includes('\n')) for (const line of e.data.split('\n')) this.onMessage(line);
+      else this.onMessage(e.data);
     });
     ws.addEventListener('close', (e) => {
       if (ws === this.ws) this.onClose(e);

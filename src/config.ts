@@ -162,6 +162,14 @@ export const configSchema = z.object({
   lifecycleMaxBytes: int(-1),
   /** KV bucket of every open connection per instance: what the fleet announces when an instance dies. */
   lifecycleBucket: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must match [A-Za-z0-9_-]{1,64}'),
+  /** Largest history answer, bytes of events: a page stops before the event that would pass it (`more` is then true). */
+  historyMaxBytes: int(1024),
+  /** `deflate`: permessage-deflate for clients that offer it, each event compressed once for every socket. */
+  compression: z.enum(['off', 'deflate']),
+  /** Frames shorter than this many bytes go uncompressed (deflate gains little on them). */
+  compressionThreshold: int(0),
+  /** Largest batched frame (subprotocol nats-ws-sidecar.batch), bytes before compression; one bigger envelope goes alone. */
+  batchFrameBytes: int(1024, 16 * 1024 * 1024),
   /** Event types clients may send (`client_event`); empty = none. */
   clientEvents: list().pipe(z.array(z.string().regex(TOKEN_PATTERN, 'each type must match [A-Za-z0-9_-]{1,128}'))),
 

@@ -10,6 +10,7 @@ export {
   MessageType,
   ErrorCode,
   CloseCode,
+  BATCH_PROTOCOL,
   ProtocolError,
   type ClientMessage,
   type PublishedEvent,
@@ -18,3 +19,5 @@ export { reconnectPolicy, type ReconnectPolicy } from './protocol-codes.js';
 export { findNatsServerBinary, NatsServerNotFoundError } from './nats/embedded-server.js';
 export { IdentityHeader, clientEventSubject } from './nats/client-events.js';
 export { publishRevocation, revokeSubject, type AuthorizationRequest } from './nats/project-authorizer.js';
+export { createHistoryRouter } from './http/history-routes.js';
+export type { HistoryQuery, HistoryPage } from './core/ports.js';

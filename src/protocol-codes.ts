@@ -12,6 +12,7 @@ export const MessageType = {
   Ack: 'ack',
   Presence: 'presence', // also the answer's type
   ClientEvent: 'client_event',
+  History: 'history', // also the answer's type
   // server -> client
   AuthRequired: 'auth_required',
   AuthSuccess: 'auth_success',
@@ -69,6 +70,9 @@ const CLOSE_POLICY: Readonly<Partial<Record<number, ReconnectPolicy>>> = {
 export function reconnectPolicy(code: number): ReconnectPolicy {
   return CLOSE_POLICY[code] ?? 'reconnect';
 }
+
+/** The WebSocket subprotocol a client asks for to get several envelopes per server frame, joined by "\n". */
+export const BATCH_PROTOCOL = 'nats-ws-sidecar.batch';
 
 /** Project and user ids, and the subject prefix: single NATS subject tokens. */
 export const TOKEN_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;

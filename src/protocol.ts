@@ -12,7 +12,7 @@ import { TOKEN_PATTERN } from './config.js';
 import { SidecarError } from './errors.js';
 import { ErrorCode, MessageType } from './protocol-codes.js';
 
-export { MessageType, ErrorCode, CloseCode, type Envelope, type EventEnvelope } from './protocol-codes.js';
+export { MessageType, ErrorCode, CloseCode, BATCH_PROTOCOL, type Envelope, type EventEnvelope } from './protocol-codes.js';
 
 /** An inbound message was refused; the connection lives (unless the error budget runs out). */
 export class ProtocolError extends SidecarError {
@@ -31,6 +31,19 @@ const envelope = {
   message_id: z.string().max(128).optional(),
 };
 
+/** Events a history request returns when it gives no `limit`, and the most it may ask for. */
+export const HISTORY_DEFAULT_LIMIT = 100;
+export const HISTORY_MAX_LIMIT = 1000;
+
+const historyQuerySchema = z
+  .object({
+    project_id: id,
+    limit: z.number().int().min(1).max(HISTORY_MAX_LIMIT).optional(),
+    before: seq.min(1).optional(),
+    after: seq.optional(),
+  })
+  .refine((q) => q.before === undefined || q.after === undefined, { message: 'give before or after, not both', path: ['before'] });
+
 const clientMessageSchema = z.discriminatedUnion('type', [
   z.object({ type: z.literal('auth'), data: z.object({ token: z.string().min(1) }), ...envelope }),
   z.object({
@@ -44,6 +57,7 @@ const clientMessageSchema = z.discriminatedUnion('type', [
   z.object({ type: z.literal('ping'), data: z.unknown().optional(), ...envelope }),
   z.object({ type: z.literal('ack'), data: z.object({ seq: seq.min(1) }), ...envelope }),
   z.object({ type: z.literal('presence'), data: z.object({ project_id: id }), ...envelope }),
+  z.object({ type: z.literal('history'), data: historyQuerySchema, ...envelope }),
   z.object({
     type: z.literal('client_event'),
     // `event` becomes a subject token; unknown fields (a forged user_id, say) are dropped here.
@@ -53,7 +67,7 @@ const clientMessageSchema = z.discriminatedUnion('type', [
 ]);
 
 export type ClientMessage = z.infer<typeof clientMessageSchema>;
-export const CLIENT_MESSAGE_TYPES: readonly string[] = ['auth', 'subscription', 'ping', 'ack', 'presence', 'client_event'];
+export const CLIENT_MESSAGE_TYPES: readonly string[] = ['auth', 'subscription', 'ping', 'ack', 'presence', 'client_event', 'history'];
 
 /** Parse one inbound text frame. Throws ProtocolError(invalid_message) with a precise reason. */
 export function parseClientMessage(text: string): ClientMessage {
@@ -80,6 +94,44 @@ export function parseClientMessage(text: string): ClientMessage {
     throw new ProtocolError(ErrorCode.InvalidMessage, `field "${field}": ${issue.message}`, { type, field });
   }
   return result.data;
+}
+
+export type HistoryRequest = Extract<ClientMessage, { type: 'history' }>['data'];
+
+/**
+ * A history request from HTTP query parameters (`limit`, `before`, `after`: decimal digits).
+ * Throws ProtocolError(invalid_message) naming the parameter, like a WebSocket request's fields.
+ */
+export function parseHistoryParams(projectId: string, params: Record<string, string | string[] | undefined>): HistoryRequest {
+  const raw: Record<string, unknown> = { project_id: projectId };
+  for (const key of ['limit', 'before', 'after']) {
+    const value = params[key];
+    if (value === undefined) continue;
+    if (typeof value !== 'string' || !/^\d{1,16}$/.test(value)) {
+      throw new ProtocolError(ErrorCode.InvalidMessage, `parameter "${key}" must be a non-negative integer`, { field: key });
+    }
+    raw[key] = Number(value);
+  }
+  const result = historyQuerySchema.safeParse(raw);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    const field = issue.path.join('.') || 'query';
+    throw new ProtocolError(ErrorCode.InvalidMessage, `parameter "${field}": ${issue.message}`, { field });
+  }
+  return result.data;
+}
+
+/**
+ * The `data` of a history answer as JSON, with the events' texts spliced in as they are (each
+ * already serialised once, when read): no parse and re-serialise of what may be a megabyte.
+ */
+export function historyData(projectId: string, epoch: string, eventTexts: readonly string[], more: boolean): string {
+  return `{"project_id":${JSON.stringify(projectId)},"epoch":${JSON.stringify(epoch)},"events":[${eventTexts.join(',')}],"more":${more}}`;
+}
+
+/** The WebSocket answer to a history request, around `historyData`'s JSON. */
+export function historyMessage(data: string, messageId: string = randomUUID()): string {
+  return `{"type":"${MessageType.History}","data":${data},"timestamp":"${new Date().toISOString()}","message_id":${JSON.stringify(messageId)}}`;
 }
 
 /** Best effort: the client's message_id, to echo on errors about it. */

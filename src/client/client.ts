@@ -7,10 +7,11 @@
  * no longer holds it, or was created anew) the app is told with `history_truncated`, never left
  * with a silent skip. Browser-safe: no imports beyond the dependency-free protocol codes.
  */
-import { CloseCode, ErrorCode, MessageType, TOKEN_PATTERN, reconnectPolicy, type EventEnvelope } from '../protocol-codes.js';
+import { BATCH_PROTOCOL, CloseCode, ErrorCode, MessageType, TOKEN_PATTERN, reconnectPolicy, type EventEnvelope } from '../protocol-codes.js';
 import type { SeedEvents } from '../events.js';
 import { Emitter } from './emitter.js';
 import { ClientError, ClientErrorCode } from './errors.js';
+import { HistoryRequests, type HistoryOptions, type HistoryPage } from './history.js';
 import { tokenExpiresAt } from './token.js';
 import { httpBaseOf, uploadFile, type FileInfo, type UploadOptions, type UploadSource } from './uploads.js';
 
@@ -24,7 +25,7 @@ export interface WebSocketLike {
   onclose: ((event: any) => void) | null;
   onerror: ((event: any) => void) | null;
 }
-export type WebSocketConstructor = new (url: string) => WebSocketLike;
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
 
 /** Returns a fresh JWT; called to connect (when the last token is missing or expiring) and to refresh. */
 export type TokenProvider = () => string | Promise<string>;
@@ -69,6 +70,8 @@ export interface Options {
   requestBurst?: number;
   /** How many direct/broadcast seqs are remembered to drop redeliveries. Default `1000`. */
   dedupeWindow?: number;
+  /** Ask for batched frames (subprotocol `nats-ws-sidecar.batch`): fewer frames, same events. Default `true`. */
+  batch?: boolean;
 }
 
 const DEFAULTS = {
@@ -83,6 +86,7 @@ const DEFAULTS = {
   maxRequestsPerSecond: 8,
   requestBurst: 16,
   dedupeWindow: 1000,
+  batch: true,
 } satisfies Partial<Options>;
 
 /**
@@ -219,6 +223,7 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
   private readonly projects = new Map<string, ProjectState>();
   private readonly unsubscribing = new Map<string, Deferred<void>[]>();
   private readonly inflight = new Map<string, Request>();
+  private readonly historyRequests: HistoryRequests;
   private nextRequestId = 0;
   /** Requests refused (rate_limited) or answered with processing_error in a row, for the retry backoff. */
   private requestRetries = 0;
@@ -250,6 +255,24 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
       throw new ClientError(ClientErrorCode.InvalidArgument, 'options.token must be a JWT or a function returning one');
     }
     this.options = { ...DEFAULTS, ...options };
+    this.historyRequests = new HistoryRequests((message) => {
+      if (this.currentState !== 'connected') return false;
+      this.write(message);
+      return true;
+    }, this.options.timeout);
+    this.on('message', (msg) => this.historyRequests.onMessage(msg));
+    this.on('state', ({ state }) => {
+      if (state !== 'connected') this.historyRequests.failAll(new ClientError(ClientErrorCode.Disconnected, 'connection closed'));
+    });
+  }
+
+  /**
+   * A page of the project's stored events, ascending by seq: the latest `limit` (default 100),
+   * the `limit` before `before`, or the `limit` after `after`. `more` says whether further events
+   * exist in that direction. Needs a connection; authorized like a subscribe (`forbidden`).
+   */
+  history(projectId: string, options: HistoryOptions = {}): Promise<HistoryPage> {
+    return this.historyRequests.request(projectId, options);
   }
 
   get state(): ConnectionState {
@@ -320,7 +343,7 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
     let ws: WebSocketLike;
     try {
       if (!WS) throw new Error('no WebSocket implementation: pass options.WebSocket (e.g. from the "ws" package)');
-      ws = new WS(this.nextUrl());
+      ws = this.options.batch ? new WS(this.nextUrl(), [BATCH_PROTOCOL]) : new WS(this.nextUrl());
     } catch (err) {
       const error = new ClientError(ClientErrorCode.TransportError, (err as Error).message, { cause: err });
       this.fire('error', error);
@@ -501,6 +524,8 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
 
   private onFrame(ws: WebSocketLike, raw: unknown): void {
     if (typeof raw !== 'string') return; // the server sends text frames only
+    // A batched frame: envelopes joined by "\n" (JSON never holds a raw newline).
+    if (raw.includes('\n')) return raw.split('\n').forEach((piece) => this.onFrame(ws, piece));
     let msg: { type?: unknown; data?: unknown; seq?: unknown; project_id?: unknown };
     try {
       msg = JSON.parse(raw);

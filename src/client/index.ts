@@ -17,8 +17,18 @@ export {
   type WebSocketLike,
   type WebSocketConstructor,
 } from './client.js';
+export type { HistoryOptions, HistoryPage } from './history.js';
 export { ClientError, ClientErrorCode } from './errors.js';
 export { uploadFile, httpBaseOf, type FileInfo, type UploadOptions, type UploadSource, type UploadContext } from './uploads.js';
 export { tokenExpiresAt } from './token.js';
-export { CloseCode, ErrorCode, MessageType, reconnectPolicy, type ReconnectPolicy, type Envelope, type EventEnvelope } from '../protocol-codes.js';
+export {
+  BATCH_PROTOCOL,
+  CloseCode,
+  ErrorCode,
+  MessageType,
+  reconnectPolicy,
+  type ReconnectPolicy,
+  type Envelope,
+  type EventEnvelope,
+} from '../protocol-codes.js';
 export type * from '../events.js';

@@ -47,6 +47,7 @@ export type HubConfig = Pick<
   | 'maxMessageSize'
   | 'inboxAckMode'
   | 'inboxAckWait'
+  | 'historyMaxBytes'
 >;
 
 /** How many publisher message ids the hub remembers for deduplication. */

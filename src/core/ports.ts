@@ -9,6 +9,10 @@ export interface OutFrame {
   readonly text: string;
   /** The transport's encoded form (a WebSocket frame), filled in by the first transport that writes it. */
   wire?: unknown;
+  /** The same, compressed (permessage-deflate), for sockets that negotiated it: also encoded once. */
+  deflated?: unknown;
+  /** The transport's batched frames starting with this one, reused by sockets that write the same frames. */
+  batch?: unknown;
 }
 
 /** One client socket, as the core sees it. */
@@ -60,6 +64,24 @@ export interface ReplayResult {
   readonly restarted: boolean;
 }
 
+/** A page of a topic's stored events: the latest `limit`, or those just before `before` / after `after`. */
+export interface HistoryQuery {
+  readonly limit: number;
+  readonly before?: number;
+  readonly after?: number;
+  /** Stop adding events once their JSON would pass this many bytes (the reply then says `more`). */
+  readonly maxBytes: number;
+}
+
+export interface HistoryPage {
+  /** The epoch the seqs belong to. */
+  readonly epoch: string;
+  /** Ascending by seq. */
+  readonly events: readonly StoredEvent[];
+  /** More stored events exist in the direction read (older for latest / before, newer for after). */
+  readonly more: boolean;
+}
+
 /** What the core asks of the message broker. */
 export interface BrokerPort {
   /** The first local subscriber of a topic arrived (true) or the last one left (false). */
@@ -86,6 +108,8 @@ export interface BrokerPort {
    * connection that just opened gets before live ones. Never rejects.
    */
   backlog(userId: string, onEvent: (event: StoredEvent) => void): Promise<void>;
+  /** A page of the topic's stored events (the `history` request). */
+  historyPage(topic: Topic, query: HistoryQuery): Promise<HistoryPage>;
   /** The client acknowledged the direct message `seq` (from any of the user's connections, on any instance). */
   acknowledge(userId: string, seq: number): void;
   /** Every direct message of the user up to `seq` was written to one of its sockets here (ack-on-write). */

@@ -3,7 +3,20 @@
  * connection and a validated message; throwing a ProtocolError answers the client with its code.
  */
 import { AuthError } from '../errors.js';
-import { CloseCode, ErrorCode, MessageType, ProtocolError, serverMessage, type ClientMessage } from '../protocol.js';
+import {
+  CloseCode,
+  ErrorCode,
+  HISTORY_DEFAULT_LIMIT,
+  MessageType,
+  ProtocolError,
+  historyData,
+  historyMessage,
+  serverMessage,
+  type ClientMessage,
+  type HistoryRequest,
+} from '../protocol.js';
+import type { Principal } from '../auth.js';
+import type { ProjectAccessPort, BrokerPort } from './ports.js';
 import type { Connection } from './connection.js';
 import { topics, type StoredEvent } from './ports.js';
 
@@ -22,6 +35,36 @@ async function checkAccess(conn: Connection, projectId: string, what: string): P
       project_id: projectId,
     });
   }
+}
+
+/**
+ * A page of a project's stored events as the `data` JSON of a history answer, for the WebSocket
+ * processor and the HTTP route alike. Authorized exactly like a subscribe.
+ */
+export async function readHistory(
+  deps: { access: ProjectAccessPort; broker: BrokerPort; maxBytes: number },
+  principal: Principal,
+  query: HistoryRequest,
+): Promise<string> {
+  const projectId = query.project_id;
+  const decision = await deps.access.check(principal, projectId);
+  if (!decision.allowed) {
+    throw new ProtocolError(ErrorCode.Forbidden, `not allowed to read the history of project "${projectId}": ${decision.reason}`, {
+      project_id: projectId,
+    });
+  }
+  const page = await deps.broker.historyPage(topics.project(projectId), {
+    limit: query.limit ?? HISTORY_DEFAULT_LIMIT,
+    before: query.before,
+    after: query.after,
+    maxBytes: deps.maxBytes,
+  });
+  return historyData(
+    projectId,
+    page.epoch,
+    page.events.map((e) => e.frame.text),
+    page.more,
+  );
 }
 
 const processors: Processors = {
@@ -121,6 +164,12 @@ const processors: Processors = {
     await checkAccess(conn, projectId, 'see');
     const users = await conn.hub.presence.users(projectId);
     conn.send(serverMessage(MessageType.Presence, { project_id: projectId, users }));
+  },
+
+  async history(conn, message) {
+    const hub = conn.hub;
+    const data = await readHistory({ access: hub.access, broker: hub.broker, maxBytes: hub.config.historyMaxBytes }, conn.principal!, message.data);
+    conn.send(historyMessage(data));
   },
 
   client_event(conn, message) {

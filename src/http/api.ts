@@ -12,6 +12,7 @@ import { createAdminRouter, type AdminDeps } from './admin-routes.js';
 import { createDashboardRouter } from './dashboard.js';
 import { createFileRouter } from './file-routes.js';
 import type { FileService } from '../files/service.js';
+import { createHistoryRouter } from './history-routes.js';
 import type { SidecarMetrics } from './metrics.js';
 import { httpSpans } from '../tracing.js';
 
@@ -86,6 +87,8 @@ export function createApi(deps: ApiDeps): Koa {
 
   const admin = createAdminRouter(deps);
   const dashboard = createDashboardRouter(deps.log);
+  // Before the admin routes: any user allowed to see the project may read its history.
+  const history = createHistoryRouter({ hub: deps.hub, verifier: deps.verifier });
   app.use(router.routes());
   app.use(router.allowedMethods());
   app.use(dashboard.routes());
@@ -95,6 +98,7 @@ export function createApi(deps: ApiDeps): Koa {
     app.use(files.routes());
     app.use(files.allowedMethods());
   }
+  app.use(history.routes());
   app.use(admin.routes());
   app.use(admin.allowedMethods());
   return app;

@@ -12,13 +12,24 @@ import type { Config } from '../config.js';
 import { AuthError } from '../errors.js';
 import type { Connection } from '../core/connection.js';
 import type { Hub } from '../core/hub.js';
+import { BATCH_PROTOCOL } from '../protocol.js';
 import { traced, tracingEnabled } from '../tracing.js';
+import type { FrameOptions } from './frames.js';
 import { WsTransport } from './ws-transport.js';
 
 export const WS_PATH = '/ws/connect';
 
 export interface HttpServerOptions {
-  config: Pick<Config, 'maxMessageSize' | 'maxTokenLength' | 'allowedOrigins' | 'handshakeTimeout'>;
+  config: Pick<
+    Config,
+    | 'maxMessageSize'
+    | 'maxTokenLength'
+    | 'allowedOrigins'
+    | 'handshakeTimeout'
+    | 'compression'
+    | 'compressionThreshold'
+    | 'batchFrameBytes'
+  >;
   log: Logger;
   /** True once shutdown began: new upgrades are refused. */
   draining: () => boolean;
@@ -61,6 +72,41 @@ export function handshakeToken(req: IncomingMessage, url: URL): string | undefin
   return undefined;
 }
 
+/** The window the sidecar inflates client frames with, when the client lets it choose (512 bytes). */
+export const INBOUND_WINDOW_BITS = 9;
+
+/**
+ * Shape the client's permessage-deflate offers before ws reads them:
+ * - drop offers that only accept a server window below 15 bits: the shared compressed frames use
+ *   the full window, which such a client could not inflate (ws would refuse the upgrade with 400
+ *   if no offer were left; this way the client is served uncompressed);
+ * - where the client lets the server choose its window (`client_max_window_bits`), choose a
+ *   small one: client frames are a few hundred bytes, and each socket that sends compressed frames
+ *   keeps an inflate context, whose window is most of it (32 KiB at 15 bits).
+ */
+export function shapeDeflateOffers(req: IncomingMessage): void {
+  const header = req.headers['sec-websocket-extensions'];
+  if (typeof header !== 'string' || !/permessage-deflate/i.test(header)) return;
+  const offers: string[] = [];
+  for (const offer of header.split(',')) {
+    const params = offer.split(';').map((p) => p.trim());
+    if (params[0].toLowerCase() !== 'permessage-deflate') {
+      offers.push(offer);
+      continue;
+    }
+    const server = params.find((p) => /^server_max_window_bits\s*=/i.test(p));
+    if (server && Number(server.split('=')[1].replace(/"/g, '').trim()) < 15) continue;
+    const shaped = params.map((p) => {
+      if (!/^client_max_window_bits(\s*=|$)/i.test(p)) return p;
+      const value = Number(p.split('=')[1]?.replace(/"/g, '').trim() ?? 15);
+      return `client_max_window_bits=${Math.min(value, INBOUND_WINDOW_BITS)}`;
+    });
+    offers.push(shaped.join('; '));
+  }
+  if (offers.length === 0) delete req.headers['sec-websocket-extensions'];
+  else req.headers['sec-websocket-extensions'] = offers.join(', ');
+}
+
 function refuse(socket: Duplex, status: number, reason: string, message: string): void {
   if (!socket.writable) return void socket.destroy();
   const body = JSON.stringify({ error: message });
@@ -95,8 +141,15 @@ function onError(this: WebSocket, err: Error): void {
  * A new WebSocket joins the hub. Outside `upgrade` on purpose: the listeners below live as long as
  * the socket, and closures made in `upgrade` would keep its request, URL and token with them.
  */
-function attach(hub: Hub, ws: WebSocket, socket: Duplex, remote: string, principal: Principal | undefined): Promise<void> | undefined {
-  const conn = hub.connect(new WsTransport(ws, socket), remote);
+function attach(
+  hub: Hub,
+  ws: WebSocket,
+  socket: Duplex,
+  remote: string,
+  principal: Principal | undefined,
+  frames: FrameOptions,
+): Promise<void> | undefined {
+  const conn = hub.connect(new WsTransport(ws, socket, frames), remote);
   (ws as SocketWithConnection)[CONNECTION] = conn;
   ws.on('message', onMessage);
   ws.on('pong', onPong);
@@ -113,10 +166,20 @@ export function createHttpServer(options: HttpServerOptions): SidecarHttpServer 
     noServer: true,
     // Room for an `auth` message with a token up to maxTokenLength; the connection holds every
     // other message to maxMessageSize (1009), so only auth frames may be this large.
+    // With permessage-deflate this holds the inflated size: ws stops inflating there (1009).
     maxPayload: Math.max(config.maxMessageSize, config.maxTokenLength + 1024),
-    perMessageDeflate: false,
+    // Only to negotiate: the transport compresses each event once for every socket (frames.ts),
+    // which needs server_no_context_takeover and the full window; ws never compresses a frame itself.
+    perMessageDeflate:
+      config.compression === 'deflate' ? { serverNoContextTakeover: true, serverMaxWindowBits: 15, threshold: Infinity } : false,
+    // Batched frames when asked for; otherwise ws's default, the first subprotocol offered.
+    handleProtocols: (protocols: Set<string>) => (protocols.has(BATCH_PROTOCOL) ? BATCH_PROTOCOL : (protocols.values().next().value ?? false)),
     clientTracking: false,
   });
+  const frames: FrameOptions = {
+    compressionThreshold: config.compressionThreshold,
+    batchFrameBytes: config.batchFrameBytes,
+  };
   const origins = config.allowedOrigins?.length ? new Set(config.allowedOrigins) : undefined;
   // A socket that never finishes its request head (a half-open connection, slowloris) is answered
   // 408 and closed after handshakeTimeout; Node's own default is 60 s, checked every 30 s.
@@ -175,7 +238,8 @@ export function createHttpServer(options: HttpServerOptions): SidecarHttpServer 
     if (socket.destroyed) return;
     const remote = (req.socket.remoteAddress ?? '') + (req.socket.remotePort ? `:${req.socket.remotePort}` : '');
     const to = hub;
-    if (!span) return void wss.handleUpgrade(req, socket, head, (ws) => attach(to, ws, socket, remote, principal));
+    if (config.compression === 'deflate') shapeDeflateOffers(req);
+    if (!span) return void wss.handleUpgrade(req, socket, head, (ws) => attach(to, ws, socket, remote, principal, frames));
     if (principal) span.setAttribute('enduser.id', principal.userId);
     await new Promise<void>((ok) => {
       // A handshake that ws refuses never calls back: the socket's close ends the span then.
@@ -185,7 +249,7 @@ export function createHttpServer(options: HttpServerOptions): SidecarHttpServer 
       };
       socket.once('close', done);
       wss.handleUpgrade(req, socket, head, (ws) => {
-        const authenticated = attach(to, ws, socket, remote, principal);
+        const authenticated = attach(to, ws, socket, remote, principal, frames);
         span.setAttribute('http.response.status_code', 101);
         if (authenticated) void authenticated.finally(done);
         else done();

@@ -31,7 +31,7 @@ import {
 } from '@nats-io/jetstream';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
-import type { BrokerPort, ReplayResult, ResumePosition, StoredEvent, Topic } from '../core/ports.js';
+import type { BrokerPort, HistoryPage, HistoryQuery, ReplayResult, ResumePosition, StoredEvent, Topic } from '../core/ports.js';
 import { SidecarError } from '../errors.js';
 import { encodeStoredEvent, EventError } from '../protocol.js';
 import { READER_CREATE_TIMEOUT_MS, StreamHistory, type StoredMessage } from './history.js';
@@ -664,6 +664,29 @@ export class NatsBroker implements BrokerPort {
     const read = await this.history.read(subject, position.since, deliver);
     if (read.beyond) await this.history.read(subject, 0, deliver);
     return { truncated: read.truncated, epoch, restarted: read.beyond };
+  }
+
+  async historyPage(topic: Topic, query: HistoryQuery): Promise<HistoryPage> {
+    const projectId = topic.startsWith('project.') ? topic.slice(8) : undefined;
+    const epoch = this.epoch;
+    const events = new Map<number, StoredEvent | undefined>();
+    let bytes = 0;
+    // Each event is encoded once, when the read first meets it, and counted against the reply's size cap.
+    const accept = (m: StoredMessage, first: boolean): boolean => {
+      const event = this.toEvent(projectId, m.seq, m.data, m.headers, m.timestamp);
+      const length = event ? Buffer.byteLength(event.frame.text) + 1 : 0;
+      if (!first && bytes + length > query.maxBytes) return false;
+      bytes += length;
+      events.set(m.seq, event);
+      return true;
+    };
+    const { messages, more } = await this.history.page(this.subjectOf(topic), query, accept);
+    const out: StoredEvent[] = [];
+    for (const m of messages) {
+      const event = events.get(m.seq);
+      if (event) out.push(event);
+    }
+    return { epoch, events: out, more };
   }
 
   async backlog(userId: string, onEvent: (event: StoredEvent) => void): Promise<void> {

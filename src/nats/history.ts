@@ -34,6 +34,14 @@ export interface StoredMessage {
   timestamp: string;
 }
 
+export interface PageQuery {
+  limit: number;
+  /** Exclusive: events with a lower seq. */
+  before?: number;
+  /** Exclusive: events with a higher seq. */
+  after?: number;
+}
+
 export class StreamHistory {
   /** `readerJs` creates the readers' consumers: a client with READER_CREATE_TIMEOUT_MS (default `js`). */
   constructor(
@@ -70,8 +78,11 @@ export class StreamHistory {
     return { truncated, head };
   }
 
-  /** The stored events of `subject` in (since, head], in order. One ordered consumer, no acks. */
-  async fetch(subject: string, since: number, head: number, onMessage: (m: StoredMessage) => void): Promise<void> {
+  /**
+   * The stored events of `subject` in (since, head], in order. One ordered consumer, no acks.
+   * `onMessage` returning false ends the read early.
+   */
+  async fetch(subject: string, since: number, head: number, onMessage: (m: StoredMessage) => void | boolean): Promise<void> {
     if (head <= since) return;
     const consumer = await this.reader(subject, since);
     if (!consumer) return this.fetchDirect(subject, since, head, onMessage);
@@ -87,8 +98,7 @@ export class StreamHistory {
     try {
       for await (const m of messages) {
         lastActivity = Date.now();
-        onMessage(m);
-        if (m.seq >= head || m.info.pending === 0) break;
+        if (onMessage(m) === false || m.seq >= head || m.info.pending === 0) break;
       }
     } finally {
       clearInterval(watchdog);
@@ -118,12 +128,12 @@ export class StreamHistory {
    * prefix of the stream, so it answers the right next event or nothing: nothing before `head` is
    * an error (the caller retries), never the end of the history.
    */
-  private async fetchDirect(subject: string, since: number, head: number, onMessage: (m: StoredMessage) => void): Promise<void> {
+  private async fetchDirect(subject: string, since: number, head: number, onMessage: (m: StoredMessage) => void | boolean): Promise<void> {
     for (let cursor = since; cursor < head; ) {
       const m = await this.jsm.direct.getMessage(this.stream, { next_by_subj: subject, seq: cursor + 1 });
       if (!m) throw new SidecarError('history_unavailable', `no stored event of ${subject} after ${cursor} answered; retrying`);
       if (m.seq > head) return;
-      onMessage({ seq: m.seq, data: m.data, headers: m.header, timestamp: m.timestamp });
+      if (onMessage({ seq: m.seq, data: m.data, headers: m.header, timestamp: m.timestamp }) === false) return;
       cursor = m.seq;
     }
   }
@@ -162,5 +172,87 @@ export class StreamHistory {
   private async firstStored(subject: string): Promise<number | undefined> {
     const m = await this.jsm.direct.getMessage(this.stream, { next_by_subj: subject, seq: 1 });
     return m?.seq;
+  }
+
+  /**
+   * A page of `subject`'s stored events (the `history` request), ascending. `accept` is asked for
+   * each event in the order of the read's direction (newest first for latest / before) and says
+   * whether it still fits in the reply; it must take the `first`, so paging never stalls.
+   */
+  async page(
+    subject: string,
+    query: PageQuery,
+    accept: (m: StoredMessage, first: boolean) => boolean,
+  ): Promise<{ messages: StoredMessage[]; more: boolean }> {
+    if (query.after !== undefined) return this.pageAfter(subject, query.after, query.limit, accept);
+    const [head, first, count] = await Promise.all([this.head(subject), this.firstStored(subject), this.count(subject)]);
+    const end = Math.min(query.before ?? Infinity, head + 1); // exclusive
+    if (first === undefined || end <= first) return { messages: [], more: false };
+    // Read forward from a start chosen so the window most likely holds `limit` events of the
+    // subject, and widen it backwards while it holds fewer: nats-server 2.9 has no backward read
+    // (direct gets give only a subject's last event), and the subject's events are spread over
+    // the stream. The subject's density over [first, head] sizes the first window.
+    const density = count / Math.max(1, head - first + 1);
+    const chunks: StoredMessage[][] = [];
+    let found = 0;
+    let span = Math.ceil((query.limit / Math.max(density, 1e-9)) * 1.25) + 1;
+    for (let stop = end; found < query.limit && stop > first; ) {
+      const start = Math.max(first, stop - span);
+      const chunk: StoredMessage[] = [];
+      await this.fetch(subject, start - 1, stop - 1, (m) => {
+        if (m.seq < stop) chunk.push(m);
+      });
+      chunks.push(chunk);
+      found += chunk.length;
+      // What this window held tells the density just below it better than the average does.
+      const seen = Math.max(chunk.length, 1) / Math.max(1, stop - start);
+      span = Math.ceil(((query.limit - found) / seen) * 1.25) + 1;
+      stop = start;
+    }
+    const messages: StoredMessage[] = [];
+    let more = false;
+    // Newest first, so the events kept are those nearest the cursor (or the head).
+    outer: for (const chunk of chunks) {
+      for (let i = chunk.length - 1; i >= 0; i--) {
+        if (messages.length === query.limit || !accept(chunk[i], messages.length === 0)) {
+          more = true;
+          break outer;
+        }
+        messages.push(chunk[i]);
+      }
+    }
+    messages.reverse();
+    if (!more && messages.length > 0) more = messages[0].seq > first;
+    return { messages, more };
+  }
+
+  /** The `limit` stored events of `subject` after `after`, and whether newer ones exist. */
+  private async pageAfter(
+    subject: string,
+    after: number,
+    limit: number,
+    accept: (m: StoredMessage, first: boolean) => boolean,
+  ): Promise<{ messages: StoredMessage[]; more: boolean }> {
+    const head = await this.head(subject);
+    const messages: StoredMessage[] = [];
+    let more = false;
+    await this.fetch(subject, after, head, (m) => {
+      if (m.seq > head) return false;
+      if (messages.length === limit || !accept(m, messages.length === 0)) {
+        more = true;
+        return false;
+      }
+      messages.push(m);
+      return true;
+    });
+    // Events stored while the page was read are newer ones too.
+    if (!more) more = (await this.head(subject)) > (messages.at(-1)?.seq ?? Math.max(after, head));
+    return { messages, more };
+  }
+
+  /** How many events of `subject` the stream holds. */
+  private async count(subject: string): Promise<number> {
+    const info = await this.jsm.streams.info(this.stream, { subjects_filter: subject });
+    return info.state.subjects?.[subject] ?? 0;
   }
 }

@@ -40,6 +40,7 @@ export function memoryHub(broker: Partial<BrokerPort> = {}, config: ConfigInput 
     interestReady: async () => {},
     epoch: 'e1',
     replay: async () => ({ truncated: false, epoch: 'e1', restarted: false }),
+    historyPage: async () => ({ epoch: 'e1', events: [], more: false }),
     backlog: async () => {},
     acknowledge() {},
     written() {},

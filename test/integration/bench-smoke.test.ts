@@ -27,7 +27,7 @@ it('runs every benchmark scenario at tiny sizes against the sidecar and NATS wit
     expect(upload?.error).toBeUndefined();
     for (const k of ['rawMBps', 'tusMBps', 'postMBps', 'tusRatio', 'rssGrowthMiB']) expect(Number.isFinite(upload.metrics[k]), k).toBe(true);
     const keys = Object.keys(results);
-    for (const scenario of ['fanout', 'spread', 'latency', 'idle', 'connect', 'resume']) {
+    for (const scenario of ['fanout', 'spread', 'latency', 'idle', 'connect', 'resume', 'batched', 'compress', 'history']) {
       expect(keys.some((k) => k.startsWith(scenario)), scenario).toBe(true);
     }
     for (const [row, byTarget] of Object.entries(results as Record<string, Record<string, any[]>>)) {

@@ -39,6 +39,7 @@ function makeHub(overrides: ConfigInput = {}, auth?: AuthPort): Hub {
     interestReady: async () => {},
     epoch: 'e1',
     replay: async () => ({ truncated: false, epoch: 'e1', restarted: false }),
+    historyPage: async () => ({ epoch: 'e1', events: [], more: false }),
     backlog: async () => {},
     acknowledge() {},
     written() {},

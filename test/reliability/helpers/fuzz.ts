@@ -62,13 +62,22 @@ export function validMessage(m: unknown): boolean {
       return isObj(d) && isId(d.project_id);
     case 'client_event':
       return isObj(d) && isId(d.project_id) && isId(d.event) && (!('payload' in d) || isObj(d.payload));
+    case 'history':
+      return (
+        isObj(d) &&
+        isId(d.project_id) &&
+        (!('limit' in d) || (isSeq(d.limit, 1) && (d.limit as number) <= 1000)) &&
+        (!('before' in d) || isSeq(d.before, 1)) &&
+        (!('after' in d) || isSeq(d.after, 0)) &&
+        !('before' in d && 'after' in d)
+      );
     default:
       return false;
   }
 }
 
 const ERROR_CODES = new Set(['invalid_message', 'rate_limited', 'unauthorized', 'forbidden', 'processing_error', 'token_expired', 'connection_closed']);
-const SERVER_TYPES = new Set(['auth_required', 'auth_success', 'auth_failed', 'subscription', 'presence', 'pong', 'error', 'history_truncated']);
+const SERVER_TYPES = new Set(['auth_required', 'auth_success', 'auth_failed', 'subscription', 'presence', 'pong', 'error', 'history_truncated', 'history']);
 
 /** Checks a server frame's envelope; returns a problem or undefined. */
 export function envelopeProblem(m: any): string | undefined {
@@ -134,6 +143,14 @@ export function judge(c: FuzzCase, out: Outcome, limits: Limits): string | undef
         : `presence: ${summarize(out)}`;
     case 'ack':
       return out.answers.length === 0 ? undefined : `ack answered: ${summarize(out)}`;
+    case 'history':
+      return only(
+        (a) =>
+          (a.type === 'history' && a.data.project_id === d.project_id && Array.isArray(a.data.events) && typeof a.data.more === 'boolean') ||
+          (a.type === 'error' && a.data.code === 'forbidden'),
+      )
+        ? undefined
+        : `history: ${summarize(out)}`;
     case 'client_event':
       // No client event types are allowed in the run.
       return only((a) => a.type === 'error' && a.data.code === 'forbidden') ? undefined : `client_event: ${summarize(out)}`;
@@ -180,6 +197,9 @@ export class FuzzGenerator {
       () => ({ type: 'ack', data: { seq: 1 + this.int(1000) } }),
       () => ({ type: 'presence', data: { project_id: p } }),
       () => ({ type: 'client_event', data: { project_id: p, event: 'typing', payload: { x: 1 } } }),
+      () => ({ type: 'history', data: { project_id: p, limit: 1 + this.int(20) }, message_id: id }),
+      () => ({ type: 'history', data: { project_id: p, before: 1 + this.int(50), limit: 5 } }),
+      () => ({ type: 'history', data: { project_id: p, after: this.int(50) } }),
       () => ({ type: 'auth', data: { token: this.token } }),
       () => ({ type: 'auth', data: { token: 'not.a.token' }, timestamp: new Date().toISOString() }),
     ])();
