@@ -199,11 +199,28 @@ describe('compression', () => {
       c.ws.text(JSON.stringify({ type: 'subscription', data: { action: 'subscribe', project_id: 'p' } }));
       await waitFrames(c, 2);
     }
-    const before = [a.frames.length, b.frames.length];
+    // The event's frame, among presence events (u2's user_joined reaches u1 at some point).
+    const isTask = (f: ServerFrame) => {
+      try {
+        return JSON.parse(text(f, true)).type === 'task_updated';
+      } catch {
+        return false; // a small, uncompressed frame
+      }
+    };
+    const taskFrame = (c: { ws: RawWebSocket; frames: ServerFrame[] }) =>
+      new Promise<ServerFrame>((resolve, reject) => {
+        const found = c.frames.find(isTask);
+        if (found) return resolve(found);
+        const timer = setTimeout(() => reject(new Error('no task_updated frame')), 5_000);
+        const off = c.ws.onFrame((f) => {
+          if (!isTask(f)) return;
+          clearTimeout(timer);
+          off();
+          resolve(f);
+        });
+      });
     nc.publish('csame.project.p', taskEvent(7));
-    await Promise.all([waitFrames(a, before[0] + 1), waitFrames(b, before[1] + 1)]);
-    const fa = a.frames.at(-1)!;
-    const fb = b.frames.at(-1)!;
+    const [fa, fb] = await Promise.all([taskFrame(a), taskFrame(b)]);
     expect(fa.payload.equals(fb.payload)).toBe(true);
     const event = JSON.parse(text(fa, true));
     expect(event).toMatchObject({ type: 'task_updated', project_id: 'p', data: { i: 7 } });
