@@ -19,5 +19,4 @@ export { reconnectPolicy, type ReconnectPolicy } from './protocol-codes.js';
 export { findNatsServerBinary, NatsServerNotFoundError } from './nats/embedded-server.js';
 export { IdentityHeader, clientEventSubject } from './nats/client-events.js';
 export { publishRevocation, revokeSubject, type AuthorizationRequest } from './nats/project-authorizer.js';
-export { createHistoryRouter } from './http/history-routes.js';
 export type { HistoryQuery, HistoryPage } from './core/ports.js';

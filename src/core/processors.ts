@@ -199,9 +199,15 @@ export function dispatch(conn: Connection, message: ClientMessage): void | Promi
   if (conn.state === 'closed') return;
   const processor = processors[message.type] as Processor<typeof message.type>;
   const spans = conn.hub.spans;
-  if (spans !== undefined && message.type === 'subscription') {
-    const { action, project_id: projectId } = message.data;
-    return spans.run(`ws.${action}`, { 'ws.project_id': projectId, 'ws.connection_id': conn.id }, () => processor(conn, message));
+  if (spans !== undefined) {
+    // Spans for the requests that wait on NATS; pings and acks are not worth one each.
+    if (message.type === 'subscription') {
+      const { action, project_id: projectId } = message.data;
+      return spans.run(`ws.${action}`, { 'ws.project_id': projectId, 'ws.connection_id': conn.id }, () => processor(conn, message));
+    }
+    if (message.type === 'history') {
+      return spans.run('ws.history', { 'ws.project_id': message.data.project_id, 'ws.connection_id': conn.id }, () => processor(conn, message));
+    }
   }
   return processor(conn, message);
 }

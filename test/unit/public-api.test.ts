@@ -8,7 +8,7 @@ describe('the public API', () => {
   it('exports what library users use, and nothing of the internals', async () => {
     const api = await import('../../src/index.js');
     expect(Object.keys(api).sort()).toEqual(EXPORTS);
-    for (const internal of ['Hub', 'NatsBroker', 'startEmbeddedNats', 'parseClientMessage', 'encodeEvent', 'projectPresence']) {
+    for (const internal of ['Hub', 'NatsBroker', 'startEmbeddedNats', 'parseClientMessage', 'encodeEvent', 'projectPresence', 'createHistoryRouter']) {
       expect(api).not.toHaveProperty(internal);
     }
   });
@@ -27,6 +27,7 @@ describe('the public API', () => {
 const EXPORTS = [
   'AuthError',
   'AuthErrorCode',
+  'BATCH_PROTOCOL',
   'CloseCode',
   'ConfigError',
   'ErrorCode',
