@@ -124,18 +124,29 @@ export class Connection {
     if (!this.busy) return this.inOrder(() => this.process(data, isBinary));
     // A slow request (auth, subscribe) is running. An ack has no answer and depends on nothing
     // before it: it is applied at once, not queued (a client acking its inbox during a long
-    // replay would otherwise fill the queue and be refused).
-    const message = this.parse(data, isBinary);
-    if (message === undefined) return;
-    if (message.type === MessageType.Ack && this.state === 'open' && this.setupMark === undefined) return void this.execute(message);
+    // replay would otherwise fill the queue and be refused). Everything else, answers to bad
+    // frames included, keeps its place in line.
+    const ack = this.state === 'open' && this.setupMark === undefined ? this.peekAck(data, isBinary) : undefined;
+    if (ack !== undefined) return void this.execute(ack);
     // Requests that wait behind a slow one are capped, so a client cannot pile up work and
     // memory while a handler waits on NATS.
     if (this.waiting !== undefined && this.waiting.length >= this.hub.config.burstSize) {
       this.hub.stats.rateLimited += 1;
-      this.fail(new ProtocolError(ErrorCode.RateLimited, 'too many requests in flight; wait for the answers'), message.message_id);
+      this.fail(new ProtocolError(ErrorCode.RateLimited, 'too many requests in flight; wait for the answers'));
       return;
     }
-    this.inOrder(() => this.execute(message));
+    this.inOrder(() => this.process(data, isBinary));
+  }
+
+  /** The frame when it is a valid `ack`, else undefined; answers nothing. */
+  private peekAck(data: string | Buffer, isBinary: boolean): ClientMessage | undefined {
+    if (isBinary || (typeof data === 'string' ? Buffer.byteLength(data) : data.length) > this.hub.config.maxMessageSize) return undefined;
+    try {
+      const message = parseClientMessage(typeof data === 'string' ? data : data.toString('utf8'));
+      return message.type === MessageType.Ack ? message : undefined;
+    } catch {
+      return undefined;
+    }
   }
 
   private process(data: string | Buffer, isBinary: boolean): void | Promise<void> {
