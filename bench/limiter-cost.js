@@ -190,7 +190,7 @@ async function fanOut(label, { conns = 500, events = 2_000, perTick = 20, patch,
       ping() {}, close() {}, terminate() {},
     };
     const conn = hub.connect(transport, 'bench');
-    await conn.authenticate({ userId: `u${i}`, roles: [], projects: '*', expiresAt: undefined });
+    await hub.authenticate(conn, { userId: `u${i}`, roles: [], projects: '*', expiresAt: undefined });
     hub.join(conn, 'project.p').release();
   }
   await new Promise((r) => setImmediate(r)); // auth_success frames out of the way

@@ -1,22 +1,26 @@
 /**
  * One processor per client message type (the seed's per-type message processors). Each gets the
- * connection and a validated message; throwing a ProtocolError answers the client with its code.
+ * connection, a validated message and the hub; throwing a ProtocolError answers the client with
+ * its code. Processors reach the broker only through the hub.
  */
 import { AuthError } from '../errors.js';
 import { CloseCode, ErrorCode, MessageType, ProtocolError, serverMessage, type ClientMessage } from '../protocol.js';
+import { authenticate } from './authentication.js';
 import type { Connection } from './connection.js';
+import type { Hub } from './hub.js';
 import { topics, type StoredEvent } from './ports.js';
 
 type Processor<T extends ClientMessage['type']> = (
   conn: Connection,
   message: Extract<ClientMessage, { type: T }>,
+  hub: Hub,
 ) => void | Promise<void>;
 
 type Processors = { [T in ClientMessage['type']]: Processor<T> };
 
 /** Throws `forbidden` unless the connection may see the project (claims, open or the backend's answer). */
-async function checkAccess(conn: Connection, projectId: string, what: string): Promise<void> {
-  const decision = await conn.hub.access.check(conn.principal!, projectId);
+async function checkAccess(hub: Hub, conn: Connection, projectId: string, what: string): Promise<void> {
+  const decision = await hub.access.check(conn.principal!, projectId);
   if (!decision.allowed) {
     throw new ProtocolError(ErrorCode.Forbidden, `not allowed to ${what} project "${projectId}": ${decision.reason}`, {
       project_id: projectId,
@@ -25,10 +29,10 @@ async function checkAccess(conn: Connection, projectId: string, what: string): P
 }
 
 const processors: Processors = {
-  async auth(conn, message) {
+  async auth(conn, message, hub) {
     let principal;
     try {
-      principal = await conn.hub.auth.verify(message.data.token);
+      principal = await hub.auth.verify(message.data.token);
     } catch (err) {
       const reason = err instanceof AuthError ? err.message : 'invalid token';
       if (conn.state === 'open') {
@@ -48,36 +52,36 @@ const processors: Processors = {
       return;
     }
     if (conn.state === 'closed') return;
-    await conn.authenticate(principal);
+    await authenticate(hub, conn, principal);
   },
 
-  async subscription(conn, message) {
+  async subscription(conn, message, hub) {
     const projectId = message.data.project_id;
     const topic = topics.project(projectId);
     if (message.data.action === 'unsubscribe') {
-      conn.hub.leave(conn, topic);
+      hub.leave(conn, topic);
       conn.send(serverMessage(MessageType.Subscription, { action: 'unsubscribed', project_id: projectId }));
       return;
     }
-    await checkAccess(conn, projectId, 'subscribe to');
+    await checkAccess(hub, conn, projectId, 'subscribe to');
     if (conn.state !== 'open') return;
     const projectSubs = conn.subscriptions.keys().filter((t) => t.startsWith('project.')).length;
-    if (!conn.subscriptions.has(topic) && projectSubs >= conn.hub.config.maxSubscriptionsPerConnection) {
+    if (!conn.subscriptions.has(topic) && projectSubs >= hub.config.maxSubscriptionsPerConnection) {
       throw new ProtocolError(ErrorCode.Forbidden, 'too many subscriptions on this connection', { project_id: projectId });
     }
     const { since, epoch } = message.data;
     const existed = conn.subscriptions.has(topic);
-    const sub = conn.hub.join(conn, topic, since);
+    const sub = hub.join(conn, topic, since);
     try {
-      await conn.hub.ready(topic);
+      await hub.ready(topic);
       if (conn.subscriptions.get(topic) !== sub) return; // unsubscribed or closed meanwhile
-      const reply: Record<string, unknown> = { action: 'subscribed', project_id: projectId, epoch: conn.hub.broker.epoch };
+      const reply: Record<string, unknown> = { action: 'subscribed', project_id: projectId, epoch: hub.epoch };
       if (since === undefined) {
         conn.send(serverMessage(MessageType.Subscription, reply));
       } else {
         // Replay into a list first so the answer can say whether history was cut, then deliver in order.
         const replayed: StoredEvent[] = [];
-        const replay = await conn.hub.broker.replay(topic, { since, epoch }, (event) => replayed.push(event));
+        const replay = await hub.replay(topic, { since, epoch }, (event) => replayed.push(event));
         if (conn.subscriptions.get(topic) !== sub) return;
         reply.epoch = replay.epoch;
         if (replay.truncated) reply.truncated = true;
@@ -85,17 +89,14 @@ const processors: Processors = {
         if (replay.restarted) sub.restart();
         reply.replayed = replayed.filter((e) => e.aboutUser !== conn.userId).length; // what will actually follow
         conn.send(serverMessage(MessageType.Subscription, reply));
-        for (const event of replayed) {
-          conn.hub.checkDuplicate(topic, event);
-          sub.replayed(event);
-        }
+        hub.deliverReplayed(sub, replayed);
       }
     } catch (err) {
       // Nothing of the replay was delivered: a subscription the client had stays as it was, live;
       // one this request created goes.
       if (conn.subscriptions.get(topic) === sub) {
         if (existed) sub.resume();
-        else conn.hub.leave(conn, topic);
+        else hub.leave(conn, topic);
       }
       throw err;
     }
@@ -106,26 +107,26 @@ const processors: Processors = {
     conn.send(serverMessage(MessageType.Pong, {}));
   },
 
-  ack(conn, message) {
+  ack(conn, message, hub) {
     conn.acksDirect = true;
     // Only a direct message this connection has: an ack costs a read of the user's inbox in
     // JetStream, which a made-up seq must not be able to trigger.
     const seq = message.data.seq;
     if (!conn.has({ topic: topics.user(conn.userId!), seq })) return;
     // Applied to the user's inbox consumer, whichever instance the client is on (nats/inbox.ts).
-    conn.hub.broker.acknowledge(conn.userId!, seq);
+    hub.acknowledge(conn.userId!, seq);
   },
 
-  async presence(conn, message) {
+  async presence(conn, message, hub) {
     const projectId = message.data.project_id;
-    await checkAccess(conn, projectId, 'see');
-    const users = await conn.hub.presence.users(projectId);
+    await checkAccess(hub, conn, projectId, 'see');
+    const users = await hub.presence.users(projectId);
     conn.send(serverMessage(MessageType.Presence, { project_id: projectId, users }));
   },
 
-  client_event(conn, message) {
+  client_event(conn, message, hub) {
     const { project_id: projectId, event, payload } = message.data;
-    if (!conn.hub.clientEvents.allows(event)) {
+    if (!hub.clientEvents.allows(event)) {
       throw new ProtocolError(ErrorCode.Forbidden, `clients may not send "${event}" events`, { event });
     }
     // Subscribed implies authorized: no second access check per event.
@@ -135,7 +136,7 @@ const processors: Processors = {
         event,
       });
     }
-    conn.hub.clientEvents.publish({
+    hub.clientEvents.publish({
       projectId,
       event,
       payload: payload ?? {},
@@ -146,13 +147,13 @@ const processors: Processors = {
   },
 };
 
-export function dispatch(conn: Connection, message: ClientMessage): void | Promise<void> {
+export function dispatch(hub: Hub, conn: Connection, message: ClientMessage): void | Promise<void> {
   if (conn.state === 'closed') return;
   const processor = processors[message.type] as Processor<typeof message.type>;
-  const spans = conn.hub.spans;
+  const spans = hub.spans;
   if (spans !== undefined && message.type === 'subscription') {
     const { action, project_id: projectId } = message.data;
-    return spans.run(`ws.${action}`, { 'ws.project_id': projectId, 'ws.connection_id': conn.id }, () => processor(conn, message));
+    return spans.run(`ws.${action}`, { 'ws.project_id': projectId, 'ws.connection_id': conn.id }, () => processor(conn, message, hub));
   }
-  return processor(conn, message);
+  return processor(conn, message, hub);
 }

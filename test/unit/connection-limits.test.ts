@@ -57,7 +57,7 @@ function makeHub(overrides: ConfigInput = {}, auth?: AuthPort): Hub {
 async function openConnection(hub: Hub): Promise<{ conn: Connection; transport: MemoryTransport }> {
   const transport = new MemoryTransport();
   const conn = hub.connect(transport, 'test');
-  await conn.authenticate(principal);
+  await hub.authenticate(conn, principal);
   conn.flush(Date.now()); // auth_success out of the way
   transport.written.length = 0;
   return { conn, transport };
