@@ -1,4 +1,4 @@
-// Capacity plan for 1M connections (issue 18, item 7): a calculation from figures measured on this
+// Capacity plan for 1M connections: a calculation from figures measured on this
 // machine, printed step by step with the figure each step uses, and checked against limits.
 //
 //   node bench/capacity.js                       # the plan, from the figures recorded below
@@ -19,7 +19,7 @@ import { parseArgs } from 'node:util';
 // ---- measured figures (this machine: 2 shared cores, busy; see BENCHMARKS.md) ------------------
 const MEASURED = {
   // Sidecar RSS per idle authenticated+subscribed connection. BENCHMARKS.md table: 8.2 KB (10k
-  // connections over 1000 projects); issue 18's later measurement: 12.9 KB (5000 distinct users over
+  // connections over 1000 projects); a later measurement: 12.9 KB (5000 distinct users over
   // 100 projects). The plan uses the larger.
   sidecarKBPerConn: 12.9,
   sidecarBaseMB: 86, // RSS of a started sidecar with no connections (idle scenario, rssBeforeMB)
@@ -29,7 +29,7 @@ const MEASURED = {
   sidecarIdlePctPer10k: 0.6,
   natsIdlePctPer10k: 0.4,
   // Server CPU per authenticated+subscribed connect. BENCHMARKS.md connect scenario: sidecar
-  // 1.9 ms, its nats-server 0.45 ms; issue 18's later run: 0.7 ms + 0.31 ms. The plan uses the larger.
+  // 1.9 ms, its nats-server 0.45 ms; a later run: 0.7 ms + 0.31 ms. The plan uses the larger.
   sidecarMsPerConnect: 1.9,
   natsMsPerConnect: 0.45,
   // A reconnect that resumes (bench/reconnect-storm.js, 1000 SDK apps moved to a cold instance after
@@ -212,7 +212,7 @@ if (!a.hosts) console.log(`\n${H} hosts is the fewest that pass the sidecar's ch
 if (a.measure) console.log(`\nMeasured now: ${JSON.stringify(Object.fromEntries(Object.entries(m).filter(([k]) => k.startsWith('natsBytes') || k === 'natsUsPerKvCas')))}`);
 
 async function measureNats() {
-  const { startEmbeddedNats } = await import('../dist/nats/embedded-server.js');
+  const { startEmbeddedNats } = await import('../dist/internal.js');
   const { connect } = await import('@nats-io/transport-node');
   const { Kvm } = await import('@nats-io/kv');
   const { cpuSeconds, rssBytes } = await import('./proc.js');

@@ -1,4 +1,4 @@
-// What one offline inbox costs nats-server (issue 18, item 6): every user with a stored direct
+// What one offline inbox costs nats-server: every user with a stored direct
 // message holds a durable consumer (src/nats/inbox.ts). This creates the sidecar's own stream and
 // its own consumers (the built dist/ modules, so the configuration is exactly the sidecar's), one
 // stored direct message per user, and reports for each step of users:
@@ -18,11 +18,11 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
-import { loadConfig } from '../dist/config.js';
-import { createLogger } from '../dist/logger.js';
-import { NatsBroker } from '../dist/nats/broker.js';
-import { startEmbeddedNats } from '../dist/nats/embedded-server.js';
-import { Inboxes } from '../dist/nats/inbox.js';
+import { loadConfig } from '../dist/internal.js';
+import { createLogger } from '../dist/internal.js';
+import { NatsBroker } from '../dist/internal.js';
+import { startEmbeddedNats } from '../dist/internal.js';
+import { Inboxes } from '../dist/internal.js';
 import { cpuSeconds, rssBytes } from './proc.js';
 import { pool, sleep } from './common.js';
 

@@ -11,16 +11,14 @@
  */
 import Bottleneck from 'bottleneck';
 
-let limits, hubModule;
+let internals;
 try {
-  limits = await import('../dist/core/limits.js');
-  hubModule = await import('../dist/core/hub.js');
+  internals = await import('../dist/internal.js');
 } catch {
   console.error('limiter-cost: run `npm run build` first (this script measures the compiled dist/ code)');
   process.exit(1);
 }
-const { TokenBucket } = limits;
-const { Hub } = hubModule;
+const { TokenBucket, Hub } = internals;
 
 const results = [];
 function report(name, value, unit, note = '') {

@@ -6,7 +6,7 @@
 //                     (INFO / CONNECT / PING / PONG / SUB / MSG). nats-server packs several protocol
 //                     messages into one WebSocket frame and may split one across frames, so frames are
 //                     fed to a byte-level stream parser.
-//   kind 'contract' - the sidecar and the naive bridge (CONTRACT.md section 2): `/ws/connect?token=JWT`,
+//   kind 'contract' - the sidecar and the naive bridge (PROTOCOL.md): `/ws/connect?token=JWT`,
 //                     first frame `auth_success`, send `subscription`/`subscribe`, wait for `subscribed`;
 //                     then one event per text frame.
 //

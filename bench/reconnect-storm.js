@@ -1,4 +1,4 @@
-// Reconnect storm (issue 18, item 3): N client-SDK apps on instance A, each subscribed to one of P
+// Reconnect storm: N client-SDK apps on instance A, each subscribed to one of P
 // projects, while a backend publishes acknowledged JetStream events; A is killed with SIGKILL. The
 // apps (SDK defaults: backoff from 500 ms with jitter, both instances' URLs) reconnect to B and
 // resume with `since`. Reported: time from the kill to each app's reconnect and to its resumed
@@ -16,7 +16,7 @@ import { parseArgs } from 'node:util';
 import { connect } from '@nats-io/transport-node';
 import { jetstream } from '@nats-io/jetstream';
 import WebSocket from 'ws';
-import { mintToken } from '../dist/auth.js';
+import { mintToken } from '../dist/internal.js';
 import { Client } from '../dist/client/index.js';
 import { startNatsServer } from './nats-server.js';
 import { Proc, cpuSeconds, freePort, waitHealthy } from './proc.js';

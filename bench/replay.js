@@ -13,10 +13,10 @@ import { jetstream } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import pino from 'pino';
 import WebSocket from 'ws';
-import { mintToken } from '../dist/auth.js';
-import { loadConfig } from '../dist/config.js';
-import { startEmbeddedNats } from '../dist/nats/embedded-server.js';
-import { Sidecar } from '../dist/sidecar.js';
+import { mintToken } from '../dist/internal.js';
+import { loadConfig } from '../dist/internal.js';
+import { startEmbeddedNats } from '../dist/internal.js';
+import { Sidecar } from '../dist/internal.js';
 
 const events = Number(process.argv[2] ?? 1000);
 const rounds = Number(process.argv[3] ?? 20);

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Side-by-side benchmark (issue 8): NATS's built-in WebSocket listener vs the sidecar vs a naive
+// Side-by-side benchmark: NATS's built-in WebSocket listener vs the sidecar vs a naive
 // ws+nats bridge, driven by the same load generator (bench/loadgen.js, separate processes).
 //
 //   node bench/run.js [--scenarios fanout,spread,latency,idle,connect,resume,upload] [--targets nats,sidecar,naive]
@@ -101,7 +101,7 @@ const startOpts = { verbose, sidecarBin: flag('sidecar-bin'), nodeArgs: argv.pro
 // Load-generator processes. auto: two for fan-out and spread (one frame per delivery costs a client
 // ~1 us of CPU, so a single client process can be the limit when the target is cheap; two let the
 // clients use both cores), two for more than 2,500 idle connections (fds), otherwise one (latency,
-// as measured in DESIGN.md; connect is "from one client process" by definition).
+// as measured before (BENCHMARKS.md); connect is "from one client process" by definition).
 const loadersFor = (clients, throughput = false) =>
   flag('loaders') === 'auto' ? (throughput || clients > 2500 ? 2 : 1) : Math.max(1, Math.floor(num('loaders')));
 

@@ -1,4 +1,4 @@
-// The benchmark scenarios of issue 8. Each function runs one scenario once against one target that
+// The benchmark scenarios. Each function runs one scenario once against one target that
 // has just been started (fresh nats-server, fresh target process, fresh load generators) and returns
 // { metrics, issues, details }: numbers for the table, problems that make the numbers suspect
 // (missed/duplicated deliveries, failed samples, server-closed clients), and raw figures for

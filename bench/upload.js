@@ -1,4 +1,4 @@
-// Upload scenario (issue 15): file upload throughput through the sidecar against a raw NATS Object
+// Upload scenario: file upload throughput through the sidecar against a raw NATS Object
 // Store put of the same bytes in the same run, and the sidecar's RSS while a large upload streams.
 //
 // One fresh nats-server and sidecar (SIDECAR_MAX_UPLOAD_BYTES raised for the large file). The bytes

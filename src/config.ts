@@ -1,5 +1,5 @@
 /**
- * The one place that knows configuration: seed defaults (config/default.json), an optional file,
+ * The one place that knows configuration: the defaults (config/default.json, the Go package's where it has one), an optional file,
  * then environment variables (highest precedence; an empty value counts as unset). Everything is
  * validated here so the rest of the code can trust `Config` without re-checking.
  */

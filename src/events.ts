@@ -1,5 +1,5 @@
 /**
- * The `data` of the events the seed's services publish, shared by the publisher SDK (which builds
+ * The `data` of the events the Go package's services publish, shared by the publisher SDK (which builds
  * them) and the client SDK (which types them). Types only: nothing here exists at run time.
  */
 
@@ -46,7 +46,7 @@ export interface PresenceData {
   [field: string]: unknown;
 }
 
-/** Event type -> data, for the events the seed defines. Extend it for your own types. */
+/** Event type -> data, for the events the Go package defines. Extend it for your own types. */
 export interface SeedEvents {
   task_created: TaskCreatedData;
   task_updated: TaskUpdatedData;

@@ -46,22 +46,25 @@ const START_RETRY_MAX_MS = 2_000;
 export class Sidecar {
   private draining = false;
   private stopping: Promise<void> | undefined;
-  /** File uploads and downloads (set once started). */
+  /** @internal File uploads and downloads (set once started). */
   files: FileService | undefined;
 
+  // The parts are for the project's own tests and benchmarks, not API: `@internal` keeps them out
+  // of the published type declarations (stripInternal). The API is start, stop, the addresses,
+  // config and instanceId.
   private constructor(
     readonly config: Config,
     readonly instanceId: string,
-    readonly log: Logger,
-    readonly broker: NatsBroker,
-    readonly hub: Hub,
-    readonly server: Server,
-    readonly embeddedNats: EmbeddedNats | undefined,
-    readonly fleet: Fleet,
-    readonly metrics: SidecarMetrics,
-    readonly presence: NatsPresence,
-    readonly authorizer: ProjectAuthorizer,
-    /** Undefined with lifecycleEvents off. */
+    /** @internal */ readonly log: Logger,
+    /** @internal */ readonly broker: NatsBroker,
+    /** @internal */ readonly hub: Hub,
+    /** @internal */ readonly server: Server,
+    /** @internal */ readonly embeddedNats: EmbeddedNats | undefined,
+    /** @internal */ readonly fleet: Fleet,
+    /** @internal */ readonly metrics: SidecarMetrics,
+    /** @internal */ readonly presence: NatsPresence,
+    /** @internal */ readonly authorizer: ProjectAuthorizer,
+    /** @internal Undefined with lifecycleEvents off. */
     readonly lifecycle: NatsLifecycle | undefined,
   ) {}
 

@@ -3,7 +3,7 @@
  *
  * - TokenBucket: a lazily refilled counter, no timers. It admits or refuses synchronously, so a
  *   flooding client is turned away before its frame is parsed, and an event within budget costs
- *   one subtraction. (Bottleneck costs ~400 µs of CPU per job; see DESIGN.md.)
+ *   one subtraction. (Bottleneck costs ~400 µs of CPU per job, measured: BENCHMARKS.md).)
  * - OutboundPacer: Bottleneck, for the slow lane only. When a connection has spent its burst, its
  *   queued frames wait for a Bottleneck job that grants the next lease of budget; one job buys a
  *   whole lease of sends, never one per message. Limiters are created lazily in a Bottleneck.Group
@@ -54,7 +54,7 @@ export class TokenBucket {
   }
 }
 
-/** Fixed-window error counter: the seed's MaxErrors per ErrorResetInterval. */
+/** Fixed-window error counter: the Go package's MaxErrors per ErrorResetInterval. */
 export class ErrorBudget {
   private count = 0;
   private windowStart = 0;

@@ -1,7 +1,7 @@
 /**
- * One processor per client message type (the seed's per-type message processors). Each gets the
- * connection, a validated message and the hub; throwing a ProtocolError answers the client with
- * its code. Processors reach the broker only through the hub.
+ * One processor per client message type (as in the Go package this project re-creates, per-type
+ * message processors). Each gets the connection, a validated message and the hub; throwing a
+ * ProtocolError answers the client with its code. Processors reach the broker only through the hub.
  */
 import { AuthError } from '../errors.js';
 import { CloseCode, ErrorCode, MessageType, ProtocolError, serverMessage, type ClientMessage } from '../protocol.js';

@@ -1,6 +1,6 @@
 /**
  * Metrics, two ways: Prometheus text for `GET /metrics`, and the JSON snapshot behind the admin
- * `metrics` route (the seed's shape). Both read the counters the hub and broker already keep, at
+ * `metrics` route (the Go package's shape). Both read the counters the hub and broker already keep, at
  * collection time, so the hot path pays nothing for them. The only per-event work is the delivery
  * latency sample (a clock read and an array push per event, never per socket).
  *
@@ -46,7 +46,7 @@ export interface UploadCounters {
   failed(): void;
 }
 
-/** One instance's numbers, in the seed's JSON shape plus this sidecar's extensions. */
+/** One instance's numbers, in the Go package's JSON shape plus this sidecar's extensions. */
 export interface InstanceMetrics extends FleetAnswerBody {
   hub: Record<string, number>;
   middleware: {
@@ -58,7 +58,7 @@ export interface InstanceMetrics extends FleetAnswerBody {
 }
 
 /**
- * Fleet totals in the seed's shape: counters summed over `instances`, settings (rates, error
+ * Fleet totals in the Go package's shape: counters summed over `instances`, settings (rates, error
  * budget) taken from `own`. Tolerates answers from an instance that lacks a key.
  */
 export function fleetTotals(instances: InstanceMetrics[], own: InstanceMetrics): Pick<InstanceMetrics, 'hub' | 'middleware'> {
@@ -257,7 +257,7 @@ export class SidecarMetrics {
     };
   }
 
-  /** This instance's numbers in the seed's JSON shape (offline numbers are added by the caller). */
+  /** This instance's numbers in the Go package's JSON shape (offline numbers are added by the caller). */
   snapshot(): InstanceMetrics {
     const { hub, broker, startedAt } = this.deps;
     const s = hub.stats;

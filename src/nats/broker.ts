@@ -177,6 +177,8 @@ export class NatsBroker implements BrokerPort {
   /** One stream check at a time; callers that come meanwhile share it. */
   private checking: Promise<void> | undefined;
   private checkTimer: NodeJS.Timeout | undefined;
+  /** Stream checks failed in a row (for the retry's backoff). */
+  private checkFailures = 0;
   /** Set with tracing on: a live event with a publisher's `traceparent` is delivered through it. */
   private traceSink: ((topic: Topic, traceparent: string, deliver: () => void) => void) | undefined;
   private readonly topics = new Map<Topic, LiveTopic>();
@@ -319,7 +321,18 @@ export class NatsBroker implements BrokerPort {
   /** Is the stream there, and the incarnation we know? Recreates a missing one. Never rejects. */
   checkStream(): Promise<void> {
     this.checking ??= this.verifyStream()
-      .catch((err: unknown) => this.log.warn({ err }, 'stream check failed; retrying at the next one'))
+      .then(
+        () => {
+          this.checkFailures = 0;
+        },
+        (err: unknown) => {
+          // JetStream not answering yet (a server that just came back): try again soon, not at
+          // the next periodic check, so readiness returns within a second or two of it.
+          const delay = Math.min(this.config.streamCheckInterval, 250 * 2 ** this.checkFailures++);
+          this.log.warn({ err, retryInMs: delay }, 'stream check failed; retrying');
+          setTimeout(() => void this.checkStream(), delay).unref();
+        },
+      )
       .finally(() => (this.checking = undefined));
     return this.checking;
   }

@@ -60,8 +60,12 @@ export function findNatsServerBinary(
   return (opts.fallbacks ?? DEFAULT_FALLBACKS).find(isExecutableFile);
 }
 
+/**
+ * What `npm start` needs to run its own nats-server. The test helpers (test/helpers/nats.ts) add
+ * clusters, the server's WebSocket listener, restarts and kills on top, through `extraConfig`.
+ */
 export interface EmbeddedNatsOptions {
-  /** Client port; 0 or undefined picks a free one (then kept across restart()). */
+  /** Client port; 0 or undefined picks a free one (then kept across start()s). */
   port?: number;
   /** Listen address, default 127.0.0.1. */
   host?: string;
@@ -69,15 +73,17 @@ export interface EmbeddedNatsOptions {
   storeDir: string;
   /** Default true. */
   jetstream?: boolean;
-  /** When set (0 = free port), enables the server's own WebSocket listener without TLS. */
-  websocketPort?: number;
   serverName?: string;
-  /** Route ports are `nats-route://host:port` URLs of the other members. */
-  cluster?: { name: string; port?: number; routes: string[] };
   /** Default findNatsServerBinary(); when none is found start fails with NatsServerNotFoundError. */
   binary?: string;
-  /** Appended verbatim to the generated config file. Do not set log_file here: use logFile. */
-  extraConfig?: string;
+  /**
+   * Appended to the generated config file. As a function it gets `extraPorts` free ports, picked
+   * with the client port (and picked again with it when another process took one first). Do not
+   * set log_file here: use logFile.
+   */
+  extraConfig?: string | ((ports: number[]) => string);
+  /** How many free ports extraConfig gets. Default 0. */
+  extraPorts?: number;
   /** Server output is appended here; the last lines are kept in memory either way for errors. */
   logFile?: string;
 }
@@ -86,16 +92,11 @@ export interface EmbeddedNats {
   /** nats://127.0.0.1:PORT */
   readonly url: string;
   readonly port: number;
-  /** ws://127.0.0.1:WSPORT when websocketPort was given. */
-  readonly websocketUrl?: string;
-  readonly clusterPort?: number;
+  /** The ports picked for extraConfig. */
+  readonly extraPorts: readonly number[];
   readonly pid: number | undefined;
   /** Graceful stop (SIGTERM by default, SIGKILL after 5 s); resolves once exited. Idempotent. */
   stop(signal?: NodeJS.Signals): Promise<void>;
-  /** SIGKILL; resolves once exited. */
-  kill(): Promise<void>;
-  /** Stops, then starts again on the same ports with the same store. */
-  restart(): Promise<void>;
   /** Starts again after stop(), on the same ports, with whatever the store directory holds then. */
   start(): Promise<void>;
   /** Exit code of the current process (null when it died from a signal). */
@@ -201,41 +202,26 @@ class OutputTail {
   }
 }
 
-function q(value: string): string {
-  // JSON string syntax is valid in the NATS config format and escapes paths safely.
-  return JSON.stringify(value);
-}
-
 interface ResolvedConfig {
   binary: string;
   host: string;
   port: number;
   storeDir: string;
   jetstream: boolean;
-  websocketPort?: number;
   serverName?: string;
-  cluster?: { name: string; port: number; routes: string[] };
+  extraPorts: number[];
   extraConfig?: string;
   logFile?: string;
 }
+
+/** A value in nats-server's config syntax (JSON strings are valid there and escape paths safely). */
+export const natsConfigValue = (value: string): string => JSON.stringify(value);
+const q = natsConfigValue;
 
 function renderConfig(c: ResolvedConfig): string {
   const lines = [`host: ${q(c.host)}`, `port: ${c.port}`];
   if (c.serverName) lines.push(`server_name: ${q(c.serverName)}`);
   if (c.jetstream) lines.push(`jetstream {`, `  store_dir: ${q(c.storeDir)}`, `}`);
-  if (c.websocketPort !== undefined) {
-    lines.push(`websocket {`, `  host: ${q(c.host)}`, `  port: ${c.websocketPort}`, `  no_tls: true`, `}`);
-  }
-  if (c.cluster) {
-    lines.push(
-      `cluster {`,
-      `  name: ${q(c.cluster.name)}`,
-      `  host: ${q(c.host)}`,
-      `  port: ${c.cluster.port}`,
-      `  routes: [${c.cluster.routes.map(q).join(', ')}]`,
-      `}`,
-    );
-  }
   if (c.extraConfig) lines.push(c.extraConfig);
   return lines.join('\n') + '\n';
 }
@@ -263,12 +249,8 @@ class EmbeddedNatsServer implements EmbeddedNats {
   get url(): string {
     return `nats://${connectHost(this.config.host)}:${this.config.port}`;
   }
-  get websocketUrl(): string | undefined {
-    const p = this.config.websocketPort;
-    return p === undefined ? undefined : `ws://${connectHost(this.config.host)}:${p}`;
-  }
-  get clusterPort(): number | undefined {
-    return this.config.cluster?.port;
+  get extraPorts(): readonly number[] {
+    return this.config.extraPorts;
   }
   get pid(): number | undefined {
     return this.running ? this.child?.pid : undefined;
@@ -423,15 +405,6 @@ class EmbeddedNatsServer implements EmbeddedNats {
     });
     return this.stopping;
   }
-
-  kill(): Promise<void> {
-    return this.stop('SIGKILL');
-  }
-
-  async restart(): Promise<void> {
-    await this.stop();
-    await this.start();
-  }
 }
 
 /**
@@ -443,29 +416,23 @@ export async function startEmbeddedNats(opts: EmbeddedNatsOptions): Promise<Embe
   const binary = opts.binary ?? findNatsServerBinary();
   if (!binary) throw new NatsServerNotFoundError(process.env.NATS_SERVER_BIN || undefined);
   const host = opts.host ?? '127.0.0.1';
-  // Ports we pick (0/undefined) are fixed in the config so that restart() reuses them.
+  // Ports we pick (0/undefined) are fixed in the config so that a later start() reuses them.
   const pickClient = !opts.port;
-  const pickWebsocket = opts.websocketPort === 0;
-  const pickCluster = Boolean(opts.cluster && !opts.cluster.port);
-  const picksPorts = pickClient || pickWebsocket || pickCluster;
+  const extra = opts.extraPorts ?? 0;
+  const picksPorts = pickClient || extra > 0;
 
   for (let attempt = 1; ; attempt++) {
-    const free = await pickFreePorts([pickClient, pickWebsocket, pickCluster].filter(Boolean).length, host);
-    const port = (pick: boolean, given: number | undefined): number => (pick ? free.shift()! : given!);
+    const free = await pickFreePorts((pickClient ? 1 : 0) + extra, host);
+    const port = pickClient ? free.shift()! : opts.port!;
     const config: ResolvedConfig = {
       binary,
       host,
-      port: port(pickClient, opts.port),
+      port,
       storeDir: path.resolve(opts.storeDir),
       jetstream: opts.jetstream ?? true,
-      websocketPort: opts.websocketPort === undefined ? undefined : port(pickWebsocket, opts.websocketPort),
       serverName: opts.serverName,
-      cluster: opts.cluster && {
-        name: opts.cluster.name,
-        port: port(pickCluster, opts.cluster.port),
-        routes: opts.cluster.routes,
-      },
-      extraConfig: opts.extraConfig,
+      extraPorts: free,
+      extraConfig: typeof opts.extraConfig === 'function' ? opts.extraConfig(free) : opts.extraConfig,
       logFile: opts.logFile,
     };
     const server = new EmbeddedNatsServer(config);

@@ -34,7 +34,7 @@ export interface InboxMessage {
   readonly storedAt: string;
 }
 
-/** The seed's offline_messages metrics, read from JetStream. */
+/** The Go package's offline_messages metrics, read from JetStream. */
 export interface OfflineStats {
   /** Direct messages not yet acknowledged, over all users (those who never connected: all stored). */
   total_messages: number;

@@ -1,5 +1,5 @@
 /**
- * The publisher SDK: the seed's service API (notifyTaskCreated, sendDirectMessage, ...) over NATS.
+ * The publisher SDK: the Go package's service API (notifyTaskCreated, sendDirectMessage, ...) over NATS.
  *
  * Each call is one JetStream publish to `<prefix>.project.<id>`, `<prefix>.user.<id>` or
  * `<prefix>.broadcast` with a `Nats-Msg-Id`, and resolves with the seq the stream stored it
@@ -127,7 +127,7 @@ export class Publisher {
     }
   }
 
-  // ---- the seed's service API -----------------------------------------------------------------
+  // ---- the Go package's service API -----------------------------------------------------------------
 
   notifyTaskCreated(task: Task, projectId: string, options?: PublishOptions): Promise<PublishResult> {
     return this.sendProjectMessage(projectId, 'task_created', { project_id: projectId, task }, options);

@@ -4,31 +4,78 @@ import os from 'node:os';
 import path from 'node:path';
 import { connect } from '@nats-io/transport-node';
 import { jetstreamManager, StorageType } from '@nats-io/jetstream';
-import { startEmbeddedNats, type EmbeddedNats, type EmbeddedNatsOptions } from '../../src/nats/embedded-server.js';
+import { natsConfigValue, startEmbeddedNats, type EmbeddedNats, type EmbeddedNatsOptions } from '../../src/nats/embedded-server.js';
 import { freePorts } from './ports.js';
+
+/** The test launcher's options: the product's, plus a cluster and the server's WebSocket listener. */
+export interface TestNatsOptions extends Partial<Omit<EmbeddedNatsOptions, 'extraConfig' | 'extraPorts'>> {
+  /** When set (0 = a free port), the server's own WebSocket listener, without TLS. */
+  websocketPort?: number;
+  /** A cluster member: its route port and the `nats-route://host:port` URLs of the others. */
+  cluster?: { name: string; port: number; routes: string[] };
+  /** Appended verbatim to the generated config. */
+  extraConfig?: string;
+}
 
 export interface TestNats extends EmbeddedNats {
   readonly storeDir: string;
+  /** ws://127.0.0.1:WSPORT when websocketPort was given. */
+  readonly websocketUrl?: string;
+  readonly clusterPort?: number;
+  /** SIGKILL; resolves once exited. */
+  kill(): Promise<void>;
+  /** Stops, then starts again on the same ports with the same store. */
+  restart(): Promise<void>;
   /** Stops the server and removes its directory. */
   cleanup(): Promise<void>;
 }
 
-export async function startTestNats(opts: Partial<EmbeddedNatsOptions> = {}): Promise<TestNats> {
+export async function startTestNats(opts: TestNatsOptions = {}): Promise<TestNats> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'nats-ws-test-'));
+  const { websocketPort, cluster, extraConfig, ...base } = opts;
   const storeDir = opts.storeDir ?? path.join(dir, 'store');
+  const host = opts.host ?? '127.0.0.1';
+  const q = natsConfigValue;
   let server: EmbeddedNats;
   try {
-    server = await startEmbeddedNats({ ...opts, storeDir });
+    server = await startEmbeddedNats({
+      ...base,
+      storeDir,
+      // A websocket port of 0 is picked with the client port.
+      extraPorts: websocketPort === 0 ? 1 : 0,
+      extraConfig: (ports) => {
+        const lines: string[] = [];
+        if (websocketPort !== undefined) {
+          lines.push(`websocket {`, `  host: ${q(host)}`, `  port: ${websocketPort || ports[0]}`, `  no_tls: true`, `}`);
+        }
+        if (cluster) {
+          lines.push(`cluster {`, `  name: ${q(cluster.name)}`, `  host: ${q(host)}`, `  port: ${cluster.port}`, `  routes: [${cluster.routes.map(q).join(', ')}]`, `}`);
+        }
+        if (extraConfig) lines.push(extraConfig);
+        return lines.join('\n');
+      },
+    });
   } catch (err) {
     await rm(dir, { recursive: true, force: true });
     throw err;
   }
+  const wsPort = websocketPort === undefined ? undefined : websocketPort || server.extraPorts[0];
   const cleanup = async (): Promise<void> => {
     await server.stop();
     await rm(dir, { recursive: true, force: true });
   };
   // Extend the instance itself so its live getters (pid, exited change on restart) keep working.
-  return Object.assign(server, { storeDir, cleanup });
+  return Object.assign(server, {
+    storeDir,
+    websocketUrl: wsPort === undefined ? undefined : `ws://127.0.0.1:${wsPort}`,
+    clusterPort: cluster?.port,
+    kill: () => server.stop('SIGKILL'),
+    restart: async () => {
+      await server.stop();
+      await server.start();
+    },
+    cleanup,
+  });
 }
 
 export interface TestCluster {
