@@ -172,7 +172,11 @@ async function fanOut(label, { conns = 500, events = 2_000, perTick = 20, patch,
     maxQueuedMessages: 1e9, maxQueuedBytes: 1e12, maxBufferedBytes: 1e12, slowConsumerTimeout: 5_000,
     maxConnectionsPerUser: 1e9, maxSubscriptionsPerConnection: 100, maxMessageSize: 512, maxTokenLength: 8192,
   };
-  const broker = { setInterest() {}, interestReady: async () => {}, replay: async () => ({ truncated: false }) };
+  // The whole BrokerPort: authentication reads the inbox backlog (a missing one closes the connection 1011).
+  const broker = {
+    epoch: 'e1', setInterest() {}, interestReady: async () => {}, replay: async () => ({ truncated: false, epoch: 'e1', restarted: false }),
+    backlog: async () => {}, acknowledge() {}, written() {},
+  };
   const hub = new Hub({ config, instanceId: 'bench', log: silent, broker, auth: { verify: async () => { throw new Error(); } } });
   let delivered = 0;
   let expected = Infinity;
@@ -188,7 +192,8 @@ async function fanOut(label, { conns = 500, events = 2_000, perTick = 20, patch,
       ping() {}, close() {}, terminate() {},
     };
     const conn = hub.connect(transport, 'bench');
-    await conn.authenticate({ userId: `u${i}`, roles: [], projects: '*', expiresAt: undefined });
+    await hub.authenticate(conn, { userId: `u${i}`, roles: [], projects: '*', expiresAt: undefined });
+    if (conn.state !== 'open') throw new Error(`fan-out: connection ${i} did not open`);
     hub.join(conn, 'project.p').release();
   }
   await new Promise((r) => setImmediate(r)); // auth_success frames out of the way

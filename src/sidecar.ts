@@ -132,7 +132,7 @@ export class Sidecar {
       if (tracingEnabled()) broker.setTraceSink(traceDelivery);
       authorizer.listenForRevocations((userId, projectId) => hub.revoke(userId, projectId));
       // Broadcasts go to every connection: one permanent subscription.
-      hub.broker.setInterest('broadcast', true);
+      b.setInterest('broadcast', true);
 
       const natsLink = broker;
       const operations = createOperations({

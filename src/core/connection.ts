@@ -18,11 +18,10 @@ import {
 } from '../protocol.js';
 import { ErrorBudget, TokenBucket } from './limits.js';
 import type { EventRef } from './dedupe.js';
-import { topics, type OutFrame, type StoredEvent, type Transport } from './ports.js';
+import type { OutFrame, Transport } from './ports.js';
 import { OutboundQueue } from './outbound.js';
 import { TopicSubscriptions, type Subscription } from './subscription.js';
-import type { Hub } from './hub.js';
-import { dispatch } from './processors.js';
+import type { ConnectionHost } from './host.js';
 
 export type ConnectionState = 'authenticating' | 'open' | 'closed';
 
@@ -41,8 +40,9 @@ export class Connection {
   principal: Principal | null = null;
   readonly subscriptions = new TopicSubscriptions();
   readonly openedAt: number;
-  lastSeen: number;
-  lastPing: number;
+  /** When the client was last heard from (a frame or a pong), and when it was last probed. */
+  private lastSeen: number;
+  private lastPing: number;
   messagesIn = 0;
   messagesOut = 0;
   /** The client has sent an `ack`: it acknowledges its direct messages itself (inboxAckMode auto). */
@@ -74,13 +74,13 @@ export class Connection {
   private setupMark: number | undefined;
 
   constructor(
-    readonly hub: Hub,
+    readonly host: ConnectionHost,
     readonly id: string,
     readonly transport: Transport,
     readonly remoteAddress: string,
     now: number,
   ) {
-    const c = hub.config;
+    const c = host.config;
     this.openedAt = now;
     this.lastSeen = now;
     this.lastPing = now;
@@ -89,7 +89,7 @@ export class Connection {
   }
 
   get log(): Logger {
-    return (this.childLog ??= this.hub.log.child({ conn: this.id, user: this.userId ?? undefined }));
+    return (this.childLog ??= this.host.log.child({ conn: this.id, user: this.userId ?? undefined }));
   }
 
   get userId(): string | null {
@@ -97,7 +97,7 @@ export class Connection {
   }
 
   get maxQueued(): number {
-    return this.hub.config.maxQueuedMessages;
+    return this.host.config.maxQueuedMessages;
   }
 
   get isOpen(): boolean {
@@ -113,11 +113,11 @@ export class Connection {
     this.lastSeen = now;
     this.lastPing = now;
     this.messagesIn += 1;
-    this.hub.stats.messagesReceived += 1;
+    this.host.stats.messagesReceived += 1;
     // Admission before parsing: a flood costs a subtraction per frame, not a JSON.parse. The
     // refusal is answered at once (not in request order) so a flood never queues work.
     if (!this.inbound.tryTake(now)) {
-      this.hub.stats.rateLimited += 1;
+      this.host.stats.rateLimited += 1;
       this.fail(new ProtocolError(ErrorCode.RateLimited, 'too many requests; slow down'));
       return;
     }
@@ -130,8 +130,8 @@ export class Connection {
     if (ack !== undefined) return void this.execute(ack);
     // Requests that wait behind a slow one are capped, so a client cannot pile up work and
     // memory while a handler waits on NATS.
-    if (this.waiting !== undefined && this.waiting.length >= this.hub.config.burstSize) {
-      this.hub.stats.rateLimited += 1;
+    if (this.waiting !== undefined && this.waiting.length >= this.host.config.burstSize) {
+      this.host.stats.rateLimited += 1;
       this.fail(new ProtocolError(ErrorCode.RateLimited, 'too many requests in flight; wait for the answers'));
       return;
     }
@@ -140,7 +140,7 @@ export class Connection {
 
   /** The frame when it is a valid `ack`, else undefined; answers nothing. */
   private peekAck(data: string | Buffer, isBinary: boolean): ClientMessage | undefined {
-    if (isBinary || (typeof data === 'string' ? Buffer.byteLength(data) : data.length) > this.hub.config.maxMessageSize) return undefined;
+    if (isBinary || (typeof data === 'string' ? Buffer.byteLength(data) : data.length) > this.host.config.maxMessageSize) return undefined;
     try {
       const message = parseClientMessage(typeof data === 'string' ? data : data.toString('utf8'));
       return message.type === MessageType.Ack ? message : undefined;
@@ -162,7 +162,7 @@ export class Connection {
     }
     // The socket accepts frames up to maxTokenLength + 1 KiB so that an `auth` message can carry
     // an RS/PS token (they rarely fit in 512 bytes); every other message keeps maxMessageSize.
-    const oversized = (typeof data === 'string' ? Buffer.byteLength(data) : data.length) > this.hub.config.maxMessageSize;
+    const oversized = (typeof data === 'string' ? Buffer.byteLength(data) : data.length) > this.host.config.maxMessageSize;
     const text = typeof data === 'string' ? data : data.toString('utf8');
     let message;
     try {
@@ -186,7 +186,7 @@ export class Connection {
     }
     const id = message.message_id;
     try {
-      const result = dispatch(this, message);
+      const result = this.host.dispatch(this, message);
       if (result) return result.catch((err) => this.fail(err, id));
     } catch (err) {
       this.fail(err, id);
@@ -243,8 +243,8 @@ export class Connection {
    */
   countError(): void {
     if (this.state === 'closed') return;
-    this.hub.stats.errorsSent += 1;
-    const c = this.hub.config;
+    this.host.stats.errorsSent += 1;
+    const c = this.host.config;
     if ((this.errors ??= new ErrorBudget(c.maxErrors, c.errorResetInterval)).record(Date.now())) {
       this.close(CloseCode.TooManyErrors, 'too many errors');
     }
@@ -267,60 +267,28 @@ export class Connection {
       return undefined;
     }
     // Settles when the authentication ran (the ws.connect span lasts until then).
-    return new Promise<void>((settled) => this.inOrder(() => this.authenticate(principal).finally(settled)));
+    return new Promise<void>((settled) => this.inOrder(() => this.host.authenticate(this, principal).finally(settled)));
   }
 
   /**
-   * Become authenticated: join the user's and the broadcast topics, then say auth_success. A
-   * setup that fails closes the connection (1011): it never stays open half set up. On an open
-   * connection this is a token refresh.
+   * Authentication sets up (authentication.ts): the connection is open, but nothing is written
+   * until auth_success, which goes before whatever is queued meanwhile (a refusal, a
+   * history_truncated of the user's topics): it is the first frame after auth.
    */
-  async authenticate(principal: Principal): Promise<void> {
-    if (this.state === 'open') {
-      this.principal = principal;
-      this.hub.dropForbiddenProjects(this);
-      this.send(serverMessage(MessageType.AuthSuccess, { user_id: principal.userId, connection_id: this.id, epoch: this.hub.broker.epoch }));
-      return;
-    }
-    this.principal = principal;
-    if (!this.hub.admitUser(this, principal.userId)) return;
-    // Nothing is written until auth_success, which goes before whatever was queued meanwhile
-    // (a refusal, a history_truncated of the user's topics): it is the first frame after auth.
+  beginSetup(): void {
     this.setupMark = this.queue.length;
     this.state = 'open';
-    // One string for the topic everywhere it is kept (subscriptions, rooms, broker).
-    const userTopic = topics.user(principal.userId);
-    this.userSub = this.hub.join(this, userTopic);
-    this.hub.join(this, topics.broadcast);
-    const inbox: StoredEvent[] = [];
-    try {
-      await Promise.all([this.hub.ready(userTopic), this.hub.ready(topics.broadcast)]);
-      if (!this.isOpen) return; // closed meanwhile
-      // The user's unacknowledged direct messages go first, in order; live ones are held meanwhile.
-      await this.hub.broker.backlog(principal.userId, (event) => inbox.push(event));
-    } catch (err) {
-      this.log.error({ err }, 'authentication setup failed');
-      this.close(CloseCode.InternalError, 'internal error');
-      return;
-    }
-    if (!this.isOpen) return; // closed meanwhile
-    this.hub.log.info(
-      { conn: this.id, user: principal.userId, remote: this.remoteAddress, inbox: inbox.length },
-      'connection authenticated',
-    );
-    const success = serverMessage(MessageType.AuthSuccess, { user_id: principal.userId, connection_id: this.id, epoch: this.hub.broker.epoch });
-    this.queue.insert(this.setupMark, { text: success });
+  }
+
+  /** The setup is done: `success` goes first, then what was queued; `directMessages` is the user's topic. */
+  endSetup(success: string, directMessages: Subscription): void {
+    this.queue.insert(this.setupMark ?? 0, { text: success });
     this.setupMark = undefined;
-    this.hub.lifecycle.connected(this.id, principal.userId);
+    this.userSub = directMessages;
     if (!this.dirty) {
       this.dirty = true;
-      this.hub.markDirty(this);
+      this.host.markDirty(this);
     }
-    for (const event of inbox) {
-      this.hub.checkDuplicate(userTopic, event);
-      this.userSub.replayed(event);
-    }
-    for (const topic of [userTopic, topics.broadcast]) this.subscriptions.get(topic)?.release();
   }
 
   // ---- outbound -----------------------------------------------------------------------------
@@ -336,7 +304,7 @@ export class Connection {
     this.queue.push(frame);
     if (!this.dirty) {
       this.dirty = true;
-      this.hub.markDirty(this);
+      this.host.markDirty(this);
     }
   }
 
@@ -353,39 +321,39 @@ export class Connection {
     let n = 0;
     let fit = 0;
     if (!this.socketFull(now)) {
-      fit = this.queue.countWithin(this.hub.config.maxBufferedBytes - this.transport.bufferedAmount);
+      fit = this.queue.countWithin(this.host.config.maxBufferedBytes - this.transport.bufferedAmount);
       n = this.outbound.takeUpTo(fit, now);
     }
     if (n > 0) {
       this.transport.write(this.queue.take(n));
       this.messagesOut += n;
-      this.hub.stats.messagesSent += n;
+      this.host.stats.messagesSent += n;
       // A drained queue means every direct message enqueued so far is written: one compare per flush.
       if (this.queue.length === 0 && this.userSub !== undefined && this.userSub.lastSeq > this.directWritten) {
         this.directWritten = this.userSub.lastSeq;
-        if (this.hub.config.inboxAckMode === 'write') this.hub.broker.written(this.userId!, this.directWritten);
+        if (this.host.config.inboxAckMode === 'write') this.host.written(this.userId!, this.directWritten);
       }
       // Start the slow-consumer clock; the next look (next flush or the sweep) decides.
-      if (this.stalledSince === 0 && this.transport.bufferedAmount >= this.hub.config.maxBufferedBytes) {
+      if (this.stalledSince === 0 && this.transport.bufferedAmount >= this.host.config.maxBufferedBytes) {
         this.stalledSince = now;
       }
     }
     if ((this.state as ConnectionState) === 'closed') return; // socketFull() found a slow consumer
-    const c = this.hub.config;
+    const c = this.host.config;
     if (this.queue.length > c.maxQueuedMessages || this.queue.chars > c.maxQueuedBytes) {
       return this.slowConsumer('outbound queue over its cap');
     }
     if (this.queue.length === 0) {
       if (this.paced) {
         this.paced = false;
-        this.hub.pacer.forget(this.id);
+        this.host.pacer.forget(this.id);
       }
     } else if (n < fit) {
       this.paced = true; // budget spent: wait for a lease
-      this.hub.pacer.schedule(this.id, () => this.flush(Date.now()));
+      this.host.pacer.schedule(this.id, () => this.flush(Date.now()));
     } else if (fit > 0) {
       this.dirty = true; // buffer room spent: look again next tick, when the socket has written
-      this.hub.markDirty(this);
+      this.host.markDirty(this);
     } // else the socket buffer is full: the hub's sweep looks again
   }
 
@@ -396,16 +364,52 @@ export class Connection {
    * that drains resumes even when no new frame arrives.
    */
   private socketFull(now: number): boolean {
-    if (this.transport.bufferedAmount < this.hub.config.maxBufferedBytes) {
+    if (this.transport.bufferedAmount < this.host.config.maxBufferedBytes) {
       this.stalledSince = 0;
       return false;
     }
     if (this.stalledSince === 0) {
       this.stalledSince = now;
-    } else if (now - this.stalledSince >= this.hub.config.slowConsumerTimeout) {
+    } else if (now - this.stalledSince >= this.host.config.slowConsumerTimeout) {
       this.slowConsumer(`socket buffer over its cap for ${now - this.stalledSince} ms`);
     }
     return true;
+  }
+
+  /** The client answered a ping (the transport's pong). */
+  heard(now = Date.now()): void {
+    this.lastSeen = now;
+  }
+
+  /**
+   * The hub's periodic look at this connection (one timer for all of them): the auth deadline,
+   * token expiry, the heartbeat, a stalled socket and ack-on-write.
+   */
+  sweep(now: number): void {
+    const c = this.host.config;
+    if (this.state === 'authenticating') {
+      if (now - this.openedAt >= c.authTimeout) this.close(CloseCode.AuthTimeout, 'authentication timeout');
+      return;
+    }
+    const expiresAt = this.principal?.expiresAt;
+    if (expiresAt !== undefined && expiresAt <= now) {
+      this.host.stats.errorsSent += 1;
+      this.send(errorMessage(ErrorCode.TokenExpired, 'token expired; reconnect with a fresh token'));
+      this.close(CloseCode.Unauthorized, 'token expired');
+      return;
+    }
+    if (now - this.lastSeen >= c.pongTimeout) {
+      this.log.info('no pong within pongTimeout: terminating');
+      this.transport.terminate();
+      this.closed(CloseCode.GoingAway, 'pong timeout');
+      return;
+    }
+    if (now - this.lastPing >= c.pingInterval) {
+      this.lastPing = now;
+      this.transport.ping();
+    }
+    if (this.stalled) this.recheckStalled(now);
+    this.ackWrittenAfterGrace(now);
   }
 
   /** The sweep's look at a stalled connection: close it, or resume writing once it drained. */
@@ -433,21 +437,21 @@ export class Connection {
    * acks shows it within that time and is left to ack for itself.
    */
   ackWrittenAfterGrace(now: number): void {
-    if (this.hub.config.inboxAckMode !== 'auto' || this.acksDirect || this.directWritten <= this.directAcked) return;
+    if (this.host.config.inboxAckMode !== 'auto' || this.acksDirect || this.directWritten <= this.directAcked) return;
     const pending = this.unackedWrite;
     if (pending === undefined) {
       this.unackedWrite = { seq: this.directWritten, since: now };
       return;
     }
-    if (now - pending.since < this.hub.config.inboxAckWait) return;
+    if (now - pending.since < this.host.config.inboxAckWait) return;
     this.directAcked = pending.seq;
-    this.hub.broker.written(this.userId!, pending.seq);
+    this.host.written(this.userId!, pending.seq);
     this.unackedWrite = this.directWritten > pending.seq ? { seq: this.directWritten, since: now } : undefined;
   }
 
   slowConsumer(reason: string): void {
     if (this.state === 'closed') return;
-    this.hub.stats.slowConsumers += 1;
+    this.host.stats.slowConsumers += 1;
     this.log.warn({ queued: this.queue.length, buffered: this.transport.bufferedAmount }, `slow consumer: ${reason}`);
     this.queue.clear();
     this.close(CloseCode.SlowConsumer, 'slow consumer: resume with since');
@@ -471,9 +475,8 @@ export class Connection {
   closed(code: number, reason: string): void {
     if (this.state === 'closed') return;
     this.state = 'closed';
-    this.hub.remove(this);
-    if (this.userId) this.hub.lifecycle.disconnected(this.id, this.userId, code, reason);
-    this.hub.log.info(
+    this.host.remove(this, code, reason);
+    this.host.log.info(
       { conn: this.id, user: this.userId ?? undefined, code, reason: reason || undefined, in: this.messagesIn, out: this.messagesOut },
       'connection closed',
     );

@@ -4,13 +4,16 @@
  * for all connections (no timer per connection).
  */
 import type { Logger } from 'pino';
-import { mayAccessProject } from '../auth.js';
+import { mayAccessProject, type Principal } from '../auth.js';
 import type { Config } from '../config.js';
-import { CloseCode, ErrorCode, MessageType, errorMessage, serverMessage } from '../protocol.js';
+import { CloseCode, ErrorCode, MessageType, errorMessage, serverMessage, type ClientMessage } from '../protocol.js';
+import { authenticate } from './authentication.js';
 import { Connection } from './connection.js';
 import { RecentIds } from './dedupe.js';
 import { OutboundPacer } from './limits.js';
+import type { ConnectionHost, ConnectionStats } from './host.js';
 import { addMember, countMembers, membersOf, removeMember, type Members } from './members.js';
+import { dispatch } from './processors.js';
 import {
   topics,
   type AuthPort,
@@ -21,6 +24,10 @@ import {
   type PresencePort,
   type ProjectAccessPort,
   type OutFrame,
+  type HistoryPage,
+  type HistoryQuery,
+  type ReplayResult,
+  type ResumePosition,
   type StoredEvent,
   type Topic,
   type Transport,
@@ -53,15 +60,10 @@ export type HubConfig = Pick<
 /** How many publisher message ids the hub remembers for deduplication. */
 const RECENT_IDS = 10_000;
 
-export interface HubStats {
+export interface HubStats extends ConnectionStats {
   totalConnections: number;
-  messagesSent: number;
-  messagesReceived: number;
   broadcastsSent: number;
   eventsRouted: number;
-  errorsSent: number;
-  rateLimited: number;
-  slowConsumers: number;
 }
 
 export interface HubOptions {
@@ -97,11 +99,12 @@ const claimsAccess: ProjectAccessPort = {
 const noClientEvents: ClientEventPort = { allows: () => false, publish() {} };
 const noLifecycle: LifecyclePort = { connected() {}, disconnected() {}, subscribed() {}, unsubscribed() {} };
 
-export class Hub {
+export class Hub implements ConnectionHost {
   readonly config: HubConfig;
   readonly instanceId: string;
   readonly log: Logger;
-  readonly broker: BrokerPort;
+  /** Only the hub talks to the broker: connections and processors go through the hub's methods. */
+  private readonly broker: BrokerPort;
   readonly auth: AuthPort;
   readonly presence: PresencePort;
   readonly access: ProjectAccessPort;
@@ -195,11 +198,24 @@ export class Hub {
     return n;
   }
 
-  remove(conn: Connection): void {
-    if (!this.connections.delete(conn.id)) return;
-    for (const topic of conn.subscriptions.keys()) this.leave(conn, topic);
-    if (conn.userId) removeMember(this.users, conn.userId, conn);
-    this.pacer.forget(conn.id);
+  /** The connection closed: it leaves its topics and its user; its backend hears of it (lifecycle). */
+  remove(conn: Connection, code: number, reason: string): void {
+    if (this.connections.delete(conn.id)) {
+      for (const topic of conn.subscriptions.keys()) this.leave(conn, topic);
+      if (conn.userId) removeMember(this.users, conn.userId, conn);
+      this.pacer.forget(conn.id);
+    }
+    if (conn.userId) this.lifecycle.disconnected(conn.id, conn.userId, code, reason);
+  }
+
+  // ---- requests -----------------------------------------------------------------------------
+
+  dispatch(conn: Connection, message: ClientMessage): void | Promise<void> {
+    return dispatch(this, conn, message);
+  }
+
+  authenticate(conn: Connection, principal: Principal): Promise<void> {
+    return authenticate(this, conn, principal);
   }
 
   // ---- topics -------------------------------------------------------------------------------
@@ -236,6 +252,38 @@ export class Hub {
   /** Resolves once the broker delivers the topic's live events here. */
   ready(topic: Topic): Promise<void> {
     return this.broker.interestReady(topic);
+  }
+
+  // ---- the broker, for connections and processors -------------------------------------------
+
+  /** The stream's current incarnation (see BrokerPort.epoch). */
+  get epoch(): string {
+    return this.broker.epoch;
+  }
+
+  /** Stored events of `topic` after a client's position, in order (see BrokerPort.replay). */
+  replay(topic: Topic, position: ResumePosition, onEvent: (event: StoredEvent) => void): Promise<ReplayResult> {
+    return this.broker.replay(topic, position, onEvent);
+  }
+
+  /** A page of a topic's stored events (the `history` request; see BrokerPort.historyPage). */
+  historyPage(topic: Topic, query: HistoryQuery): Promise<HistoryPage> {
+    return this.broker.historyPage(topic, query);
+  }
+
+  /** The user's unacknowledged direct messages, in order: what a new connection gets first. */
+  inboxBacklog(userId: string, onEvent: (event: StoredEvent) => void): Promise<void> {
+    return this.broker.backlog(userId, onEvent);
+  }
+
+  /** The client acknowledged its direct message `seq`. */
+  acknowledge(userId: string, seq: number): void {
+    this.broker.acknowledge(userId, seq);
+  }
+
+  /** Direct messages of the user up to `seq` were written to one of its sockets (ack-on-write). */
+  written(userId: string, seq: number): void {
+    this.broker.written(userId, seq);
   }
 
   /** After a token refresh: leave projects the new token no longer allows. */
@@ -281,8 +329,19 @@ export class Hub {
     return room.size;
   }
 
+  /**
+   * Events a replay or an inbox backlog brought, in stream order, to one subscription: the one
+   * place they are checked for duplicates and delivered, as `publish` is for live ones.
+   */
+  deliverReplayed(sub: Subscription, events: readonly StoredEvent[]): void {
+    for (const event of events) {
+      this.checkDuplicate(sub.topic, event);
+      sub.replayed(event);
+    }
+  }
+
   /** Mark an event whose publisher id came with another seq before (see RecentIds). Once per event. */
-  checkDuplicate(topic: Topic, event: StoredEvent): void {
+  private checkDuplicate(topic: Topic, event: StoredEvent): void {
     if (event.messageId !== undefined) event.duplicateOf = this.recentIds.check(topic, event);
   }
 
@@ -337,32 +396,7 @@ export class Hub {
   // ---- timers -------------------------------------------------------------------------------
 
   private sweep(now: number): void {
-    const c = this.config;
-    for (const conn of this.connections.values()) {
-      if (conn.state === 'authenticating') {
-        if (now - conn.openedAt >= c.authTimeout) conn.close(CloseCode.AuthTimeout, 'authentication timeout');
-        continue;
-      }
-      const expiresAt = conn.principal?.expiresAt;
-      if (expiresAt !== undefined && expiresAt <= now) {
-        this.stats.errorsSent += 1;
-        conn.send(errorMessage(ErrorCode.TokenExpired, 'token expired; reconnect with a fresh token'));
-        conn.close(CloseCode.Unauthorized, 'token expired');
-        continue;
-      }
-      if (now - conn.lastSeen >= c.pongTimeout) {
-        conn.log.info('no pong within pongTimeout: terminating');
-        conn.transport.terminate();
-        conn.closed(CloseCode.GoingAway, 'pong timeout');
-        continue;
-      }
-      if (now - conn.lastPing >= c.pingInterval) {
-        conn.lastPing = now;
-        conn.transport.ping();
-      }
-      if (conn.stalled) conn.recheckStalled(now);
-      conn.ackWrittenAfterGrace(now);
-    }
+    for (const conn of this.connections.values()) conn.sweep(now);
   }
 
   /** Close every connection (shutdown) and stop timers. */

@@ -1,6 +1,7 @@
 /**
- * One processor per client message type (as in the Go package this project re-creates, per-type message processors). Each gets the
- * connection and a validated message; throwing a ProtocolError answers the client with its code.
+ * One processor per client message type (as in the Go package this project re-creates, per-type
+ * message processors). Each gets the connection, a validated message and the hub; throwing a
+ * ProtocolError answers the client with its code. Processors reach the broker only through the hub.
  */
 import { AuthError } from '../errors.js';
 import {
@@ -16,20 +17,22 @@ import {
   type HistoryRequest,
 } from '../protocol.js';
 import type { Principal } from '../auth.js';
-import type { ProjectAccessPort, BrokerPort } from './ports.js';
+import { authenticate } from './authentication.js';
 import type { Connection } from './connection.js';
+import type { Hub } from './hub.js';
 import { topics, type StoredEvent } from './ports.js';
 
 type Processor<T extends ClientMessage['type']> = (
   conn: Connection,
   message: Extract<ClientMessage, { type: T }>,
+  hub: Hub,
 ) => void | Promise<void>;
 
 type Processors = { [T in ClientMessage['type']]: Processor<T> };
 
 /** Throws `forbidden` unless the connection may see the project (claims, open or the backend's answer). */
-async function checkAccess(conn: Connection, projectId: string, what: string): Promise<void> {
-  const decision = await conn.hub.access.check(conn.principal!, projectId);
+async function checkAccess(hub: Hub, conn: Connection, projectId: string, what: string): Promise<void> {
+  const decision = await hub.access.check(conn.principal!, projectId);
   if (!decision.allowed) {
     throw new ProtocolError(ErrorCode.Forbidden, `not allowed to ${what} project "${projectId}": ${decision.reason}`, {
       project_id: projectId,
@@ -41,23 +44,19 @@ async function checkAccess(conn: Connection, projectId: string, what: string): P
  * A page of a project's stored events as the `data` JSON of a history answer, for the WebSocket
  * processor and the HTTP route alike. Authorized exactly like a subscribe.
  */
-export async function readHistory(
-  deps: { access: ProjectAccessPort; broker: BrokerPort; maxBytes: number },
-  principal: Principal,
-  query: HistoryRequest,
-): Promise<string> {
+export async function readHistory(hub: Hub, principal: Principal, query: HistoryRequest): Promise<string> {
   const projectId = query.project_id;
-  const decision = await deps.access.check(principal, projectId);
+  const decision = await hub.access.check(principal, projectId);
   if (!decision.allowed) {
     throw new ProtocolError(ErrorCode.Forbidden, `not allowed to read the history of project "${projectId}": ${decision.reason}`, {
       project_id: projectId,
     });
   }
-  const page = await deps.broker.historyPage(topics.project(projectId), {
+  const page = await hub.historyPage(topics.project(projectId), {
     limit: query.limit ?? HISTORY_DEFAULT_LIMIT,
     before: query.before,
     after: query.after,
-    maxBytes: deps.maxBytes,
+    maxBytes: hub.config.historyMaxBytes,
   });
   return historyData(
     projectId,
@@ -68,10 +67,10 @@ export async function readHistory(
 }
 
 const processors: Processors = {
-  async auth(conn, message) {
+  async auth(conn, message, hub) {
     let principal;
     try {
-      principal = await conn.hub.auth.verify(message.data.token);
+      principal = await hub.auth.verify(message.data.token);
     } catch (err) {
       const reason = err instanceof AuthError ? err.message : 'invalid token';
       if (conn.state === 'open') {
@@ -91,36 +90,36 @@ const processors: Processors = {
       return;
     }
     if (conn.state === 'closed') return;
-    await conn.authenticate(principal);
+    await authenticate(hub, conn, principal);
   },
 
-  async subscription(conn, message) {
+  async subscription(conn, message, hub) {
     const projectId = message.data.project_id;
     const topic = topics.project(projectId);
     if (message.data.action === 'unsubscribe') {
-      conn.hub.leave(conn, topic);
+      hub.leave(conn, topic);
       conn.send(serverMessage(MessageType.Subscription, { action: 'unsubscribed', project_id: projectId }));
       return;
     }
-    await checkAccess(conn, projectId, 'subscribe to');
+    await checkAccess(hub, conn, projectId, 'subscribe to');
     if (conn.state !== 'open') return;
     const projectSubs = conn.subscriptions.keys().filter((t) => t.startsWith('project.')).length;
-    if (!conn.subscriptions.has(topic) && projectSubs >= conn.hub.config.maxSubscriptionsPerConnection) {
+    if (!conn.subscriptions.has(topic) && projectSubs >= hub.config.maxSubscriptionsPerConnection) {
       throw new ProtocolError(ErrorCode.Forbidden, 'too many subscriptions on this connection', { project_id: projectId });
     }
     const { since, epoch } = message.data;
     const existed = conn.subscriptions.has(topic);
-    const sub = conn.hub.join(conn, topic, since);
+    const sub = hub.join(conn, topic, since);
     try {
-      await conn.hub.ready(topic);
+      await hub.ready(topic);
       if (conn.subscriptions.get(topic) !== sub) return; // unsubscribed or closed meanwhile
-      const reply: Record<string, unknown> = { action: 'subscribed', project_id: projectId, epoch: conn.hub.broker.epoch };
+      const reply: Record<string, unknown> = { action: 'subscribed', project_id: projectId, epoch: hub.epoch };
       if (since === undefined) {
         conn.send(serverMessage(MessageType.Subscription, reply));
       } else {
         // Replay into a list first so the answer can say whether history was cut, then deliver in order.
         const replayed: StoredEvent[] = [];
-        const replay = await conn.hub.broker.replay(topic, { since, epoch }, (event) => replayed.push(event));
+        const replay = await hub.replay(topic, { since, epoch }, (event) => replayed.push(event));
         if (conn.subscriptions.get(topic) !== sub) return;
         reply.epoch = replay.epoch;
         if (replay.truncated) reply.truncated = true;
@@ -128,17 +127,14 @@ const processors: Processors = {
         if (replay.restarted) sub.restart();
         reply.replayed = replayed.filter((e) => e.aboutUser !== conn.userId).length; // what will actually follow
         conn.send(serverMessage(MessageType.Subscription, reply));
-        for (const event of replayed) {
-          conn.hub.checkDuplicate(topic, event);
-          sub.replayed(event);
-        }
+        hub.deliverReplayed(sub, replayed);
       }
     } catch (err) {
       // Nothing of the replay was delivered: a subscription the client had stays as it was, live;
       // one this request created goes.
       if (conn.subscriptions.get(topic) === sub) {
         if (existed) sub.resume();
-        else conn.hub.leave(conn, topic);
+        else hub.leave(conn, topic);
       }
       throw err;
     }
@@ -149,32 +145,30 @@ const processors: Processors = {
     conn.send(serverMessage(MessageType.Pong, {}));
   },
 
-  ack(conn, message) {
+  ack(conn, message, hub) {
     conn.acksDirect = true;
     // Only a direct message this connection has: an ack costs a read of the user's inbox in
     // JetStream, which a made-up seq must not be able to trigger.
     const seq = message.data.seq;
     if (!conn.has({ topic: topics.user(conn.userId!), seq })) return;
     // Applied to the user's inbox consumer, whichever instance the client is on (nats/inbox.ts).
-    conn.hub.broker.acknowledge(conn.userId!, seq);
+    hub.acknowledge(conn.userId!, seq);
   },
 
-  async presence(conn, message) {
+  async presence(conn, message, hub) {
     const projectId = message.data.project_id;
-    await checkAccess(conn, projectId, 'see');
-    const users = await conn.hub.presence.users(projectId);
+    await checkAccess(hub, conn, projectId, 'see');
+    const users = await hub.presence.users(projectId);
     conn.send(serverMessage(MessageType.Presence, { project_id: projectId, users }));
   },
 
-  async history(conn, message) {
-    const hub = conn.hub;
-    const data = await readHistory({ access: hub.access, broker: hub.broker, maxBytes: hub.config.historyMaxBytes }, conn.principal!, message.data);
-    conn.send(historyMessage(data));
+  async history(conn, message, hub) {
+    conn.send(historyMessage(await readHistory(hub, conn.principal!, message.data)));
   },
 
-  client_event(conn, message) {
+  client_event(conn, message, hub) {
     const { project_id: projectId, event, payload } = message.data;
-    if (!conn.hub.clientEvents.allows(event)) {
+    if (!hub.clientEvents.allows(event)) {
       throw new ProtocolError(ErrorCode.Forbidden, `clients may not send "${event}" events`, { event });
     }
     // Subscribed implies authorized: no second access check per event.
@@ -184,7 +178,7 @@ const processors: Processors = {
         event,
       });
     }
-    conn.hub.clientEvents.publish({
+    hub.clientEvents.publish({
       projectId,
       event,
       payload: payload ?? {},
@@ -195,19 +189,19 @@ const processors: Processors = {
   },
 };
 
-export function dispatch(conn: Connection, message: ClientMessage): void | Promise<void> {
+export function dispatch(hub: Hub, conn: Connection, message: ClientMessage): void | Promise<void> {
   if (conn.state === 'closed') return;
   const processor = processors[message.type] as Processor<typeof message.type>;
-  const spans = conn.hub.spans;
+  const spans = hub.spans;
   if (spans !== undefined) {
     // Spans for the requests that wait on NATS; pings and acks are not worth one each.
     if (message.type === 'subscription') {
       const { action, project_id: projectId } = message.data;
-      return spans.run(`ws.${action}`, { 'ws.project_id': projectId, 'ws.connection_id': conn.id }, () => processor(conn, message));
+      return spans.run(`ws.${action}`, { 'ws.project_id': projectId, 'ws.connection_id': conn.id }, () => processor(conn, message, hub));
     }
     if (message.type === 'history') {
-      return spans.run('ws.history', { 'ws.project_id': message.data.project_id, 'ws.connection_id': conn.id }, () => processor(conn, message));
+      return spans.run('ws.history', { 'ws.project_id': message.data.project_id, 'ws.connection_id': conn.id }, () => processor(conn, message, hub));
     }
   }
-  return processor(conn, message);
+  return processor(conn, message, hub);
 }

@@ -35,7 +35,7 @@ export function createHistoryRouter(deps: HistoryRouteDeps, prefix = '/api/v1/we
     const hub = deps.hub;
     try {
       const query = parseHistoryParams(ctx.params.id, ctx.query);
-      ctx.body = await readHistory({ access: hub.access, broker: hub.broker, maxBytes: hub.config.historyMaxBytes }, principal, query);
+      ctx.body = await readHistory(hub, principal, query);
       ctx.type = 'application/json';
     } catch (err) {
       const status = err instanceof ProtocolError ? STATUS[err.code] : undefined;

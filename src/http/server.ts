@@ -128,7 +128,7 @@ function onMessage(this: WebSocket, data: WebSocket.RawData, isBinary: boolean):
   (this as SocketWithConnection)[CONNECTION].receive(data as Buffer, isBinary);
 }
 function onPong(this: WebSocket): void {
-  (this as SocketWithConnection)[CONNECTION].lastSeen = Date.now();
+  (this as SocketWithConnection)[CONNECTION].heard();
 }
 function onClose(this: WebSocket, code: number, reason: Buffer): void {
   (this as SocketWithConnection)[CONNECTION].closed(code, reason.toString());

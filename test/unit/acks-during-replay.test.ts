@@ -27,7 +27,7 @@ describe('acks while a replay runs', () => {
     );
     const transport = new MemoryTransport();
     const conn = hub.connect(transport, 'test');
-    await conn.authenticate(principal);
+    await hub.authenticate(conn, principal);
     conn.receive(JSON.stringify({ type: 'subscription', data: { action: 'subscribe', project_id: 'p1', since: 5 } }), false);
     // Well past the 20 requests that may wait behind the replay, paced within the inbound rate
     // (1000/s here) as the SDK paces its requests.

@@ -4,71 +4,17 @@
  * queue caps, the "stays over its cap" socket-buffer rule, and the lifetime of slow-lane limiters.
  * (The same behaviours against real sockets and NATS are in test/integration/protection.test.ts.)
  */
-import pino from 'pino';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import type { Principal } from '../../src/auth.js';
-import { loadConfig, type ConfigInput } from '../../src/config.js';
-import type { Connection } from '../../src/core/connection.js';
-import { Hub } from '../../src/core/hub.js';
-import type { AuthPort, BrokerPort, OutFrame, Transport } from '../../src/core/ports.js';
+import type { ConfigInput } from '../../src/config.js';
+import type { Hub } from '../../src/core/hub.js';
+import type { AuthPort } from '../../src/core/ports.js';
+import { closeMemoryHubs, MemoryTransport, memoryHub, openConnection, principal } from '../helpers/memory-hub.js';
 
-class MemoryTransport implements Transport {
-  readonly written: string[] = [];
-  bufferedAmount = 0;
-  closed: { code: number; reason: string } | undefined;
-  write(frames: readonly OutFrame[]): void {
-    for (const f of frames) this.written.push(f.text);
-  }
-  ping(): void {}
-  close(code: number, reason: string): void {
-    this.closed ??= { code, reason };
-  }
-  terminate(): void {}
-  types(): string[] {
-    return this.written.map((t) => JSON.parse(t).type);
-  }
-}
-
-const principal: Principal = { userId: 'u1', roles: [], projects: '*', expiresAt: undefined };
-const hubs: Hub[] = [];
-
-function makeHub(overrides: ConfigInput = {}, auth?: AuthPort): Hub {
-  const config = loadConfig({ env: {}, overrides: { jwtSecret: 'unit-test-secret-0123456789abcdef', ...overrides } });
-  const broker: BrokerPort = {
-    setInterest() {},
-    interestReady: async () => {},
-    epoch: 'e1',
-    replay: async () => ({ truncated: false, epoch: 'e1', restarted: false }),
-    historyPage: async () => ({ epoch: 'e1', events: [], more: false }),
-    backlog: async () => {},
-    acknowledge() {},
-    written() {},
-  };
-  const hub = new Hub({
-    config,
-    instanceId: 'unit',
-    log: pino({ level: 'silent' }),
-    broker,
-    auth: auth ?? { verify: async () => principal },
-  });
-  hubs.push(hub);
-  return hub;
-}
-
-async function openConnection(hub: Hub): Promise<{ conn: Connection; transport: MemoryTransport }> {
-  const transport = new MemoryTransport();
-  const conn = hub.connect(transport, 'test');
-  await conn.authenticate(principal);
-  conn.flush(Date.now()); // auth_success out of the way
-  transport.written.length = 0;
-  return { conn, transport };
-}
+const makeHub = (overrides: ConfigInput = {}, auth?: AuthPort): Hub => memoryHub({}, overrides, auth);
 
 const frame = (n: number, size = 10) => JSON.stringify({ type: 'event', data: { n, pad: 'x'.repeat(size) } });
 
-afterEach(async () => {
-  await Promise.all(hubs.splice(0).map((h) => h.close()));
-});
+afterEach(closeMemoryHubs);
 
 describe('inbound admission', () => {
   it('answers a flood from the bucket without parsing it, and closes 4429 after maxErrors refusals', async () => {

@@ -26,7 +26,7 @@ function hubWithPendingReplays(): { hub: Hub; replays: { resolve(r: ReplayResult
 async function authenticated(hub: Hub): Promise<{ conn: Connection; transport: MemoryTransport }> {
   const transport = new MemoryTransport();
   const conn = hub.connect(transport, 'test');
-  await conn.authenticate(principal);
+  await hub.authenticate(conn, principal);
   return { conn, transport };
 }
 
