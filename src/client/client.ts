@@ -7,7 +7,7 @@
  * no longer holds it, or was created anew) the app is told with `history_truncated`, never left
  * with a silent skip. Browser-safe: no imports beyond the dependency-free protocol codes.
  */
-import { CloseCode, ErrorCode, MessageType, TOKEN_PATTERN, reconnectPolicy, type EventEnvelope } from '../protocol-codes.js';
+import { CloseCode, ErrorCode, MessageType, TOKEN_PATTERN, TOKEN_SYNTAX, reconnectPolicy, type EventEnvelope } from '../protocol-codes.js';
 import type { SeedEvents } from '../events.js';
 import { Emitter } from './emitter.js';
 import { ClientError, ClientErrorCode } from './errors.js';
@@ -773,7 +773,7 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
    */
   subscribe(projectId: string, options: { since?: number; epoch?: string } = {}): Promise<SubscribedInfo> {
     if (typeof projectId !== 'string' || !TOKEN_PATTERN.test(projectId)) {
-      return Promise.reject(new ClientError(ClientErrorCode.InvalidArgument, 'project id must match [A-Za-z0-9_-]{1,128}', { projectId }));
+      return Promise.reject(new ClientError(ClientErrorCode.InvalidArgument, `project id must match ${TOKEN_SYNTAX}`, { projectId }));
     }
     const { since, epoch } = options;
     if (since !== undefined && !(Number.isSafeInteger(since) && since >= 0)) {
@@ -911,7 +911,7 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
   /** Upload a file to a project (tus, in chunks, retried and resumed across reconnects); resolves with the stored file. */
   upload(projectId: string, file: UploadSource, options?: UploadOptions): Promise<FileInfo> {
     if (typeof projectId !== 'string' || !TOKEN_PATTERN.test(projectId)) {
-      return Promise.reject(new ClientError(ClientErrorCode.InvalidArgument, 'projectId must match [A-Za-z0-9_-]{1,128}'));
+      return Promise.reject(new ClientError(ClientErrorCode.InvalidArgument, `projectId must match ${TOKEN_SYNTAX}`));
     }
     return uploadFile({ baseUrl: () => httpBaseOf(this.lastUrl ?? this.peekUrl()), token: () => this.getToken(false) }, projectId, file, options);
   }
