@@ -18,343 +18,14 @@
 // count is compared with what it should have received (missing or duplicated deliveries).
 //
 // IPC: the runner sends {id, cmd, ...}; we answer {id, ok: true, ...} or {id, ok: false, error}.
+//
+// Parts: loadgen/clients.js (the protocol clients and their setup), loadgen/phase.js (counting and
+// checking deliveries), loadgen/roles.js (the resume scenario's clients); this file: the commands.
 
-import { SignJWT } from 'jose';
-import WebSocket from 'ws';
-import { EVENT_TYPE, Histogram, now, pool, readT } from './common.js';
-
-const WS_OPTS = {
-  perMessageDeflate: false,
-  // Frames are not decoded as text in the hot path; the 1-in-1024 sample is parsed strictly below.
-  skipUTF8Validation: true,
-  maxPayload: 16 * 1024 * 1024,
-};
-const CRLF = Buffer.from('\r\n');
-const CONNECT_LINE =
-  'CONNECT {"verbose":false,"pedantic":false,"protocol":1,"headers":false,"no_responders":false,' +
-  '"lang":"bench","version":"1.0.0"}\r\nPING\r\n';
-const SAMPLE_MASK = 1023;
-
-/** @type {Array<NatsWsClient | ContractClient>} */
-let clients = [];
-/** @type {Phase | null} */
-let phase = null;
-let closedTotal = 0;
-
-/** One measured phase: which marker counts, how many deliveries are expected, what was seen. */
-class Phase {
-  constructor({ run, expected, perProject, latency }) {
-    this.run = run;
-    this.marker = Buffer.from(`"run":"${run}"`);
-    this.expected = expected;
-    /** @type {Record<string, number>} deliveries each client of a project should get */
-    this.perProject = perProject ?? {};
-    this.hist = latency ? new Histogram() : null;
-    this.received = 0;
-    this.other = 0;
-    this.closed = 0;
-    this.lastAt = 0;
-    this.verified = 0;
-    this.verifyErrors = 0;
-    /** @type {string[]} */
-    this.errorSamples = [];
-    this.cpu0 = process.cpuUsage();
-    this.elu0 = performance.eventLoopUtilization();
-    this.cpuMs = 0;
-    this.elu = 0;
-    /** @type {() => void} */
-    this.onComplete = () => {};
-  }
-
-  fail(msg) {
-    this.verifyErrors++;
-    if (this.errorSamples.length < 5) this.errorSamples.push(msg);
-  }
-
-  /** Records this process's CPU time and event-loop utilisation since arm(). */
-  stamp() {
-    const cpu = process.cpuUsage(this.cpu0);
-    this.cpuMs = (cpu.user + cpu.system) / 1000;
-    this.elu = performance.eventLoopUtilization(this.elu0).utilization;
-  }
-
-  complete() {
-    this.lastAt = now();
-    this.stamp();
-    this.onComplete();
-  }
-}
-
-/**
- * Hot path, called for every event frame (contract) or MSG (nats) a ready client receives.
- * @param {Buffer} buf @param {number} start @param {number} end @param {NatsWsClient | ContractClient} c
- */
-function onDelivery(buf, start, end, c) {
-  const p = phase;
-  if (p === null) return;
-  const m = buf.indexOf(p.marker, start);
-  if (m === -1 || m >= end) {
-    p.other++;
-    return;
-  }
-  const n = ++p.received;
-  c.count++;
-  if (p.hist !== null) p.hist.record(now() - readT(buf, start, end));
-  if ((n & SAMPLE_MASK) === 0 || c.phase !== p) {
-    c.phase = p;
-    verify(buf, start, end, c, p);
-  }
-  if (n === p.expected) p.complete();
-}
-
-/** Full check of one sampled delivery. */
-function verify(buf, start, end, c, p) {
-  p.verified++;
-  let e;
-  try {
-    e = JSON.parse(buf.toString('utf8', start, end));
-  } catch {
-    p.fail(`not JSON: ${buf.toString('utf8', start, Math.min(end, start + 80))}`);
-    return;
-  }
-  if (e?.type !== EVENT_TYPE) p.fail(`type ${e?.type}`);
-  else if (e.data?.run !== p.run) p.fail(`run ${e.data?.run}`);
-  else if (e.data.project_id !== c.project) p.fail(`client of ${c.project} got an event of ${e.data.project_id}`);
-  else if (typeof e.data.t !== 'number') p.fail('data.t is not a number');
-  else if (c.checkSeq && !(Number.isInteger(e.seq) && e.seq > 0)) p.fail(`seq ${e.seq}`);
-  else if (c.checkSeq && e.project_id !== c.project) p.fail(`project_id ${e.project_id}`);
-}
-
-/** Raw NATS protocol client over NATS's WebSocket listener. */
-class NatsWsClient {
-  /** @param {string} url @param {string} project */
-  constructor(url, project) {
-    this.url = url;
-    this.project = project;
-    this.subject = project ? `ws.project.${project}` : '';
-    this.checkSeq = false;
-    this.count = 0;
-    /** @type {Phase | null} */
-    this.phase = null;
-    /** @type {Buffer | null} */
-    this.pending = null;
-    this.ready = false;
-    /** called for each MSG: (buf, lineStart, lineEnd, payloadStart, payloadEnd) */
-    this.onMsg = (buf, _ls, _le, s, e) => onDelivery(buf, s, e, this);
-    /** called for each PONG during setup */
-    this.onPong = () => {};
-    /** @type {(err: Error) => void} */
-    this.onError = () => {};
-    /** @type {(() => void) | undefined} */
-    this.onInfo = undefined;
-    /** resume: error answer of the JetStream API, if any @type {(() => string) | undefined} */
-    this.apiError = undefined;
-  }
-
-  /** Connects, CONNECT + PING/PONG, then SUB (unless no subject) + PING/PONG. */
-  open(timeoutMs) {
-    return new Promise((resolve, reject) => {
-      const { ws, fail, settled } = openForSetup(this, timeoutMs, reject);
-      this.onError = fail;
-      let step = 0;
-      this.onInfo = () => {
-        if (step === 0) {
-          step = 1;
-          this.send(CONNECT_LINE);
-        }
-      };
-      this.onPong = () => {
-        if (step === 1 && this.subject) {
-          step = 2;
-          this.send(`SUB ${this.subject} 1\r\nPING\r\n`);
-          return;
-        }
-        settled();
-        this.ready = true;
-        this.onPong = () => {};
-        this.onError = () => {};
-        resolve();
-      };
-      ws.on('message', (data) => this.feed(/** @type {Buffer} */ (data)));
-      ws.on('error', (err) => this.onError(err));
-    });
-  }
-
-  /** @param {string} s */
-  send(s) {
-    this.ws.send(Buffer.from(s));
-  }
-
-  /** Stream parser: frames are arbitrary slices of the NATS protocol byte stream. */
-  feed(chunk) {
-    const buf = this.pending === null ? chunk : Buffer.concat([this.pending, chunk]);
-    const len = buf.length;
-    let pos = 0;
-    while (pos < len) {
-      const eol = buf.indexOf(CRLF, pos);
-      if (eol === -1) break;
-      const c0 = buf[pos];
-      if (c0 === 77 /* M: MSG <subject> <sid> [reply] <size> */ || c0 === 72 /* H: HMSG ... <hdr> <total> */) {
-        // The payload size is the last number on the line.
-        let size = 0;
-        let mul = 1;
-        for (let i = eol - 1; i > pos; i--) {
-          const d = buf[i] - 48;
-          if (d < 0 || d > 9) break;
-          size += d * mul;
-          mul *= 10;
-        }
-        const start = eol + 2;
-        const end = start + size;
-        if (end + 2 > len) break; // payload not complete yet
-        this.onMsg(buf, pos, eol, start, end);
-        pos = end + 2;
-        continue;
-      }
-      if (c0 === 80 /* P */) {
-        if (buf[pos + 1] === 73 /* PING */) this.send('PONG\r\n');
-        else this.onPong();
-      } else if (c0 === 73 /* INFO */) {
-        this.onInfo?.();
-      } else if (c0 === 45 /* -ERR */) {
-        const line = buf.toString('latin1', pos, eol);
-        if (phase) phase.fail(`nats: ${line}`);
-        this.onError(new Error(`nats: ${line}`));
-      }
-      // +OK (verbose is off, so none expected) and anything else: skip the line.
-      pos = eol + 2;
-    }
-    this.pending = pos < len ? buf.subarray(pos) : null;
-  }
-
-  close() {
-    resetClose(this.ws);
-  }
-}
-
-/** Client of the sidecar's contract protocol (also spoken by the naive bridge). */
-class ContractClient {
-  /**
-   * @param {string} url base ws://host:port
-   * @param {string} token
-   * @param {string} project
-   * @param {{ checkSeq?: boolean, since?: number }} [opts]
-   */
-  constructor(url, token, project, { checkSeq = false, since } = {}) {
-    this.url = `${url}/ws/connect?token=${encodeURIComponent(token)}`;
-    this.project = project;
-    this.checkSeq = checkSeq;
-    this.since = since;
-    this.count = 0;
-    /** @type {Phase | null} */
-    this.phase = null;
-    this.ready = false;
-    /** hot-path handler once subscribed: (buf) => void */
-    this.onEvent = (buf) => onDelivery(buf, 0, buf.length, this);
-  }
-
-  /**
-   * Connects (auth by ?token=), waits for auth_success, then subscribes and waits for `subscribed`.
-   * With `untilAuth`, resolves right after auth_success (the resume scenario subscribes itself).
-   */
-  open(timeoutMs, untilAuth = false) {
-    return new Promise((resolve, reject) => {
-      const { ws, fail, settled } = openForSetup(this, timeoutMs, reject);
-      let step = 0;
-      ws.on('unexpected-response', (_req, res) => fail(new Error(`upgrade refused: HTTP ${res.statusCode}`)));
-      ws.on('error', (err) => fail(err));
-      ws.on('message', (data) => {
-        const buf = /** @type {Buffer} */ (data);
-        if (this.ready) return this.onEvent(buf);
-        let msg;
-        try {
-          msg = JSON.parse(buf.toString());
-        } catch {
-          return fail(new Error(`setup: not JSON: ${buf.toString().slice(0, 80)}`));
-        }
-        if (msg.type === 'error') return fail(new Error(`setup: error ${msg.data?.code}: ${msg.data?.message}`));
-        if (step === 0) {
-          if (msg.type !== 'auth_success') return fail(new Error(`first frame is ${msg.type}, not auth_success`));
-          step = 1;
-          if (untilAuth) {
-            settled();
-            this.ready = true;
-            return resolve();
-          }
-          this.subscribe();
-          return;
-        }
-        // Other frames (e.g. user_joined) may come before our `subscribed`; skip them.
-        if (msg.type === 'subscription' && msg.data?.action === 'subscribed' && msg.data?.project_id === this.project) {
-          settled();
-          this.ready = true;
-          resolve();
-        }
-      });
-    });
-  }
-
-  subscribe() {
-    const data = { action: 'subscribe', project_id: this.project };
-    if (this.since !== undefined) data.since = this.since;
-    this.ws.send(JSON.stringify({ type: 'subscription', data }));
-  }
-
-  close() {
-    resetClose(this.ws);
-  }
-}
-
-/**
- * Opens `client.ws` (to `client.url`) for a client's setup. `fail` (also called at the deadline,
- * or when the socket closes before the client is ready) drops the socket and rejects; `settled`
- * ends the deadline once setup is done. A socket closed after that counts as closed by the server.
- * @param {{ url: string, ws?: WebSocket, ready: boolean }} client
- */
-function openForSetup(client, timeoutMs, reject) {
-  const timer = setTimeout(() => fail(new Error('setup timeout')), timeoutMs);
-  const fail = (err) => {
-    clearTimeout(timer);
-    client.ws?.terminate();
-    reject(err);
-  };
-  const ws = (client.ws = new WebSocket(client.url, { ...WS_OPTS, handshakeTimeout: timeoutMs }));
-  ws.on('close', (code) => {
-    if (!client.ready) return fail(new Error(`closed during setup (${code})`));
-    closedTotal++;
-    if (phase) phase.closed++;
-  });
-  return { ws, fail, settled: () => clearTimeout(timer) };
-}
-
-/** @param {WebSocket | undefined} ws */
-function resetClose(ws) {
-  // ws keeps its net.Socket in the (private) _socket field; fall back to terminate() without it.
-  const sock = /** @type {any} */ (ws)?._socket;
-  if (sock && typeof sock.resetAndDestroy === 'function' && !sock.destroyed) sock.resetAndDestroy();
-  else ws?.terminate();
-}
-
-/** The user of the resume scenario (its resuming connection and the one holding its presence). */
-const RESUME_USER = 'resume-user';
-
-/** HS256 tokens for users `${prefix}${i}`, signed before any timing starts. */
-async function signTokens(secret, subs) {
-  const key = new TextEncoder().encode(secret);
-  const out = new Array(subs.length);
-  for (let i = 0; i < subs.length; i += 500) {
-    const part = subs.slice(i, i + 500).map((sub) =>
-      new SignJWT({ projects: ['*'] })
-        .setProtectedHeader({ alg: 'HS256' })
-        .setSubject(sub)
-        .setIssuedAt()
-        .setExpirationTime('2h')
-        .sign(key),
-    );
-    (await Promise.all(part)).forEach((t, k) => (out[i + k] = t));
-  }
-  return out;
-}
+import { now, pool } from './common.js';
+import { ContractClient, NatsWsClient, signTokens } from './loadgen/clients.js';
+import { Phase, state } from './loadgen/phase.js';
+import { holdPresence, resume } from './loadgen/roles.js';
 
 const handlers = {
   /**
@@ -382,7 +53,7 @@ const handlers = {
         const c = kind === 'nats' ? new NatsWsClient(url, projectOf(i)) : new ContractClient(url, tokens[k], projectOf(i), { checkSeq });
         try {
           await c.open(timeoutMs);
-          clients.push(c);
+          state.clients.push(c);
           connected++;
         } catch (e) {
           failed++;
@@ -400,10 +71,10 @@ const handlers = {
 
   /** Starts a phase: from now on frames with this run marker count. Answered at once. */
   arm({ run, expected, perProject, latency = false }) {
-    phase = new Phase({ run, expected, perProject, latency });
-    for (const c of clients) c.count = 0;
-    if (expected === 0) phase.complete();
-    return { armed: true, clients: clients.length };
+    state.phase = new Phase({ run, expected, perProject, latency });
+    for (const c of state.clients) c.count = 0;
+    if (expected === 0) state.phase.complete();
+    return { armed: true, clients: state.clients.length };
   },
 
   /**
@@ -414,7 +85,7 @@ const handlers = {
    * then, and whether deliveries had stopped arriving (stalled) before that.
    */
   async collect({ timeoutMs, capAt = Infinity, graceMs = 200, stallMs = 3000 }) {
-    const p = phase;
+    const p = state.phase;
     if (!p) throw new Error('collect without arm');
     // Progress sampler (kept out of the per-delivery hot path): when did the count last change?
     // A phase where nothing arrives for stallMs ends early as a timeout (lost events, not slowness).
@@ -448,7 +119,7 @@ const handlers = {
     let over = 0;
     if (outcome === 'complete') {
       await new Promise((r) => setTimeout(r, graceMs));
-      for (const c of clients) {
+      for (const c of state.clients) {
         const want = p.perProject[c.project];
         if (want === undefined) continue;
         if (c.count < want) short++;
@@ -475,125 +146,20 @@ const handlers = {
     };
   },
 
-  /**
-   * Resume/replay: one client asks for the stored events after `since`; we time from the request to
-   * the last replayed event, checking order and duplicates by seq (sidecar `seq`, NATS stream seq).
-   *   contract: subscribe with `since` on an authenticated connection.
-   *   nats:     the JetStream way over NATS's WebSocket listener: an ephemeral push consumer
-   *             (deliver_policy by_start_sequence, ack none) created with $JS.API.CONSUMER.CREATE.
-   * Ends when `expected` events arrived, or nothing more came for `idleMs` after the first one
-   * (fewer events than stored: reported, with the first seq received), or at `timeoutMs`.
-   */
-  async resume({ kind, url, secret, project, since, stream, expected, run, timeoutMs = 10_000, idleMs = 1000 }) {
-    const marker = Buffer.from(`"run":"${run}"`);
-    let received = 0;
-    let orderErrors = 0;
-    let firstSeq = 0;
-    let lastSeq = 0;
-    let t0 = 0;
-    let lastAt = 0;
-    let apiError = '';
-    /** @type {(v: string) => void} */
-    let done = () => {};
-    const finished = new Promise((r) => (done = r));
-    const count = (seq) => {
-      if (!(seq > lastSeq)) orderErrors++;
-      if (!firstSeq) firstSeq = seq;
-      lastSeq = seq;
-      lastAt = now();
-      if (++received === expected) done('complete');
-    };
-    let client;
-    if (kind === 'contract') {
-      const [token] = await signTokens(secret, [RESUME_USER]);
-      const c = (client = new ContractClient(url, token, project, { since }));
-      await c.open(timeoutMs, true);
-      c.onEvent = (buf) => {
-        if (buf.indexOf(marker) === -1) return; // subscribed ack, presence, ...
-        count(JSON.parse(buf.toString()).seq);
-      };
-      t0 = now();
-      c.subscribe();
-    } else {
-      const c = (client = new NatsWsClient(url, ''));
-      await c.open(timeoutMs);
-      const deliver = `_INBOX.bench.${process.pid}.d`;
-      const reply = `_INBOX.bench.${process.pid}.r`;
-      c.onMsg = (buf, ls, le, s, e) => {
-        const line = buf.toString('latin1', ls, le).split(' ');
-        if (line[1] === reply) {
-          const r = JSON.parse(buf.toString('utf8', s, e));
-          if (r.error) {
-            apiError = `consumer create: ${r.error.description ?? JSON.stringify(r.error)}`;
-            done('error');
-          }
-          return;
-        }
-        const m = buf.indexOf(marker, s);
-        if (m === -1 || m >= e) return;
-        // reply subject of a JetStream delivery: $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-        const ack = line[3]?.split('.') ?? [];
-        count(Number(ack[ack.length - 4]));
-      };
-      await new Promise((resolve, reject) => {
-        c.onPong = resolve;
-        c.onError = reject;
-        c.send(`SUB ${deliver} 2\r\nSUB ${reply} 3\r\nPING\r\n`);
-      });
-      const req = JSON.stringify({
-        stream_name: stream,
-        config: {
-          deliver_subject: deliver,
-          deliver_policy: 'by_start_sequence',
-          opt_start_seq: since + 1,
-          filter_subject: `ws.project.${project}`,
-          ack_policy: 'none',
-          replay_policy: 'instant',
-          mem_storage: true,
-          inactive_threshold: 30_000_000_000,
-        },
-      });
-      t0 = now();
-      c.send(`PUB $JS.API.CONSUMER.CREATE.${stream} ${reply} ${Buffer.byteLength(req)}\r\n${req}\r\n`);
-    }
-    const deadline = setTimeout(() => done('timeout'), timeoutMs);
-    const idleCheck = setInterval(() => {
-      if (received > 0 && now() - lastAt >= idleMs) done('idle');
-    }, 50);
-    const outcome = await finished;
-    clearTimeout(deadline);
-    clearInterval(idleCheck);
-    if (outcome === 'complete') await new Promise((r) => setTimeout(r, 100)); // late duplicates
-    client.close();
-    const error = apiError || (received === 0 ? `no replayed event within ${timeoutMs} ms` : '');
-    return { ms: received ? lastAt - t0 : NaN, received, firstSeq, lastSeq, orderErrors, outcome, error };
-  },
+  resume,
 
-  /**
-   * Contract only: another connection ("tab") of the resume scenario's user, subscribed to
-   * `project` and kept open. Presence is per user, so the resuming connection's subscribe then
-   * stores no `user_joined`, which would otherwise push the oldest of exactly `maxStoredMessages`
-   * events out of the project's window (presence events are stored project events).
-   */
-  async holdPresence({ url, secret, project, timeoutMs = 10_000 }) {
-    const [token] = await signTokens(secret, [RESUME_USER]);
-    const c = new ContractClient(url, token, project);
-    await c.open(timeoutMs);
-    c.onEvent = () => {};
-    clients.push(c);
-    return {};
-  },
+  holdPresence,
 
   /**
    * Drops every client with a TCP reset (no FIN handshake, no TIME_WAIT left behind: thousands of
    * sockets in TIME_WAIT make the kernel's ephemeral-port search, and so later connects, slower).
    */
   closeAll() {
-    for (const c of clients) c.close();
-    const n = clients.length;
-    clients = [];
-    phase = null;
-    return { closed: n, closedByServer: closedTotal };
+    for (const c of state.clients) c.close();
+    const n = state.clients.length;
+    state.clients = [];
+    state.phase = null;
+    return { closed: n, closedByServer: state.closedTotal };
   },
 };
 
