@@ -16,6 +16,7 @@ import { SeenSeqs } from './dedupe.js';
 import { Keepalive } from './keepalive.js';
 import { Outbox } from './outbox.js';
 import { backoff, firstUrl, urlFor } from './reconnect.js';
+import { deferred, restartProject, subscribeArgsError, subscribeData, type Deferred, type ProjectState } from './subscriptions.js';
 import {
   DEFAULTS,
   RESERVED,
@@ -46,39 +47,8 @@ export type {
   WebSocketLike,
 } from './types.js';
 
-
 const ABNORMAL_CLOSURE = 1006;
 const OPEN = 1;
-
-interface Deferred<T> {
-  resolve(value: T): void;
-  reject(err: Error): void;
-}
-
-function deferred<T>(): Deferred<T> & { promise: Promise<T> } {
-  let resolve!: (value: T) => void;
-  let reject!: (err: Error) => void;
-  const promise = new Promise<T>((ok, fail) => {
-    resolve = ok;
-    reject = fail;
-  });
-  return { promise, resolve, reject };
-}
-
-interface ProjectState {
-  /** The highest seq the app has seen for the project; the resume point. */
-  lastSeq?: number;
-  /** The epoch `lastSeq` (or `floor`) belongs to; unknown for a `since` the app gave without one. */
-  epoch?: string;
-  /** Where to resume when no event of the project has been seen: the highest seq seen anywhere before the first subscribe went out. */
-  floor?: number;
-  /** `since` of the subscribe in flight. */
-  since?: number;
-  /** A subscribe went out at least once (so a later one must resume, not start live). */
-  sent: boolean;
-  confirmed: boolean;
-  waiters: Deferred<SubscribedInfo>[];
-}
 
 interface Request {
   action: 'subscribe' | 'unsubscribe';
@@ -466,19 +436,13 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
       const st = this.projects.get(projectId);
       if (!st) return; // unsubscribed meanwhile
       // A new epoch numbers from 1 again: the events that follow are new, whatever their seq.
-      if (recreated || (epoch !== undefined && st.epoch !== undefined && epoch !== st.epoch)) this.restartProject(st);
+      if (recreated || (epoch !== undefined && st.epoch !== undefined && epoch !== st.epoch)) restartProject(st);
       if (epoch !== undefined) st.epoch = epoch;
       this.fire('history_truncated', { scope: 'project', projectId, epoch, since, previousEpoch, reason });
     } else if (data.scope === 'user' || data.scope === 'broadcast') {
       this.adoptUserEpoch(epoch); // both scopes' seqs are the same stream's: one epoch, one filter
       this.fire('history_truncated', { scope: data.scope, epoch: epoch ?? this.epoch, since, previousEpoch, reason });
     }
-  }
-
-  /** The project's position means nothing any more: count afresh, and resume from the epoch's start. */
-  private restartProject(st: ProjectState): void {
-    st.lastSeq = undefined;
-    st.floor = 0;
   }
 
   private onEvent(event: SidecarEvent): void {
@@ -526,7 +490,7 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
       };
       if (epoch !== undefined) st.epoch = epoch;
       // A truncated replay may start at the epoch's first event, below the seq the client had.
-      if (info.truncated || epochChanged) this.restartProject(st);
+      if (info.truncated || epochChanged) restartProject(st);
       for (const w of st.waiters.splice(0)) w.resolve(info);
       this.fire('subscribed', info);
       // A live subscribe (no since) missed nothing, whatever epoch it starts in.
@@ -628,16 +592,9 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
    * project is not subscribed yet.
    */
   subscribe(projectId: string, options: { since?: number; epoch?: string } = {}): Promise<SubscribedInfo> {
-    if (typeof projectId !== 'string' || !TOKEN_PATTERN.test(projectId)) {
-      return Promise.reject(new ClientError(ClientErrorCode.InvalidArgument, `project id must match ${TOKEN_SYNTAX}`, { projectId }));
-    }
+    const invalid = subscribeArgsError(projectId, options);
+    if (invalid) return Promise.reject(invalid);
     const { since, epoch } = options;
-    if (since !== undefined && !(Number.isSafeInteger(since) && since >= 0)) {
-      return Promise.reject(new ClientError(ClientErrorCode.InvalidArgument, 'since must be a non-negative integer', { projectId }));
-    }
-    if (epoch !== undefined && (typeof epoch !== 'string' || epoch.length === 0 || since === undefined)) {
-      return Promise.reject(new ClientError(ClientErrorCode.InvalidArgument, 'epoch must be a non-empty string, given with since', { projectId }));
-    }
     let st = this.projects.get(projectId);
     if (st?.confirmed) return Promise.resolve({ projectId, replayed: 0, truncated: false, resumed: false, epoch: st.epoch });
     const d = deferred<SubscribedInfo>();
@@ -668,20 +625,7 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
   }
 
   private sendSubscribe(projectId: string): void {
-    const st = this.projects.get(projectId)!;
-    st.since = st.lastSeq ?? (st.sent ? st.floor : undefined);
-    if (st.floor === undefined) {
-      // Any event of the project stored after the first subscribe went out has a seq above maxSeq:
-      // resuming from there can replay a few earlier events, but can never miss one.
-      st.floor = this.maxSeq;
-      if (st.lastSeq === undefined) st.epoch ??= this.epoch; // the floor's epoch
-    }
-    st.sent = true;
-    const data: Record<string, unknown> = { action: 'subscribe', project_id: projectId };
-    if (st.since !== undefined) {
-      data.since = st.since;
-      if (st.epoch !== undefined) data.epoch = st.epoch;
-    }
+    const data = subscribeData(projectId, this.projects.get(projectId)!, this.maxSeq, this.epoch);
     this.request('subscribe', projectId, data);
   }
 
