@@ -14,6 +14,7 @@ import {
 } from 'jose';
 import type { Config } from './config.js';
 import { AuthError, AuthErrorCode } from './errors.js';
+import { TOKEN_PATTERN, TOKEN_SYNTAX } from './protocol-codes.js';
 
 export interface Principal {
   /** `sub` */
@@ -69,8 +70,8 @@ const NONE: readonly string[] = Object.freeze([]);
 function toPrincipal(payload: JWTPayload, graceMs: number, keepClaims: boolean): Principal {
   const sub = payload.sub;
   if (typeof sub !== 'string' || sub.length === 0) throw new AuthError(AuthErrorCode.NoSubject, 'token has no "sub"');
-  if (!/^[A-Za-z0-9_-]{1,128}$/.test(sub)) {
-    throw new AuthError(AuthErrorCode.Invalid, '"sub" must match [A-Za-z0-9_-]{1,128}');
+  if (!TOKEN_PATTERN.test(sub)) {
+    throw new AuthError(AuthErrorCode.Invalid, `"sub" must match ${TOKEN_SYNTAX}`);
   }
   const strings = (v: unknown) => (Array.isArray(v) && v.length > 0 ? v.filter((x): x is string => typeof x === 'string') : NONE);
   const projects = strings(payload.projects);

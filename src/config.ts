@@ -8,7 +8,7 @@ import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
-import { TOKEN_PATTERN } from './protocol-codes.js';
+import { TOKEN_PATTERN, TOKEN_SYNTAX } from './protocol-codes.js';
 
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
@@ -48,7 +48,7 @@ export const configSchema = z.object({
   port: int(0, 65535),
   host: z.string().min(1),
   natsUrl: list().optional(),
-  subjectPrefix: z.string().regex(TOKEN_PATTERN, 'must match [A-Za-z0-9_-]{1,128}'),
+  subjectPrefix: z.string().regex(TOKEN_PATTERN, `must match ${TOKEN_SYNTAX}`),
   streamName: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must match [A-Za-z0-9_-]{1,64}'),
   streamReplicas: int(1, 5),
   dataDir: z.string().min(1),
@@ -171,7 +171,7 @@ export const configSchema = z.object({
   /** Largest batched frame (subprotocol nats-ws-sidecar.batch), bytes before compression; one bigger envelope goes alone. */
   batchFrameBytes: int(1024, 16 * 1024 * 1024),
   /** Event types clients may send (`client_event`); empty = none. */
-  clientEvents: list().pipe(z.array(z.string().regex(TOKEN_PATTERN, 'each type must match [A-Za-z0-9_-]{1,128}'))),
+  clientEvents: list().pipe(z.array(z.string().regex(TOKEN_PATTERN, `each type must match ${TOKEN_SYNTAX}`))),
 
   /** Object Store bucket of uploaded files; `<filesBucket>_UPLOADS` and `<filesBucket>_INDEX` are KV buckets beside it. */
   filesBucket: z.string().regex(/^[A-Za-z0-9_-]{1,48}$/, 'must match [A-Za-z0-9_-]{1,48}'),

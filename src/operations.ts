@@ -6,7 +6,7 @@ import { hostname } from 'node:os';
  * op validates its own.
  */
 import { z } from 'zod';
-import { TOKEN_PATTERN } from './config.js';
+import { TOKEN_PATTERN, TOKEN_SYNTAX } from './protocol-codes.js';
 import type { Connection } from './core/connection.js';
 import type { Hub } from './core/hub.js';
 import { topics } from './core/ports.js';
@@ -29,7 +29,7 @@ export class InvalidRequestError extends SidecarError {
   }
 }
 
-const id = z.string().regex(TOKEN_PATTERN, 'must match [A-Za-z0-9_-]{1,128}');
+const id = z.string().regex(TOKEN_PATTERN, `must match ${TOKEN_SYNTAX}`);
 const target = { user_id: id.optional(), project_id: id.optional() };
 export const reason = z
   .string()

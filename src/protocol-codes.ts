@@ -74,8 +74,9 @@ export function reconnectPolicy(code: number): ReconnectPolicy {
 /** The WebSocket subprotocol a client asks for to get several envelopes per server frame, joined by "\n". */
 export const BATCH_PROTOCOL = 'nats-ws-sidecar.batch';
 
-/** Project and user ids, and the subject prefix: single NATS subject tokens. */
-export const TOKEN_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
+/** Project and user ids, and the subject prefix: single NATS subject tokens (said so in error messages). */
+export const TOKEN_SYNTAX = '[A-Za-z0-9_-]{1,128}';
+export const TOKEN_PATTERN = new RegExp(`^${TOKEN_SYNTAX}$`);
 
 /** One frame, either direction. */
 export interface Envelope<D = Record<string, unknown>> {

@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import { TOKEN_PATTERN } from './config.js';
 import { SidecarError } from './errors.js';
-import { ErrorCode, MessageType } from './protocol-codes.js';
+import { ErrorCode, MessageType, TOKEN_SYNTAX } from './protocol-codes.js';
 
 export { MessageType, ErrorCode, CloseCode, BATCH_PROTOCOL, type Envelope, type EventEnvelope } from './protocol-codes.js';
 
@@ -24,7 +24,7 @@ export class ProtocolError extends SidecarError {
   }
 }
 
-const id = z.string().regex(TOKEN_PATTERN, 'must match [A-Za-z0-9_-]{1,128}');
+const id = z.string().regex(TOKEN_PATTERN, `must match ${TOKEN_SYNTAX}`);
 const seq = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
 const envelope = {
   timestamp: z.string().max(64).optional(),

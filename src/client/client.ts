@@ -7,193 +7,49 @@
  * no longer holds it, or was created anew) the app is told with `history_truncated`, never left
  * with a silent skip. Browser-safe: no imports beyond the dependency-free protocol codes.
  */
-import { BATCH_PROTOCOL, CloseCode, ErrorCode, MessageType, TOKEN_PATTERN, reconnectPolicy, type EventEnvelope } from '../protocol-codes.js';
+import { BATCH_PROTOCOL, CloseCode, ErrorCode, MessageType, TOKEN_PATTERN, TOKEN_SYNTAX, reconnectPolicy } from '../protocol-codes.js';
 import type { SeedEvents } from '../events.js';
 import { Emitter } from './emitter.js';
 import { ClientError, ClientErrorCode } from './errors.js';
+import { TokenSource } from './auth.js';
 import { HistoryRequests, type HistoryOptions, type HistoryPage } from './history.js';
-import { tokenExpiresAt } from './token.js';
+import { SeenSeqs } from './dedupe.js';
+import { Keepalive } from './keepalive.js';
+import { Outbox } from './outbox.js';
+import { backoff, firstUrl, urlFor } from './reconnect.js';
+import { deferred, restartProject, subscribeArgsError, subscribeData, type Deferred, type ProjectState } from './subscriptions.js';
+import {
+  DEFAULTS,
+  RESERVED,
+  type ClientEvents,
+  type ConnectionState,
+  type EventTypes,
+  type LifecycleEvents,
+  type Options,
+  type SidecarEvent,
+  type SubscribedInfo,
+  type WebSocketConstructor,
+  type WebSocketLike,
+} from './types.js';
 import { httpBaseOf, uploadFile, type FileInfo, type UploadOptions, type UploadSource } from './uploads.js';
 
-/** The part of the WebSocket API the client uses: browsers' WebSocket and the `ws` package both fit. */
-export interface WebSocketLike {
-  readonly readyState: number;
-  send(data: string): void;
-  close(code?: number, reason?: string): void;
-  onopen: ((event: any) => void) | null;
-  onmessage: ((event: any) => void) | null;
-  onclose: ((event: any) => void) | null;
-  onerror: ((event: any) => void) | null;
-}
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
-
-/** Returns a fresh JWT; called to connect (when the last token is missing or expiring) and to refresh. */
-export type TokenProvider = () => string | Promise<string>;
-
-/** Returns the endpoint for a connection attempt (`attempt` counts every attempt from 0). */
-export type UrlProvider = (attempt: number) => string;
-
-export interface Options {
-  /**
-   * The sidecar's WebSocket endpoint, e.g. `ws://localhost:8098/ws/connect`. Required. With a list
-   * of instances' endpoints, each connection attempt takes the next one in turn (the first attempt
-   * the first), so a client whose instance went away reconnects to another. With a function, it is
-   * asked before every attempt (service discovery, a load balancer of your own).
-   */
-  url: string | readonly string[] | UrlProvider;
-  /**
-   * A JWT, or a function that returns one. With a function the client refreshes the token before
-   * its `exp` and reconnects after the server refused an expired one (4401). Required.
-   */
-  token: string | TokenProvider;
-  /** The WebSocket implementation. Default: `globalThis.WebSocket` (browsers, Node 22+); on Node 20 pass `WebSocket` from `ws`. */
-  WebSocket?: WebSocketConstructor;
-  /** Reconnect after a lost connection. Default `true`. */
-  reconnect?: boolean;
-  /** First reconnect delay in ms; doubles with each failed attempt, with jitter. Default `500`. */
-  minReconnectDelay?: number;
-  /** Upper bound of the reconnect delay in ms. Default `20000`. */
-  maxReconnectDelay?: number;
-  /** A connection attempt (socket open + authentication) that takes longer is abandoned and retried, ms. Default `10000`. */
-  timeout?: number;
-  /** Refresh a token this long before its `exp` (at most half its remaining lifetime), ms. Default `60000`. */
-  refreshMargin?: number;
-  /** Send `ack {seq}` for each direct message once its listeners have returned. Default `true`; with `false`, call `ack(seq)`. */
-  autoAck?: boolean;
-  /** Send a `ping` after this long without any inbound frame, ms; `0` disables. Default `25000`. */
-  pingInterval?: number;
-  /** Reconnect when nothing arrives this long after a ping, ms. Default `10000`. */
-  pongTimeout?: number;
-  /** Messages to the server per second, kept below its limit (10/s, burst 20). Default `8`. */
-  maxRequestsPerSecond?: number;
-  /** Burst of messages to the server. Default `16`. */
-  requestBurst?: number;
-  /** How many direct/broadcast seqs are remembered to drop redeliveries. Default `1000`. */
-  dedupeWindow?: number;
-  /** Ask for batched frames (subprotocol `nats-ws-sidecar.batch`): fewer frames, same events. Default `true`. */
-  batch?: boolean;
-}
-
-const DEFAULTS = {
-  reconnect: true,
-  minReconnectDelay: 500,
-  maxReconnectDelay: 20_000,
-  timeout: 10_000,
-  refreshMargin: 60_000,
-  autoAck: true,
-  pingInterval: 25_000,
-  pongTimeout: 10_000,
-  maxRequestsPerSecond: 8,
-  requestBurst: 16,
-  dedupeWindow: 1000,
-  batch: true,
-} satisfies Partial<Options>;
-
-/**
- * `disconnected`: not connected and not trying (before `connect()`, after `close()`, or after a
- * close code the client does not reconnect after). `connecting`: opening, authenticating, or
- * waiting to reconnect. `connected`: authenticated; events flow.
- */
-export type ConnectionState = 'disconnected' | 'connecting' | 'connected';
-
-/** An event from NATS, as the app receives it. */
-export type SidecarEvent<D = Record<string, unknown>> = EventEnvelope<D>;
-
-export interface SubscribedInfo {
-  projectId: string;
-  /** Stored events replayed after `since` (0 when there was no `since`). */
-  replayed: number;
-  /** True when history after `since` may be gone: refetch the project's state from the backend. */
-  truncated: boolean;
-  /** True when this was a resume with `since`. */
-  resumed: boolean;
-  /** The stream's epoch the project's seqs belong to from now on (absent from servers without epochs). */
-  epoch?: string;
-}
-
-/**
- * Some history may be missing: refetch the scope's state from the backend (`project`: that
- * project; `user`: the user's direct messages; `broadcast`: broadcasts), then apply what follows.
- */
-export type HistoryTruncatedInfo = {
-  /** The epoch the scope's seqs belong to from here on. */
-  epoch?: string;
-  /** Events after this seq may be missing (the resume point, or where a gap began). */
-  since?: number;
-  /** The epoch before, when the stream was created anew: everything of that epoch not yet seen is gone. */
-  previousEpoch?: string;
-  /** `stream_recreated` when the stream was created anew (its numbering started again). */
-  reason?: string;
-} & ({ scope: 'project'; projectId: string } | { scope: 'user' | 'broadcast'; projectId?: undefined });
-
-/** The client's own events; names here are reserved (a NATS event with such a type reaches only `event`). */
-export interface LifecycleEvents {
-  state: { state: ConnectionState; previous: ConnectionState };
-  connected: { userId: string; connectionId: string; reconnected: boolean; epoch?: string };
-  disconnected: { code: number; reason: string; willReconnect: boolean; delay?: number };
-  error: ClientError;
-  /** Every event from NATS (any type), after the typed listeners. */
-  event: SidecarEvent;
-  /** Every frame from the server, parsed, before the client handles it. */
-  message: { type: string; data?: unknown; [field: string]: unknown };
-  subscribed: SubscribedInfo;
-  /** `reason` is set when the server ended the subscription (e.g. `forbidden` after a token refresh). */
-  unsubscribed: { projectId: string; reason?: string };
-  /** Some history may be missing (see HistoryTruncatedInfo): refetch that scope's state from the backend. */
-  history_truncated: HistoryTruncatedInfo;
-}
-
-/** Event type -> data shape. */
-export type EventTypes<E> = { [K in keyof E]: object };
-
-export type ClientEvents<E extends EventTypes<E>> = LifecycleEvents & {
-  [K in Exclude<keyof E, keyof LifecycleEvents>]: SidecarEvent<E[K]>;
-};
-
-const RESERVED = new Set<string>([
-  'state',
-  'connected',
-  'disconnected',
-  'error',
-  'event',
-  'message',
-  'subscribed',
-  'unsubscribed',
-  'history_truncated',
-]);
+export type {
+  ClientEvents,
+  ConnectionState,
+  EventTypes,
+  HistoryTruncatedInfo,
+  LifecycleEvents,
+  Options,
+  SidecarEvent,
+  SubscribedInfo,
+  TokenProvider,
+  UrlProvider,
+  WebSocketConstructor,
+  WebSocketLike,
+} from './types.js';
 
 const ABNORMAL_CLOSURE = 1006;
 const OPEN = 1;
-
-interface Deferred<T> {
-  resolve(value: T): void;
-  reject(err: Error): void;
-}
-
-function deferred<T>(): Deferred<T> & { promise: Promise<T> } {
-  let resolve!: (value: T) => void;
-  let reject!: (err: Error) => void;
-  const promise = new Promise<T>((ok, fail) => {
-    resolve = ok;
-    reject = fail;
-  });
-  return { promise, resolve, reject };
-}
-
-interface ProjectState {
-  /** The highest seq the app has seen for the project; the resume point. */
-  lastSeq?: number;
-  /** The epoch `lastSeq` (or `floor`) belongs to; unknown for a `since` the app gave without one. */
-  epoch?: string;
-  /** Where to resume when no event of the project has been seen: the highest seq seen anywhere before the first subscribe went out. */
-  floor?: number;
-  /** `since` of the subscribe in flight. */
-  since?: number;
-  /** A subscribe went out at least once (so a later one must resume, not start live). */
-  sent: boolean;
-  confirmed: boolean;
-  waiters: Deferred<SubscribedInfo>[];
-}
 
 interface Request {
   action: 'subscribe' | 'unsubscribe';
@@ -214,10 +70,9 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
   private closing = false;
   private closeWaiters: (() => void)[] = [];
   private connectWaiters: Deferred<void>[] = [];
-  private timers: { reconnect?: Timer; connect?: Timer; refresh?: Timer; ping?: Timer; flush?: Timer; retry?: Timer } = {};
+  private timers: { reconnect?: Timer; connect?: Timer; refresh?: Timer; retry?: Timer } = {};
 
-  private token: string | undefined;
-  private tokenExpiry: number | undefined;
+  private readonly tokens: TokenSource;
   private refreshWaiter: Deferred<void> | undefined;
 
   private readonly projects = new Map<string, ProjectState>();
@@ -228,14 +83,11 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
   /** Requests refused (rate_limited) or answered with processing_error in a row, for the retry backoff. */
   private requestRetries = 0;
   /** Seqs of direct and broadcast events seen -> whether they were acked. Bounded by dedupeWindow. */
-  private readonly seen = new Map<number, boolean>();
+  private readonly seen: SeenSeqs;
   private maxSeq = 0;
 
-  private outbox: string[] = [];
-  private budget = 0;
-  private budgetAt = 0;
-  private lastReceived = 0;
-  private pingSentAt = 0;
+  private readonly outbox: Outbox;
+  private readonly keepalive: Keepalive;
 
   /** The user id and connection id from the last `auth_success`. */
   userId: string | undefined;
@@ -255,6 +107,10 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
       throw new ClientError(ClientErrorCode.InvalidArgument, 'options.token must be a JWT or a function returning one');
     }
     this.options = { ...DEFAULTS, ...options };
+    this.tokens = new TokenSource(this.options.token, this.options.refreshMargin);
+    this.seen = new SeenSeqs(this.options.dedupeWindow);
+    this.outbox = new Outbox(this.options.maxRequestsPerSecond, this.options.requestBurst);
+    this.keepalive = new Keepalive(this.options.pingInterval, this.options.pongTimeout);
     this.historyRequests = new HistoryRequests((message) => {
       if (this.currentState !== 'connected') return false;
       this.write(message);
@@ -351,9 +207,7 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
       return;
     }
     this.socket = ws;
-    this.outbox = [];
-    this.budget = this.options.requestBurst;
-    this.budgetAt = Date.now();
+    this.outbox.open(ws);
     this.timers.connect = setTimeout(() => this.abandon(ws, 'connection attempt timed out'), this.options.timeout);
     ws.onmessage = (ev: { data: unknown }) => {
       if (this.socket === ws) this.onFrame(ws, ev.data);
@@ -367,12 +221,8 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
     };
   }
 
-  /** One URL; the next of a list, in turn; or the provider's answer for this attempt. */
   private nextUrl(): string {
-    const source = this.options.url;
-    const attempt = this.opened++;
-    const url = typeof source === 'string' ? source : typeof source === 'function' ? source(attempt) : source[attempt % source.length];
-    if (typeof url !== 'string' || url.length === 0) throw new Error('options.url gave no URL');
+    const url = urlFor(this.options.url, this.opened++);
     this.lastUrl = url;
     return url;
   }
@@ -392,7 +242,7 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
     this.detach();
     if (this.closing) return;
     const policy = reconnectPolicy(code); // PROTOCOL.md § Close codes
-    if (policy === 'new_token') this.token = undefined; // never offer the refused token again
+    if (policy === 'new_token') this.tokens.forget(); // never offer the refused token again
     const retry = this.options.reconnect && policy !== 'stop' && (policy === 'reconnect' || typeof this.options.token === 'function');
     if (!retry) {
       this.fire('disconnected', { code, reason, willReconnect: false });
@@ -408,18 +258,16 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
     }, delay);
   }
 
-  /** Exponential backoff with "equal jitter": half fixed, half random, so a fleet of clients spreads out. */
   private backoff(attempt: number): number {
-    const { minReconnectDelay: min, maxReconnectDelay: max } = this.options;
-    const ceiling = Math.min(max, min * 2 ** Math.min(attempt, 30));
-    return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+    return backoff(attempt, this.options.minReconnectDelay, this.options.maxReconnectDelay);
   }
 
   /** Forget the current socket and its per-connection state; subscriptions stay wanted. */
   private detach(): void {
     this.socket = undefined;
     this.clearTimers();
-    this.outbox = [];
+    this.outbox.close();
+    this.keepalive.stop();
     this.inflight.clear();
     this.refreshWaiter?.reject(new ClientError(ClientErrorCode.Disconnected, 'connection closed'));
     this.refreshWaiter = undefined;
@@ -454,34 +302,10 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
 
   // ---- authentication -------------------------------------------------------------------------
 
-  private async getToken(fresh: boolean): Promise<string> {
-    const source = this.options.token;
-    if (typeof source === 'string') return source;
-    const reusable = this.tokenExpiry === undefined || this.tokenExpiry - Date.now() > this.options.refreshMargin;
-    if (!fresh && this.token && reusable) return this.token;
-    let token: unknown;
-    try {
-      token = await source();
-    } catch (err) {
-      throw new ClientError(ClientErrorCode.TokenError, `token callback failed: ${(err as Error)?.message ?? err}`, { cause: err });
-    }
-    if (typeof token !== 'string' || token.length === 0) {
-      throw new ClientError(ClientErrorCode.TokenError, 'token callback returned no token');
-    }
-    this.token = token;
-    this.tokenExpiry = tokenExpiresAt(token);
-    return token;
-  }
-
-  private refreshMarginFor(expiry: number | undefined): number {
-    if (expiry === undefined) return 0;
-    return Math.min(this.options.refreshMargin, Math.max(0, expiry - Date.now()) / 2);
-  }
-
   private async authenticate(ws: WebSocketLike): Promise<void> {
     let token: string;
     try {
-      token = await this.getToken(false);
+      token = await this.tokens.get(false);
     } catch (err) {
       this.fire('error', err as ClientError);
       this.abandon(ws, 'no token');
@@ -493,9 +317,8 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
 
   private scheduleRefresh(): void {
     clearTimeout(this.timers.refresh);
-    if (typeof this.options.token !== 'function' || this.tokenExpiry === undefined) return;
-    // Not more often than every 500 ms, even if the callback keeps returning the same token.
-    const delay = Math.max(500, this.tokenExpiry - Date.now() - this.refreshMarginFor(this.tokenExpiry));
+    const delay = this.tokens.refreshDelay();
+    if (delay === undefined) return;
     this.timers.refresh = setTimeout(() => void this.refresh(), delay);
   }
 
@@ -504,7 +327,7 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
     const ws = this.socket;
     if (!ws || this.currentState !== 'connected') return;
     try {
-      const token = await this.getToken(true);
+      const token = await this.tokens.get(true);
       if (this.socket !== ws) return;
       const answer = deferred<void>();
       this.refreshWaiter = answer;
@@ -515,7 +338,7 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
       if (this.socket !== ws) return;
       this.fire('error', err instanceof ClientError ? err : new ClientError(ClientErrorCode.TokenError, String(err)));
       // Try again later; if the token expires first, the server closes with 4401 and we reconnect.
-      const left = (this.tokenExpiry ?? 0) - Date.now();
+      const left = (this.tokens.expiresAt ?? 0) - Date.now();
       if (left > 0) this.timers.refresh = setTimeout(() => void this.refresh(), Math.max(1000, left / 2));
     }
   }
@@ -533,7 +356,7 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
       return;
     }
     if (!msg || typeof msg !== 'object' || typeof msg.type !== 'string') return;
-    this.lastReceived = Date.now();
+    this.keepalive.received();
     this.fire('message', msg as LifecycleEvents['message']);
     if (typeof msg.seq === 'number') {
       this.onEvent(msg as SidecarEvent);
@@ -635,19 +458,13 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
       const st = this.projects.get(projectId);
       if (!st) return; // unsubscribed meanwhile
       // A new epoch numbers from 1 again: the events that follow are new, whatever their seq.
-      if (recreated || (epoch !== undefined && st.epoch !== undefined && epoch !== st.epoch)) this.restartProject(st);
+      if (recreated || (epoch !== undefined && st.epoch !== undefined && epoch !== st.epoch)) restartProject(st);
       if (epoch !== undefined) st.epoch = epoch;
       this.fire('history_truncated', { scope: 'project', projectId, epoch, since, previousEpoch, reason });
     } else if (data.scope === 'user' || data.scope === 'broadcast') {
       this.adoptUserEpoch(epoch); // both scopes' seqs are the same stream's: one epoch, one filter
       this.fire('history_truncated', { scope: data.scope, epoch: epoch ?? this.epoch, since, previousEpoch, reason });
     }
-  }
-
-  /** The project's position means nothing any more: count afresh, and resume from the epoch's start. */
-  private restartProject(st: ProjectState): void {
-    st.lastSeq = undefined;
-    st.floor = 0;
   }
 
   private onEvent(event: SidecarEvent): void {
@@ -659,13 +476,13 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
       if (st.lastSeq !== undefined && seq <= st.lastSeq) return; // already seen (replay overlap)
       st.lastSeq = seq;
     } else {
-      if (this.seen.has(seq)) {
+      const acked = this.seen.acked(seq);
+      if (acked !== undefined) {
         // Redelivered: the earlier ack may have been lost with the connection.
-        if (this.seen.get(seq)) this.write({ type: MessageType.Ack, data: { seq } });
+        if (acked) this.write({ type: MessageType.Ack, data: { seq } });
         return;
       }
-      this.seen.set(seq, false);
-      if (this.seen.size > this.options.dedupeWindow) this.seen.delete(this.seen.keys().next().value!);
+      this.seen.add(seq);
     }
     if (seq > this.maxSeq) this.maxSeq = seq;
     if (!RESERVED.has(event.type)) this.fire(event.type, event);
@@ -695,7 +512,7 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
       };
       if (epoch !== undefined) st.epoch = epoch;
       // A truncated replay may start at the epoch's first event, below the seq the client had.
-      if (info.truncated || epochChanged) this.restartProject(st);
+      if (info.truncated || epochChanged) restartProject(st);
       for (const w of st.waiters.splice(0)) w.resolve(info);
       this.fire('subscribed', info);
       // A live subscribe (no since) missed nothing, whatever epoch it starts in.
@@ -797,16 +614,9 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
    * project is not subscribed yet.
    */
   subscribe(projectId: string, options: { since?: number; epoch?: string } = {}): Promise<SubscribedInfo> {
-    if (typeof projectId !== 'string' || !TOKEN_PATTERN.test(projectId)) {
-      return Promise.reject(new ClientError(ClientErrorCode.InvalidArgument, 'project id must match [A-Za-z0-9_-]{1,128}', { projectId }));
-    }
+    const invalid = subscribeArgsError(projectId, options);
+    if (invalid) return Promise.reject(invalid);
     const { since, epoch } = options;
-    if (since !== undefined && !(Number.isSafeInteger(since) && since >= 0)) {
-      return Promise.reject(new ClientError(ClientErrorCode.InvalidArgument, 'since must be a non-negative integer', { projectId }));
-    }
-    if (epoch !== undefined && (typeof epoch !== 'string' || epoch.length === 0 || since === undefined)) {
-      return Promise.reject(new ClientError(ClientErrorCode.InvalidArgument, 'epoch must be a non-empty string, given with since', { projectId }));
-    }
     let st = this.projects.get(projectId);
     if (st?.confirmed) return Promise.resolve({ projectId, replayed: 0, truncated: false, resumed: false, epoch: st.epoch });
     const d = deferred<SubscribedInfo>();
@@ -837,20 +647,7 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
   }
 
   private sendSubscribe(projectId: string): void {
-    const st = this.projects.get(projectId)!;
-    st.since = st.lastSeq ?? (st.sent ? st.floor : undefined);
-    if (st.floor === undefined) {
-      // Any event of the project stored after the first subscribe went out has a seq above maxSeq:
-      // resuming from there can replay a few earlier events, but can never miss one.
-      st.floor = this.maxSeq;
-      if (st.lastSeq === undefined) st.epoch ??= this.epoch; // the floor's epoch
-    }
-    st.sent = true;
-    const data: Record<string, unknown> = { action: 'subscribe', project_id: projectId };
-    if (st.since !== undefined) {
-      data.since = st.since;
-      if (st.epoch !== undefined) data.epoch = st.epoch;
-    }
+    const data = subscribeData(projectId, this.projects.get(projectId)!, this.maxSeq, this.epoch);
     this.request('subscribe', projectId, data);
   }
 
@@ -871,7 +668,7 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
    */
   ack(seq: number): void {
     if (!Number.isSafeInteger(seq) || seq < 1) return;
-    if (this.seen.has(seq)) this.seen.set(seq, true);
+    this.seen.markAcked(seq);
     this.write({ type: MessageType.Ack, data: { seq } });
   }
 
@@ -881,54 +678,21 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
   private write(message: Record<string, unknown>, first = false): void {
     const ws = this.socket;
     if (!ws || ws.readyState !== OPEN) return;
-    const text = JSON.stringify(message);
-    if (first) this.outbox.unshift(text);
-    else this.outbox.push(text);
-    this.flush();
-  }
-
-  private flush(): void {
-    const ws = this.socket;
-    if (!ws) return;
-    const now = Date.now();
-    const rate = this.options.maxRequestsPerSecond;
-    this.budget = Math.min(this.options.requestBurst, this.budget + ((now - this.budgetAt) * rate) / 1000);
-    this.budgetAt = now;
-    while (this.outbox.length > 0 && this.budget >= 1) {
-      ws.send(this.outbox.shift()!);
-      this.budget -= 1;
-    }
-    if (this.outbox.length > 0 && !this.timers.flush) {
-      this.timers.flush = setTimeout(() => {
-        this.timers.flush = undefined;
-        this.flush();
-      }, Math.ceil(((1 - this.budget) * 1000) / rate));
-    }
+    this.outbox.push(JSON.stringify(message), first);
   }
 
   // ---- keepalive ------------------------------------------------------------------------------
 
-  /** Browsers cannot see the server's WebSocket pings, so a silent dead connection is found with app-level pings. */
   private startPing(): void {
-    const { pingInterval, pongTimeout } = this.options;
-    if (pingInterval <= 0) return;
     const ws = this.socket;
-    const tick = (): void => {
-      if (this.socket !== ws || !ws) return;
-      const now = Date.now();
-      if (this.pingSentAt > this.lastReceived && now - this.pingSentAt >= pongTimeout) {
-        this.abandon(ws, 'no answer to ping');
-        return;
-      }
-      if (this.pingSentAt <= this.lastReceived && now - this.lastReceived >= pingInterval) {
-        this.pingSentAt = now;
-        this.write({ type: MessageType.Ping, data: {} });
-      }
-      this.timers.ping = setTimeout(tick, Math.min(pingInterval, pongTimeout) / 2);
-    };
-    this.lastReceived = Date.now();
-    this.pingSentAt = 0;
-    this.timers.ping = setTimeout(tick, Math.min(pingInterval, pongTimeout) / 2);
+    this.keepalive.start({
+      ping: () => {
+        if (this.socket === ws) this.write({ type: MessageType.Ping, data: {} });
+      },
+      dead: () => {
+        if (ws) this.abandon(ws, 'no answer to ping');
+      },
+    });
   }
 
   // ---- files (client/uploads.ts) --------------------------------------------------------------
@@ -936,21 +700,20 @@ export class Client<E extends EventTypes<E> = SeedEvents> extends Emitter<Client
   /** Upload a file to a project (tus, in chunks, retried and resumed across reconnects); resolves with the stored file. */
   upload(projectId: string, file: UploadSource, options?: UploadOptions): Promise<FileInfo> {
     if (typeof projectId !== 'string' || !TOKEN_PATTERN.test(projectId)) {
-      return Promise.reject(new ClientError(ClientErrorCode.InvalidArgument, 'projectId must match [A-Za-z0-9_-]{1,128}'));
+      return Promise.reject(new ClientError(ClientErrorCode.InvalidArgument, `projectId must match ${TOKEN_SYNTAX}`));
     }
-    return uploadFile({ baseUrl: () => httpBaseOf(this.lastUrl ?? this.peekUrl()), token: () => this.getToken(false) }, projectId, file, options);
+    return uploadFile({ baseUrl: () => httpBaseOf(this.lastUrl ?? this.peekUrl()), token: () => this.tokens.get(false) }, projectId, file, options);
   }
 
   /** The download URL of a file; with `withToken`, the current token rides along as `?token=` (for links, `<img src>`). */
   fileUrl(fileId: string, options: { withToken?: boolean } = {}): string {
     const url = `${httpBaseOf(this.lastUrl ?? this.peekUrl())}/api/v1/websocket/files/${encodeURIComponent(fileId)}`;
-    const token = options.withToken ? (typeof this.options.token === 'string' ? this.options.token : this.token) : undefined;
+    const token = options.withToken ? this.tokens.current : undefined;
     return token ? `${url}?token=${encodeURIComponent(token)}` : url;
   }
 
   private peekUrl(): string {
-    const source = this.options.url;
-    return typeof source === 'string' ? source : typeof source === 'function' ? source(0) : source[0];
+    return firstUrl(this.options.url);
   }
 
   /** `emit` without the generic event map, which TypeScript cannot narrow inside the class. */

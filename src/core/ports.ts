@@ -47,6 +47,8 @@ export const topics = {
   project: (id: string): Topic => `project.${id}`,
   user: (id: string): Topic => `user.${id}`,
   broadcast: 'broadcast' as Topic,
+  /** The project id of a `project.<id>` topic, else undefined. */
+  projectOf: (topic: Topic): string | undefined => (topic.startsWith('project.') ? topic.slice('project.'.length) : undefined),
 };
 
 /** Where a client's copy of a topic ends: the last seq it has, and the epoch that seq belongs to. */

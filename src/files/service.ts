@@ -9,7 +9,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { isAdmin, type Principal } from '../auth.js';
 import type { Config } from '../config.js';
-import { TOKEN_PATTERN } from '../protocol-codes.js';
+import { TOKEN_PATTERN, TOKEN_SYNTAX } from '../protocol-codes.js';
 import { topics, type ProjectAccessPort, type Topic } from '../core/ports.js';
 import { FileError } from './errors.js';
 import { contentTypeAllowed, normalizeContentType, parseUploadMetadata, sanitizeFileName } from './input.js';
@@ -72,7 +72,7 @@ export class FileService {
   // ---- access --------------------------------------------------------------------------------
 
   private async mustSee(principal: Principal, projectId: string): Promise<void> {
-    if (!TOKEN_PATTERN.test(projectId)) throw new FileError('bad_request', 400, 'project_id must match [A-Za-z0-9_-]{1,128}');
+    if (!TOKEN_PATTERN.test(projectId)) throw new FileError('bad_request', 400, `project_id must match ${TOKEN_SYNTAX}`);
     const decision = await this.deps.access.check(principal, projectId);
     if (!decision.allowed) throw new FileError('forbidden', 403, `not allowed to see project ${projectId}`);
   }

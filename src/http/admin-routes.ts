@@ -23,7 +23,7 @@ import {
   validate,
   type OperationName,
 } from '../operations.js';
-import { TOKEN_PATTERN } from '../config.js';
+import { TOKEN_PATTERN, TOKEN_SYNTAX } from '../protocol-codes.js';
 import { publishedEventSchema } from '../protocol.js';
 import { readJsonBody } from './json-body.js';
 import { projectPresence } from './presence-routes.js';
@@ -78,7 +78,7 @@ const adminEvent = publishedEventSchema.extend({
     .optional(),
 });
 const disconnectBody = z.object({ reason: reason.optional() }).optional();
-const revokeBody = z.object({ user_id: z.string().regex(TOKEN_PATTERN, 'must match [A-Za-z0-9_-]{1,128}') });
+const revokeBody = z.object({ user_id: z.string().regex(TOKEN_PATTERN, `must match ${TOKEN_SYNTAX}`) });
 
 type Scope = 'cluster' | 'local';
 

@@ -1,5 +1,5 @@
 /**
- * The operator dashboard: one static page (HTML, one JavaScript module, one stylesheet) at
+ * The operator dashboard: one static page (HTML, a few JavaScript modules, one stylesheet) at
  * `/dashboard`. The page is public and holds no data: it asks the operator for an admin token and
  * calls the admin API and `/ws/connect` from the browser, so this module only serves files.
  *
@@ -22,6 +22,11 @@ export const DASHBOARD_DIR = fileURLToPath(new URL('../../dashboard/', import.me
 const ASSETS: Record<string, { file: string; type: string }> = {
   [DASHBOARD_PATH]: { file: 'index.html', type: 'text/html; charset=utf-8' },
   [`${DASHBOARD_PATH}/app.js`]: { file: 'app.js', type: 'text/javascript; charset=utf-8' },
+  // The modules app.js imports (relative to it, so under the same path).
+  [`${DASHBOARD_PATH}/ui.js`]: { file: 'ui.js', type: 'text/javascript; charset=utf-8' },
+  [`${DASHBOARD_PATH}/api.js`]: { file: 'api.js', type: 'text/javascript; charset=utf-8' },
+  [`${DASHBOARD_PATH}/live.js`]: { file: 'live.js', type: 'text/javascript; charset=utf-8' },
+  [`${DASHBOARD_PATH}/files.js`]: { file: 'files.js', type: 'text/javascript; charset=utf-8' },
   [`${DASHBOARD_PATH}/app.css`]: { file: 'app.css', type: 'text/css; charset=utf-8' },
 };
 

@@ -1,5 +1,5 @@
 /** The answer of the admin presence query, `GET /api/v1/websocket/projects/:id/presence`. */
-import { TOKEN_PATTERN } from '../config.js';
+import { TOKEN_PATTERN, TOKEN_SYNTAX } from '../protocol-codes.js';
 import { SidecarError } from '../errors.js';
 import type { PresencePort } from '../core/ports.js';
 
@@ -15,7 +15,7 @@ export class InvalidProjectIdError extends SidecarError {
   readonly status = 400;
   readonly expose = true;
   constructor() {
-    super('invalid_project_id', 'project id must match [A-Za-z0-9_-]{1,128}');
+    super('invalid_project_id', `project id must match ${TOKEN_SYNTAX}`);
   }
 }
 

@@ -31,7 +31,7 @@ import {
 } from '@nats-io/jetstream';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
-import type { BrokerPort, HistoryPage, HistoryQuery, ReplayResult, ResumePosition, StoredEvent, Topic } from '../core/ports.js';
+import { topics, type BrokerPort, type HistoryPage, type HistoryQuery, type ReplayResult, type ResumePosition, type StoredEvent, type Topic } from '../core/ports.js';
 import { SidecarError } from '../errors.js';
 import { encodeStoredEvent, EventError } from '../protocol.js';
 import { READER_CREATE_TIMEOUT_MS, StreamHistory, type StoredMessage } from './history.js';
@@ -422,7 +422,7 @@ export class NatsBroker implements BrokerPort {
     const t: LiveTopic = {
       topic,
       subject: this.subjectOf(topic),
-      projectId: topic.startsWith('project.') ? topic.slice(8) : undefined,
+      projectId: topics.projectOf(topic),
       sub: heardByWildcard ? undefined : this.subscribeLive(topic),
       ready: READY,
       failed: false,
@@ -649,7 +649,7 @@ export class NatsBroker implements BrokerPort {
   }
 
   async replay(topic: Topic, position: ResumePosition, onEvent: (event: StoredEvent) => void): Promise<ReplayResult> {
-    const projectId = topic.startsWith('project.') ? topic.slice(8) : undefined;
+    const projectId = topics.projectOf(topic);
     const subject = this.subjectOf(topic);
     const epoch = this.epoch;
     const deliver = (m: StoredMessage): void => {

@@ -22,7 +22,7 @@ import { jetstream, JetStreamApiError, type JetStreamClient } from '@nats-io/jet
 import { SidecarError } from '../errors.js';
 import type { Task } from '../events.js';
 import { publishedEventSchema } from '../protocol.js';
-import { TOKEN_PATTERN } from '../protocol-codes.js';
+import { TOKEN_PATTERN, TOKEN_SYNTAX } from '../protocol-codes.js';
 
 export interface PublisherOptions {
   /** Subject prefix; must equal the sidecar's `NATS_SUBJECT_PREFIX`. Default `"ws"`. */
@@ -89,7 +89,7 @@ function isPermanent(err: unknown): boolean {
 
 function checkId(kind: 'project' | 'user', id: unknown): string {
   if (typeof id !== 'string' || !TOKEN_PATTERN.test(id)) {
-    throw new ValidationError('invalid_id', `${kind} id must match [A-Za-z0-9_-]{1,128} (got ${JSON.stringify(id)?.slice(0, 140)})`);
+    throw new ValidationError('invalid_id', `${kind} id must match ${TOKEN_SYNTAX} (got ${JSON.stringify(id)?.slice(0, 140)})`);
   }
   return id;
 }
@@ -107,7 +107,7 @@ export class Publisher {
   ) {
     this.options = { ...DEFAULTS, ...options };
     if (!TOKEN_PATTERN.test(this.options.prefix)) {
-      throw new ValidationError('invalid_id', 'prefix must match [A-Za-z0-9_-]{1,128}');
+      throw new ValidationError('invalid_id', `prefix must match ${TOKEN_SYNTAX}`);
     }
     this.js = jetstream(connection, { timeout: this.options.timeout });
   }

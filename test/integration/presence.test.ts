@@ -122,7 +122,7 @@ describe('user_joined and user_left across instances', () => {
       return e?.operation === 'PUT' ? (e.json<{ members: string[] }>().members ?? []) : [];
     };
     // The copy is poked directly: a watcher that lags behind another instance's write looks like this.
-    const copy = (a.sidecar.presence as unknown as { mirror: Map<string, Map<string, { members: string[]; revision: number }>> }).mirror;
+    const copy = (a.sidecar.presence as unknown as { copy: { mirror: Map<string, Map<string, { members: string[]; revision: number }>> } }).copy.mirror;
     const observer = await client(b, 'observer-stale');
     await subscribe(observer, project);
     let sam = await client(a, 'sam');

@@ -151,9 +151,9 @@ describe('stream and presence bucket loss', () => {
   });
 
   it('watches the presence bucket again when its watcher stops, so the copy follows changes made elsewhere', async () => {
-    const p = side.sidecar.presence as unknown as { watcher: { stop(): void }; ready: boolean; stats: { rewatched: number } };
+    const p = side.sidecar.presence as unknown as { copy: { watcher: { stop(): void } }; ready: boolean; stats: { rewatched: number } };
     const before = p.stats.rewatched;
-    p.watcher.stop();
+    p.copy.watcher.stop();
     await waitFor(() => p.stats.rewatched > before && p.ready, 10_000, 'the watcher restarted');
     // A change another instance makes (here: written straight to the bucket) shows in the copy.
     const { Kvm } = await import('@nats-io/kv');
