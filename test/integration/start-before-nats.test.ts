@@ -99,7 +99,7 @@ describe('started before NATS', () => {
     child.stderr.on('data', (d: Buffer) => (out += d.toString()));
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     try {
-      await waitFor(() => (out.match(/NATS is not reachable/g) ?? []).length >= 4, 15_000, 'four logged attempts');
+      await waitFor(() => (out.match(/NATS is not reachable/g) ?? []).length >= 4, 30_000, 'four logged attempts');
       await waitFor(async () => (await fetch(`http://127.0.0.1:${port}/healthz`).then((r) => r.status, () => 0)) === 200, 5_000);
       expect(child.exitCode).toBeNull();
       const count = (out.match(/NATS is not reachable/g) ?? []).length;
@@ -110,5 +110,5 @@ describe('started before NATS', () => {
       child.kill('SIGTERM');
     }
     expect(await exited).toBe(0);
-  }, 30_000);
+  }, 60_000);
 });
