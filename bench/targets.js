@@ -76,7 +76,7 @@ export async function startTarget(name, { verbose = false, sidecarBin = 'bin/nat
   };
   try {
     // The sidecar's port answers before NATS does: wait until it is ready, not only alive.
-    await waitHealthy(`http://127.0.0.1:${port}/${name === 'sidecar' ? 'readyz' : 'healthz'}`, proc, startTimeoutMs);
+    await waitHealthy(`http://127.0.0.1:${port}/${sidecar ? 'readyz' : 'healthz'}`, proc, startTimeoutMs);
   } catch (e) {
     await stop();
     throw sidecar ? new Unavailable(String(e.message)) : e;
