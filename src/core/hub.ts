@@ -11,7 +11,7 @@ import { authenticate } from './authentication.js';
 import { Connection } from './connection.js';
 import { RecentIds } from './dedupe.js';
 import { OutboundPacer } from './limits.js';
-import type { ConnectionHost, ConnectionStats } from './host.js';
+import type { ConnectionConfig, ConnectionHost, ConnectionStats } from './host.js';
 import { addMember, countMembers, membersOf, removeMember, type Members } from './members.js';
 import { dispatch } from './processors.js';
 import {
@@ -34,28 +34,8 @@ import {
 } from './ports.js';
 import { Subscription } from './subscription.js';
 
-export type HubConfig = Pick<
-  Config,
-  | 'requestsPerSecond'
-  | 'burstSize'
-  | 'maxErrors'
-  | 'errorResetInterval'
-  | 'pingInterval'
-  | 'pongTimeout'
-  | 'authTimeout'
-  | 'outboundMessagesPerSecond'
-  | 'outboundBurst'
-  | 'maxQueuedMessages'
-  | 'maxQueuedBytes'
-  | 'maxBufferedBytes'
-  | 'slowConsumerTimeout'
-  | 'maxConnectionsPerUser'
-  | 'maxSubscriptionsPerConnection'
-  | 'maxMessageSize'
-  | 'inboxAckMode'
-  | 'inboxAckWait'
-  | 'historyMaxBytes'
->;
+/** The connection's settings, and those the hub applies across connections. */
+export type HubConfig = ConnectionConfig & Pick<Config, 'maxConnectionsPerUser' | 'maxSubscriptionsPerConnection' | 'historyMaxBytes'>;
 
 /** How many publisher message ids the hub remembers for deduplication. */
 const RECENT_IDS = 10_000;

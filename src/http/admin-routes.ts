@@ -5,6 +5,7 @@
  * messages are published into the JetStream stream, so they are stored, numbered and delivered by
  * every instance.
  */
+import { authenticateBearer } from './bearer.js';
 import { randomUUID } from 'node:crypto';
 import Router from '@koa/router';
 import type { Context, Middleware } from 'koa';
@@ -12,7 +13,6 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import { isAdmin, type Principal } from '../auth.js';
 import { topics, type AuthPort, type PresencePort, type Topic } from '../core/ports.js';
-import { AuthErrorCode } from '../errors.js';
 import type { NatsBroker } from '../nats/broker.js';
 import type { FleetAnswer, FleetHandler, Gathered, Fleet } from '../nats/fleet.js';
 import {
@@ -52,18 +52,7 @@ interface AdminState {
 /** The one place the admin API checks credentials: 401 without a valid token, 403 without the role. */
 export function requireAdmin(verifier: AuthPort): Middleware<AdminState> {
   return async (ctx, next) => {
-    const match = /^Bearer\s+(\S+)\s*$/i.exec(ctx.get('Authorization'));
-    if (!match) {
-      ctx.set('WWW-Authenticate', 'Bearer');
-      return ctx.throw(401, 'missing bearer token');
-    }
-    let principal: Principal;
-    try {
-      principal = await verifier.verify(match[1]);
-    } catch (err) {
-      ctx.set('WWW-Authenticate', 'Bearer error="invalid_token"');
-      return ctx.throw(401, (err as { code?: string }).code === AuthErrorCode.Expired ? 'token expired' : 'invalid token');
-    }
+    const principal = await authenticateBearer(ctx, verifier);
     if (!isAdmin(principal)) ctx.throw(403, 'the admin role is required');
     ctx.state.principal = principal;
     await next();

@@ -10,13 +10,13 @@
  * Request bodies are streamed into NATS as they arrive and downloads are streamed out of it: no
  * file is ever held in memory. Errors are `{"error", "code"}` JSON with the FileError's status.
  */
+import { authenticateBearer, UnauthorizedError } from './bearer.js';
 import { Readable } from 'node:stream';
 import Router from '@koa/router';
 import type { Context, Middleware } from 'koa';
 import type { Logger } from 'pino';
 import type { Principal } from '../auth.js';
 import type { AuthPort } from '../core/ports.js';
-import { AuthErrorCode } from '../errors.js';
 import { FileError } from '../files/errors.js';
 import { contentDisposition, decodeHeaderFileName, parseRange } from '../files/input.js';
 import type { FileService } from '../files/service.js';
@@ -37,27 +37,16 @@ interface FileState {
 
 const isTus = (ctx: Context): boolean => ctx.path.startsWith(UPLOADS_PATH);
 
-function bearer(ctx: Context, allowQuery: boolean): string | undefined {
-  const match = /^Bearer\s+(\S+)\s*$/i.exec(ctx.get('Authorization'));
-  if (match) return match[1];
-  const query = allowQuery ? ctx.query.token : undefined;
-  return typeof query === 'string' && query ? query : undefined;
-}
-
 /** Any valid token: 401 otherwise. Downloads may carry it as `?token=` (links, `<img src>`). */
 function requireUser(verifier: AuthPort): Middleware<FileState> {
   return async (ctx, next) => {
     if (ctx.method === 'OPTIONS' && isTus(ctx)) return next(); // tus discovery and CORS preflights carry no token
-    const token = bearer(ctx, ctx.method === 'GET' || ctx.method === 'HEAD');
-    if (!token) {
-      ctx.set('WWW-Authenticate', 'Bearer');
-      throw new FileError('unauthorized', 401, 'missing bearer token');
-    }
     try {
-      ctx.state.principal = await verifier.verify(token);
+      ctx.state.principal = await authenticateBearer(ctx, verifier, ctx.method === 'GET' || ctx.method === 'HEAD');
     } catch (err) {
-      ctx.set('WWW-Authenticate', 'Bearer error="invalid_token"');
-      throw new FileError('unauthorized', 401, (err as { code?: string }).code === AuthErrorCode.Expired ? 'token expired' : 'invalid token');
+      // The files API answers in its own error shape (with a code): the same statuses and words.
+      if (err instanceof UnauthorizedError) throw new FileError('unauthorized', 401, err.message);
+      throw err;
     }
     await next();
   };
