@@ -36,9 +36,13 @@ it('runs every benchmark scenario at tiny sizes against the sidecar and NATS wit
         expect(runs?.length, `${row}/${target}`).toBeGreaterThan(0);
         for (const run of runs) {
           expect(run.error, `${row}/${target}`).toBeUndefined();
-          const values = Object.values(run.metrics);
-          expect(values.length, `${row}/${target}`).toBeGreaterThan(0);
-          expect(values.every((v) => typeof v === 'number' && v >= 0), `${row}/${target}`).toBe(true);
+          const entries = Object.entries(run.metrics as Record<string, unknown>);
+          expect(entries.length, `${row}/${target}`).toBeGreaterThan(0);
+          // Every figure is a number; memory per connection is a difference of two RSS samples,
+          // which at these tiny sizes can come out below zero when the GC hands memory back.
+          for (const [k, v] of entries) {
+            expect(typeof v === 'number' && Number.isFinite(v) && (v >= 0 || /rss/i.test(k)), `${row}/${target} ${k}=${String(v)}`).toBe(true);
+          }
         }
       }
     }
