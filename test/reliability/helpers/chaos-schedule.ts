@@ -4,6 +4,7 @@
  * wall-clock timing differs between runs, since each fault waits for recovery from the last.
  */
 import { randomInt } from 'node:crypto';
+import { prng } from './fuzz.js';
 
 /** Faults on the NATS side or the sidecars, one at a time. */
 export type InfraFaultKind = 'sidecar-kill' | 'nats-restart' | 'nats-wipe' | 'blackhole';
@@ -72,17 +73,8 @@ export interface ScheduleOptions {
   timing: ChaosTiming;
 }
 
-/** mulberry32: a small, fast 32-bit PRNG; plenty for drawing a schedule. Returns [0, 1). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The fuzzer's mulberry32: one seeded PRNG for every reliability scenario. */
+export { prng };
 
 /** CHAOS_SEED when set (a non-negative integer), else `fallback`, else a random seed. */
 export function chaosSeed(env: string | undefined, fallback?: number): number {
