@@ -130,6 +130,15 @@ const REPAIR_REQUEST_TIMEOUT_MS = 2_000;
 const REPAIR_QUICK_ATTEMPTS = 10;
 /** Longest pause between two repair attempts. */
 const REPAIR_MAX_BACKOFF_MS = 1_000;
+/**
+ * A live event arriving while a repair attempt has waited this long for JetStream is proof that
+ * the stream has a leader again (republish happens only after the store): the attempt, most likely
+ * waiting on a request the old leader never answers, is given up and a new one starts at once.
+ */
+const REPAIR_WAKE_AFTER_MS = 300;
+
+/** Thrown inside a repair when a live event shows the stream answers again. */
+const WOKEN = new Error('woken by a live event');
 
 /** One topic this instance has local subscribers for. */
 interface LiveTopic {
@@ -150,6 +159,10 @@ interface LiveTopic {
   lossReported: boolean;
   /** A live event whose epoch was checked (see accept): it is not checked twice. */
   verified?: number;
+  /** Counts a repair's attempts: an attempt given up (see REPAIR_WAKE_AFTER_MS) stops delivering. */
+  attempt: number;
+  /** Set while a repair attempt waits: a held live event calls it. */
+  wake?: () => void;
 }
 
 export class NatsBroker implements BrokerPort {
@@ -430,6 +443,7 @@ export class NatsBroker implements BrokerPort {
       held: null,
       overflowed: false,
       lossReported: false,
+      attempt: 0,
     };
     this.topics.set(topic, t);
     this.track(t);
@@ -513,6 +527,7 @@ export class NatsBroker implements BrokerPort {
     if (t.held !== null) {
       if (t.held.length < MAX_HELD) t.held.push(msg);
       else t.overflowed = true;
+      t.wake?.();
       return;
     }
     this.accept(t, msg);
@@ -568,29 +583,39 @@ export class NatsBroker implements BrokerPort {
   private repair(t: LiveTopic): void {
     t.held ??= [];
     void this.limitRepairs(async () => {
+      let woken = 0;
       for (let attempt = 0; this.topics.get(t.topic) === t && !this.nc.isClosed(); attempt++) {
+        const run = ++t.attempt;
+        const current = () => this.topics.get(t.topic) === t && t.attempt === run;
         const from = t.last ?? 0;
         const history = attempt >= REPAIR_QUICK_ATTEMPTS && attempt % 2 === 1 ? this.history : this.quickHistory;
         try {
-          const { truncated, head } = await history.plan(t.subject, from);
-          if (this.topics.get(t.topic) !== t) return;
-          if (truncated && !t.lossReported) {
-            // Said before the events that follow it, so a client knows while it processes them.
-            t.lossReported = true;
-            this.stats.historyLost += 1;
-            this.log.warn({ topic: t.topic, after: from }, 'events lost: the stream no longer has them');
-            this.lossSink(t.topic, from);
-          }
-          await history.fetch(t.subject, from, head, (m) => {
-            if (this.topics.get(t.topic) !== t || m.seq <= (t.last ?? 0)) return;
-            t.last = m.seq;
-            this.stats.eventsRecovered += 1;
-            this.deliverStored(t.topic, m, t.projectId);
+          // Each wake doubles the next grace: a stream that is only slow is not given up on forever.
+          const grace = Math.min(REPAIR_REQUEST_TIMEOUT_MS, REPAIR_WAKE_AFTER_MS * 2 ** woken);
+          await this.untilWoken(t, grace, async (progressed) => {
+            const { truncated, head } = await history.plan(t.subject, from);
+            if (!current()) return;
+            progressed();
+            if (truncated && !t.lossReported) {
+              // Said before the events that follow it, so a client knows while it processes them.
+              t.lossReported = true;
+              this.stats.historyLost += 1;
+              this.log.warn({ topic: t.topic, after: from }, 'events lost: the stream no longer has them');
+              this.lossSink(t.topic, from);
+            }
+            await history.fetch(t.subject, from, head, (m) => {
+              if (!current() || m.seq <= (t.last ?? 0)) return;
+              progressed();
+              t.last = m.seq;
+              this.stats.eventsRecovered += 1;
+              this.deliverStored(t.topic, m, t.projectId);
+            });
+            if (!current()) return;
+            t.lossReported = false;
+            // Everything up to head that the stream still had is delivered now.
+            t.last = Math.max(t.last ?? 0, head);
           });
           if (this.topics.get(t.topic) !== t) return;
-          t.lossReported = false;
-          // Everything up to head that the stream still had is delivered now.
-          t.last = Math.max(t.last ?? 0, head);
           if (t.overflowed) {
             // Held events were dropped; they are in the stream: read again from where we are.
             t.overflowed = false;
@@ -606,10 +631,61 @@ export class NatsBroker implements BrokerPort {
           }
           return;
         } catch (err) {
+          if (err === WOKEN) {
+            woken += 1;
+            this.log.info({ topic: t.topic, attempt }, 'gap repair: the stream answers again; retrying now');
+            continue;
+          }
           this.log.warn({ err, topic: t.topic, attempt }, 'gap repair failed; retrying');
-          await new Promise((r) => setTimeout(r, Math.min(REPAIR_MAX_BACKOFF_MS, 250 * 2 ** attempt)).unref());
+          const pause = Math.min(REPAIR_MAX_BACKOFF_MS, 250 * 2 ** attempt);
+          await new Promise<void>((r) => {
+            const timer = setTimeout(r, pause);
+            timer.unref();
+            t.wake = () => {
+              clearTimeout(timer);
+              r();
+            };
+          });
+          t.wake = undefined;
         }
       }
+    });
+  }
+
+  /**
+   * Run one repair attempt; reject with WOKEN when a live event arrives after the attempt has
+   * made no progress for `grace` ms (the attempt goes on unseen, its deliveries ignored).
+   */
+  private untilWoken(t: LiveTopic, grace: number, attempt: (progressed: () => void) => Promise<void>): Promise<void> {
+    let progress = Date.now();
+    return new Promise<void>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      let settled = false;
+      const settle = (err?: unknown) => {
+        if (settled) return; // a given-up attempt ending later must not touch the next one's wake
+        settled = true;
+        if (t.wake === wake) t.wake = undefined;
+        if (timer) clearTimeout(timer);
+        if (err === undefined) resolve();
+        else reject(err);
+      };
+      const wake = () => {
+        const waited = Date.now() - progress;
+        if (waited >= grace) settle(WOKEN);
+        else if (!timer) {
+          // Events also arrive during a healthy repair: look again once it had its grace.
+          timer = setTimeout(() => {
+            timer = undefined;
+            wake();
+          }, grace - waited);
+          timer.unref();
+        }
+      };
+      t.wake = wake;
+      attempt(() => (progress = Date.now())).then(
+        () => settle(),
+        (err) => settle(err ?? new Error('gap repair failed')),
+      );
     });
   }
 
