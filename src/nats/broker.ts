@@ -661,7 +661,7 @@ export class NatsBroker implements BrokerPort {
     return new Promise<void>((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined;
       let settled = false;
-      const settle = (err?: unknown) => {
+      const settle = (err?: Error) => {
         if (settled) return; // a given-up attempt ending later must not touch the next one's wake
         settled = true;
         if (t.wake === wake) t.wake = undefined;
@@ -684,7 +684,7 @@ export class NatsBroker implements BrokerPort {
       t.wake = wake;
       attempt(() => (progress = Date.now())).then(
         () => settle(),
-        (err) => settle(err ?? new Error('gap repair failed')),
+        (err: unknown) => settle(err instanceof Error ? err : new Error(String(err))),
       );
     });
   }
