@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Side-by-side benchmark: NATS's built-in WebSocket listener vs the sidecar vs a naive
-// ws+nats bridge, driven by the same load generator (bench/loadgen.js, separate processes).
+// ws+nats bridge, driven by the same load generator (bench/loadgen/, separate processes).
 //
 //   node bench/run.js [--scenarios fanout,spread,latency,idle,connect,resume,upload] [--targets nats,sidecar,naive]
 //                     [--runs 3] [--long-runs 1] [--quick] [--loaders auto|N] [size flags, see --help]

@@ -84,7 +84,7 @@ export async function startTarget(name, { verbose = false, sidecarBin = 'bin/nat
   return { name, ...def, wsUrl: `ws://127.0.0.1:${port}`, natsUrl: nats.url, pid: proc.pid, natsPid: nats.pid, secret, stop };
 }
 
-/** A load-generator process (bench/loadgen.js) and its IPC request/response channel. */
+/** A load-generator process (bench/loadgen/main.js) and its IPC request/response channel. */
 export class Loader {
   /** @param {Proc} proc */
   constructor(proc) {
@@ -110,11 +110,11 @@ export class Loader {
     });
   }
 
-  /** Forks bench/loadgen.js (fd limit raised, see proc.js) and waits for its ready message. */
+  /** Forks bench/loadgen/main.js (fd limit raised, see proc.js) and waits for its ready message. */
   static async start(verbose = false) {
-    const proc = new Proc('loadgen', process.execPath, [join(here, 'loadgen.js')], { ipc: true, verbose });
+    const proc = new Proc('loadgen', process.execPath, [join(here, 'loadgen', 'main.js')], { ipc: true, verbose });
     const loader = new Loader(proc);
-    // loadgen.js announces itself with id 0 once its IPC handler is installed
+    // loadgen/main.js announces itself with id 0 once its IPC handler is installed
     await new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         loader.pending.delete(0);
@@ -141,7 +141,7 @@ export class Loader {
     });
   }
 
-  /** Resets all client sockets (see loadgen closeAll), then kills the process. */
+  /** Resets all client sockets (see loadgen/phase-commands.js closeAll), then kills the process. */
   async stop() {
     if (this.proc.running) await this.request('closeAll', {}, 5000).catch(() => {});
     await this.proc.kill();

@@ -1,14 +1,16 @@
 /**
- * nats-ws-sidecar dashboard: a plain ES module with no dependencies and no build step.
+ * nats-ws-sidecar dashboard: plain ES modules with no build step of their own; the one dependency,
+ * the project's client SDK for the live view, is the built dist/client served beside them.
  *
  * The page holds no data of its own. It takes an admin token (pasted, or from `#token=` in the URL
  * fragment, which browsers never send to a server), keeps it in sessionStorage (this tab only),
- * polls the admin API with `Authorization: Bearer`, and opens its own WebSocket to /ws/connect for
- * the live event view, authenticating with the first message so the token stays out of request
- * lines and logs. Everything that comes from the server is written as text, never as HTML.
+ * polls the admin API with `Authorization: Bearer`, and connects to /ws/connect for the live event
+ * view with the project's client SDK (served under dashboard/sdk/), which authenticates with the
+ * first message so the token stays out of request lines and logs. Everything that comes from the
+ * server is written as text, never as HTML.
  *
  * Parts: ui.js (DOM helpers, formatting, status lines), api.js (the admin API), live.js (the
- * live view's WebSocket), files.js (the files panel); this module polls, renders and starts.
+ * live view, an SDK client), files.js (the files panel); this module polls, renders and starts.
  */
 
 import { api, session } from './api.js';

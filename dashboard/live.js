@@ -1,82 +1,94 @@
-// The live view: the page's own WebSocket to /ws/connect, the watched projects and their events (see app.js).
+// The live view: the page's own connection to /ws/connect, made with the project's client SDK
+// (dist/client, served under dashboard/sdk/), the watched projects and their events (see app.js).
+// The SDK authenticates with the first message, asks for batched frames, reconnects with backoff
+// and resumes every watched project from the last seq seen; this module only shows what it does.
 
+import { Client, CloseCode } from './sdk/client/index.js';
 import { session } from './api.js';
 import { files, listFiles } from './files.js';
 import { $, el, fmtClock, problem, setPill } from './ui.js';
 
 const MAX_EVENTS = 100;
 const SUBSCRIBE_TIMEOUT_MS = 5_000;
-/** The sidecar's default maxMessageSize: an `auth` frame larger than this is refused (1009). */
-const MAX_AUTH_FRAME = 512;
 const WS_URL = new URL('ws/connect', document.baseURI);
 WS_URL.protocol = WS_URL.protocol === 'https:' ? 'wss:' : 'ws:';
 
-// ---- live view: the page's own WebSocket --------------------------------------------------------
-
 export const live = {
-  ws: null,
-  connectionId: null,
-  authenticated: false,
-  running: false,
+  /** The SDK client of the current token (a token is a client's for its whole life), or null. */
+  client: null,
   /** Set when the server closed us for a reason a retry cannot fix (4401, 4010); cleared by the operator. */
   halted: false,
-  retries: 0,
-  retryTimer: 0,
-  /** After a 1009 on the `auth` frame (token larger than the frame cap): put it in the URL instead. */
-  tokenInUrl: false,
-  /** project -> { status: 'pending' | 'subscribed' | 'refused', lastSeq, waiters: [{resolve, reject}] } */
+  /**
+   * project -> { status: 'pending' | 'subscribed' | 'refused', since?, epoch?, waiters: [{resolve, reject}] }.
+   * Kept across tokens: `since`/`epoch` are where the previous client stopped, so the next one resumes there.
+   */
   watched: new Map(),
-  /** message_id of a test event -> { sentAt, seq?, arrivedAt?, settle() } */
+  /** message_id of a test event -> { sentAt, arrivedAt?, settle() } */
   pending: new Map(),
 
+  /** The id of the page's own connection while connected (marked "this page" in the list). */
+  get connectionId() {
+    return this.client?.state === 'connected' ? this.client.connectionId : null;
+  },
+
   start() {
-    if (this.running || this.halted) return;
-    this.running = true;
-    this.connect();
+    if (this.halted || !session.token) return;
+    if (this.client) {
+      if (this.client.state === 'disconnected') void this.client.connect().catch(() => {});
+      return;
+    }
+    // autoAck off: an observer must not take direct messages out of the token user's offline inbox.
+    const client = new Client({ url: WS_URL.href, token: session.token, autoAck: false });
+    this.client = client;
+    const mine = (fn) => (value) => {
+      if (client === this.client) fn(value);
+    };
+    client.on('state', mine((change) => this.onState(change)));
+    client.on('disconnected', mine((e) => this.onDisconnected(e)));
+    client.on('subscribed', mine(({ projectId }) => this.settle(projectId)));
+    client.on('unsubscribed', mine(({ projectId, reason }) => {
+      // The server ended it (e.g. a refreshed token no longer allows the project).
+      if (reason && this.watched.has(projectId)) this.settle(projectId, new Error(reason));
+    }));
+    client.on('error', mine((err) => problem(`live view: ${err.code}: ${err.message}`)));
+    client.on('history_truncated', mine((info) => problem(`live view: history of ${info.projectId ?? info.scope} may have a gap (${info.reason ?? 'truncated'})`)));
+    client.on('event', mine((event) => this.onEvent(event)));
+    for (const projectId of this.watched.keys()) this.subscribe(projectId);
+    // A connection that ends for good is reported by `disconnected`.
+    void client.connect().catch(() => {});
   },
 
   stop() {
-    this.running = false;
     this.halted = false;
-    clearTimeout(this.retryTimer);
-    const ws = this.ws;
-    this.ws = null;
-    this.connectionId = null;
-    this.authenticated = false;
-    ws?.close(1000, 'dashboard closed');
+    const client = this.client;
+    this.client = null;
+    if (client) {
+      // Where it stopped, for the next token's client to resume from.
+      for (const [projectId, p] of client.positions) {
+        const w = this.watched.get(projectId);
+        if (w && p.seq !== undefined) Object.assign(w, { since: p.seq, epoch: p.epoch });
+      }
+      void client.close();
+    }
     for (const w of this.watched.values()) w.status = 'pending';
     renderWatched();
     setPill('live-status', '', 'live view off');
   },
 
-  connect() {
-    clearTimeout(this.retryTimer);
-    const url = new URL(WS_URL);
-    if (this.tokenInUrl) url.searchParams.set('token', session.token);
-    // Batched frames: a busy project's events arrive several to a frame, joined by "\n".
-    const ws = new WebSocket(url, ['nats-ws-sidecar.batch']);
-    this.ws = ws;
-    this.authenticated = false;
-    setPill('live-status', 'pending', 'live view connecting…');
-    ws.addEventListener('message', (e) => {
-      if (ws !== this.ws) return;
-      if (typeof e.data === 'string' && e.data.includes('\n')) for (const line of e.data.split('\n')) this.onMessage(line);
-      else this.onMessage(e.data);
-    });
-    ws.addEventListener('close', (e) => {
-      if (ws === this.ws) this.onClose(e);
-    });
-  },
-
-  send(message) {
-    if (this.authenticated) this.ws.send(JSON.stringify(message));
-  },
-
+  /** Asks the SDK for the project; its promise settles the chip (the SDK re-subscribes by itself after a reconnect). */
   subscribe(projectId) {
     const w = this.watched.get(projectId);
-    const data = { action: 'subscribe', project_id: projectId };
-    if (w?.lastSeq) data.since = w.lastSeq; // resume after a reconnect: no gap, no duplicate
-    this.send({ type: 'subscription', data });
+    const client = this.client;
+    if (!w || !client) return;
+    const options = w.since === undefined ? {} : { since: w.since, epoch: w.epoch };
+    client.subscribe(projectId, options).then(
+      () => client === this.client && this.settle(projectId),
+      (err) => {
+        // Refused (forbidden, invalid) or dropped by the server: the SDK forgot it. A connection
+        // that ended is not a refusal: the chip stays pending and `subscribed` follows a reconnect.
+        if (client === this.client && client.subscriptions.has(projectId) === false) this.settle(projectId, err);
+      },
+    );
   },
 
   /** Watch a project; resolves once subscribed, rejects when refused or not confirmed in time. */
@@ -84,16 +96,14 @@ export const live = {
     let w = this.watched.get(projectId);
     if (w?.status === 'subscribed') return Promise.resolve();
     if (!w) {
-      w = { status: 'pending', lastSeq: 0, waiters: [] };
+      w = { status: 'pending', waiters: [] };
       this.watched.set(projectId, w);
-      this.subscribe(projectId);
-    } else if (w.status === 'refused') {
-      w.status = 'pending';
-      this.subscribe(projectId);
     }
+    w.status = 'pending';
     renderWatched();
     this.halted = false; // the operator asked: try again
     if (session.signedIn) this.start();
+    this.subscribe(projectId);
     return new Promise((resolve, reject) => {
       const waiter = { resolve, reject };
       w.waiters.push(waiter);
@@ -109,7 +119,7 @@ export const live = {
     if (!w) return;
     this.watched.delete(projectId);
     for (const waiter of w.waiters) waiter.reject(new Error('no longer watched'));
-    this.send({ type: 'subscription', data: { action: 'unsubscribe', project_id: projectId } });
+    void this.client?.unsubscribe(projectId).catch(() => {});
     renderWatched();
   },
 
@@ -122,94 +132,40 @@ export const live = {
     renderWatched();
   },
 
-  onMessage(text) {
-    let msg;
-    try {
-      msg = JSON.parse(text);
-    } catch {
-      return problem('live view: a frame that is not JSON');
-    }
-    const data = msg.data ?? {};
-    switch (msg.type) {
-      case 'auth_required': {
-        const frame = JSON.stringify({ type: 'auth', data: { token: session.token } });
-        if (new TextEncoder().encode(frame).length > MAX_AUTH_FRAME) {
-          // Too big for one inbound frame: use the upgrade URL instead (the only other way a browser has).
-          this.tokenInUrl = true;
-          return this.reconnectNow();
-        }
-        return this.ws.send(frame);
-      }
-      case 'auth_success':
-        this.authenticated = true;
-        this.retries = 0;
-        this.connectionId = data.connection_id;
-        setPill('live-status', 'ok', `live view connected (${data.connection_id})`);
-        for (const projectId of this.watched.keys()) this.subscribe(projectId);
-        return;
-      case 'auth_failed':
-        return problem(`live view: token refused: ${data.reason ?? data.code ?? 'auth failed'}`);
-      case 'subscription':
-        if (data.action === 'subscribed') this.settle(data.project_id);
-        else if (data.action === 'unsubscribed' && this.watched.has(data.project_id)) {
-          // The server dropped it (e.g. a refreshed token no longer allows the project).
-          this.settle(data.project_id, new Error(data.reason ?? 'unsubscribed by the server'));
-        }
-        return;
-      case 'error':
-        problem(`live view: ${data.code}: ${data.message}`);
-        if (data.project_id && this.watched.has(data.project_id)) this.settle(data.project_id, new Error(data.message ?? data.code));
-        return;
-      case 'pong':
-        return;
-      default:
-        return this.onEvent(msg);
+  onState({ state, previous }) {
+    if (state === 'connected') setPill('live-status', 'ok', `live view connected (${this.client.connectionId})`);
+    // From `connected`, `disconnected` has just said when the retry comes.
+    else if (state === 'connecting' && previous === 'disconnected') setPill('live-status', 'pending', 'live view connecting…');
+    if (state !== 'connected') {
+      for (const w of this.watched.values()) if (w.status === 'subscribed') w.status = 'pending';
+      renderWatched();
     }
   },
 
-  onEvent(msg) {
-    const w = msg.project_id ? this.watched.get(msg.project_id) : undefined;
-    if (w && typeof msg.seq === 'number') w.lastSeq = Math.max(w.lastSeq, msg.seq);
-    const test = msg.message_id ? this.pending.get(msg.message_id) : undefined;
+  onDisconnected({ code, reason, willReconnect, delay }) {
+    problem(`live view closed (${code}${reason ? `: ${reason}` : ''})`);
+    if (willReconnect) {
+      setPill('live-status', 'warn', `live view closed (${code}), retrying in ${Math.ceil(delay / 1000)} s`);
+      return;
+    }
+    // Token refused or expired, an operator disconnected us on purpose, ...: do not loop.
+    this.halted = true;
+    const why =
+      code === CloseCode.Unauthorized
+        ? 'token refused'
+        : code === CloseCode.DisconnectedByOperator
+          ? 'disconnected by an operator (watch a project to reconnect)'
+          : `closed (${code}; watch a project to reconnect)`;
+    setPill('live-status', 'error', `live view: ${why}`);
+  },
+
+  onEvent(event) {
+    const test = event.message_id ? this.pending.get(event.message_id) : undefined;
     if (test) {
       test.arrivedAt = performance.now();
       test.settle();
     }
-    addEvent(msg, Boolean(test));
-  },
-
-  onClose(e) {
-    this.ws = null;
-    this.connectionId = null;
-    const wasAuthenticated = this.authenticated;
-    this.authenticated = false;
-    for (const w of this.watched.values()) w.status = 'pending';
-    renderWatched();
-    if (!this.running) return;
-    if (e.code === 1009 && !wasAuthenticated && !this.tokenInUrl) {
-      this.tokenInUrl = true;
-      return this.reconnectNow();
-    }
-    const reason = e.reason ? `: ${e.reason}` : '';
-    problem(`live view closed (${e.code}${reason})`);
-    if (e.code === 4401 || e.code === 4010) {
-      // Token refused or expired, or an operator disconnected us on purpose: do not loop.
-      this.running = false;
-      this.halted = true;
-      setPill('live-status', 'error', e.code === 4401 ? 'live view: token refused' : 'live view: disconnected by an operator (watch a project to reconnect)');
-      return;
-    }
-    const delay = Math.min(15_000, 500 * 2 ** this.retries) * (0.5 + Math.random() / 2);
-    this.retries += 1;
-    setPill('live-status', 'warn', `live view closed (${e.code}), retrying in ${Math.ceil(delay / 1000)} s`);
-    this.retryTimer = setTimeout(() => this.connect(), delay);
-  },
-
-  reconnectNow() {
-    const ws = this.ws;
-    this.ws = null;
-    ws?.close(1000);
-    this.connect();
+    addEvent(event, Boolean(test));
   },
 };
 
@@ -241,4 +197,3 @@ export function addEvent(msg, isTest) {
   while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
   if ((msg.type === 'file_uploaded' || msg.type === 'file_deleted') && msg.project_id && msg.project_id === files.project) void listFiles(files.project);
 }
-

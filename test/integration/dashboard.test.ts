@@ -1,10 +1,11 @@
 /**
  * The dashboard page against a real sidecar and nats-server. Over plain HTTP: the static files,
- * their security headers, and nothing else served. In headless Chromium (Debian's `chromium`
- * driven by playwright-core): the page loads under its CSP without errors, takes the token from
- * the URL fragment, lists a connection the test opened with its project and errors, sends a test
- * event that comes back through NATS to the page's own WebSocket, and reports a token without the
- * admin role as refused.
+ * the client SDK's built modules (under /dashboard/sdk/), their security headers, and nothing else
+ * served, however the path is spelled. In headless Chromium (Debian's `chromium` driven by
+ * playwright-core): the page loads under its CSP without errors, takes the token from the URL
+ * fragment, lists a connection the test opened with its project and errors, sends a test event
+ * that comes back through NATS to the page's live view (a client SDK connection, batched), shows
+ * a backend's event on a watched project, and reports a token without the admin role as refused.
  */
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
@@ -14,7 +15,10 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { DASHBOARD_CSP, DASHBOARD_DIR } from '../../src/http/dashboard.js';
+// @ts-expect-error plain JS helper shared with bin/
+import { ensureBuilt } from '../../bin/ensure-built.js';
+import { DASHBOARD_CSP, DASHBOARD_DIR, SDK_PATH, SDK_URL } from '../../src/http/dashboard.js';
+import { sdkModules } from '../../src/http/dashboard-sdk.js';
 import { api } from '../helpers/http.js';
 import { startTestNats, type TestNats } from '../helpers/nats.js';
 import { event, publisher, startTestSidecar, type TestSidecar } from '../helpers/sidecar.js';
@@ -53,7 +57,23 @@ let nats: TestNats;
 let side: TestSidecar;
 let admin: string;
 
+/** A GET with the path sent exactly as given (fetch would resolve `..` before sending). */
+function rawGet(pathname: string, headers: Record<string, string> = {}): Promise<{ status: number; type: string; body: string }> {
+  return new Promise((resolve, reject) => {
+    const url = new URL(side.httpUrl);
+    http
+      .get({ host: url.hostname, port: url.port, path: pathname, headers }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => (body += chunk));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, type: String(res.headers['content-type'] ?? ''), body }));
+      })
+      .on('error', reject);
+  });
+}
+
 beforeAll(async () => {
+  ensureBuilt(); // the live view loads the client SDK from dist/
   nats = await startTestNats();
   side = await startTestSidecar(nats.url);
   admin = await side.token('ops', { roles: ['admin'] });
@@ -103,6 +123,57 @@ describe('GET /dashboard', () => {
     const slash = await fetch(`${side.httpUrl}/dashboard/`, { redirect: 'manual' });
     expect(slash.status).toBe(301);
     expect(slash.headers.get('location')).toBe('../dashboard');
+  });
+
+  it('serves the built client SDK as JavaScript modules, each of its imports included', async () => {
+    const entry = await rawGet(SDK_URL);
+    expect(entry.status).toBe(200);
+    expect(entry.type).toBe('text/javascript; charset=utf-8');
+    expect(entry.body).toContain('export {');
+    // Every module of the graph answers, as a browser resolves the relative imports.
+    const modules = [...sdkModules().keys()];
+    expect(modules).toEqual(expect.arrayContaining(['client/index.js', 'client/client.js', 'protocol-codes.js']));
+    for (const file of modules) {
+      const res = await api(side.httpUrl, 'GET', `${SDK_PATH}/${file}`);
+      expect(res.status, file).toBe(200);
+      expect(res.headers.get('content-type'), file).toBe('text/javascript; charset=utf-8');
+      expect(res.headers.get('cache-control'), file).toBe('no-cache');
+      expect(res.headers.get('x-content-type-options'), file).toBe('nosniff');
+      // Only imports a browser resolves: relative, with their .js extension (no package, no node:).
+      const specifiers = [...res.text.matchAll(/^(?:import|export)\b[^'"\n]*\bfrom\s*['"]([^'"]+)['"]/gm)].map((m) => m[1]);
+      for (const spec of specifiers) expect(spec, file).toMatch(/^\.\.?\/[\w./-]+\.js$/);
+      expect(res.text, file).not.toMatch(/\bimport\(|\brequire\(|^import\s*['"]/m);
+    }
+    const etag = (await api(side.httpUrl, 'GET', SDK_URL)).headers.get('etag')!;
+    expect((await rawGet(SDK_URL, { 'If-None-Match': etag })).status).toBe(304);
+  });
+
+  it('serves nothing else under the SDK path, however a path out of it is spelled', async () => {
+    const attempts = [
+      `${SDK_PATH}/../../package.json`,
+      `${SDK_PATH}/client/../../../package.json`,
+      `${SDK_PATH}/%2e%2e/%2e%2e/package.json`,
+      `${SDK_PATH}/..%2f..%2fpackage.json`,
+      `${SDK_PATH}/client/..%2F..%2F..%2Fpackage.json`,
+      `${SDK_PATH}/%252e%252e/%252e%252e/package.json`,
+      `${SDK_PATH}/..\\..\\package.json`,
+      `${SDK_PATH}/client%2findex.js`,
+      `${SDK_PATH}//client/index.js`,
+      // In dist/ but not part of the SDK: the server's own modules, declarations, source maps.
+      `${SDK_PATH}/main.js`,
+      `${SDK_PATH}/internal.js`,
+      `${SDK_PATH}/client/index.d.ts`,
+      `${SDK_PATH}/client/index.js.map`,
+      `${SDK_PATH}/.tsbuildinfo`,
+      `${SDK_PATH}/client/`,
+      `${SDK_PATH}/`,
+      SDK_PATH,
+    ];
+    for (const p of attempts) {
+      const res = await rawGet(p);
+      expect(res.status, p).toBe(404);
+      expect(res.body, p).not.toContain('nats-ws-sidecar');
+    }
   });
 
   const distModule = path.join(root, 'dist', 'http', 'dashboard.js');
@@ -231,6 +302,78 @@ describe.skipIf(!CHROMIUM)(
         await mkdir(process.env.DASHBOARD_SCREENSHOT_DIR, { recursive: true });
         await page.screenshot({ path: path.join(process.env.DASHBOARD_SCREENSHOT_DIR, 'dashboard.png'), fullPage: true });
       }
+      expect(problems).toEqual([]);
+    });
+
+    it('watches a project through the client SDK and shows a backend event published to NATS', async () => {
+      const { page, problems } = await open(`#token=${admin}`);
+      const sdkRequests: string[] = [];
+      page.on('request', (r) => {
+        if (r.url().includes('/dashboard/sdk/')) sdkRequests.push(new URL(r.url()).pathname);
+      });
+      await page.reload(); // count the module requests from the start
+      await page.locator('#auth-status.ok').waitFor();
+      await page.fill('#watch-project', 'sdk-p');
+      await page.click('#watch-form button[type=submit]');
+      await page.locator('#watched li.chip.subscribed', { hasText: 'sdk-p' }).waitFor();
+      await page.locator('#live-status.ok').waitFor();
+      // The live view's connection is the SDK's Client, loaded from the sidecar, on batched frames.
+      expect(sdkRequests).toContain(SDK_URL);
+      // A string, not a function: the test's transform would rewrite a function's import() calls.
+      const conn = await page.evaluate(`(async () => {
+        const [{ live }, sdk] = await Promise.all([import('./dashboard/live.js'), import('.${SDK_URL}')]);
+        return {
+          isSdkClient: live.client instanceof sdk.Client,
+          state: live.client.state,
+          protocol: live.client.socket.protocol,
+          batchProtocol: sdk.BATCH_PROTOCOL,
+        };
+      })()`);
+      expect(conn).toEqual({ isSdkClient: true, state: 'connected', protocol: 'nats-ws-sidecar.batch', batchProtocol: 'nats-ws-sidecar.batch' });
+
+      const nc = await publisher(nats.url);
+      try {
+        await nc.request('ws.project.sdk-p', event('note_added', { text: 'published to NATS for the SDK view' }));
+      } finally {
+        await nc.close();
+      }
+      const row = page.locator('#events li', { hasText: 'published to NATS for the SDK view' });
+      await row.waitFor();
+      expect(await row.textContent()).toMatch(/sdk-p.*note_added.*#\d+/);
+      expect(problems).toEqual([]);
+    });
+
+    it('stops when an operator disconnects it, and on the next watch reconnects and shows what it missed', async () => {
+      const { page, problems } = await open(`#token=${admin}`);
+      await page.locator('#auth-status.ok').waitFor();
+      await page.fill('#watch-project', 'halt-p');
+      await page.click('#watch-form button[type=submit]');
+      await page.locator('#watched li.chip.subscribed', { hasText: 'halt-p' }).waitFor();
+      const nc = await publisher(nats.url);
+      try {
+        await nc.request('ws.project.halt-p', event('note_added', { text: 'before the disconnect' }));
+        await page.locator('#events li', { hasText: 'before the disconnect' }).waitFor();
+
+        const res = await api(side.httpUrl, 'POST', '/api/v1/websocket/users/ops/disconnect', { token: admin, body: {} });
+        expect(res.status).toBe(200);
+        await page.locator('#live-status.error', { hasText: 'disconnected by an operator' }).waitFor();
+        // Halted: the next 2 s poll does not bring it back by itself.
+        const polled = await text(page, '#updated');
+        await page.locator('#updated').filter({ hasNotText: polled }).waitFor();
+        expect(await text(page, '#live-status')).toContain('disconnected by an operator');
+        await nc.request('ws.project.halt-p', event('note_added', { text: 'while it was away' }));
+      } finally {
+        await nc.close();
+      }
+
+      await page.fill('#watch-project', 'halt-p');
+      await page.click('#watch-form button[type=submit]');
+      await page.locator('#live-status.ok').waitFor();
+      // The SDK resumed the project from the last seq the view showed: the missed event, once.
+      await page.locator('#events li', { hasText: 'while it was away' }).waitFor();
+      expect(await page.locator('#events li', { hasText: 'before the disconnect' }).count()).toBe(1);
+      expect(await page.locator('#events li', { hasText: 'while it was away' }).count()).toBe(1);
+      expect(await text(page, '#problems')).toContain('live view closed (4010');
       expect(problems).toEqual([]);
     });
 
