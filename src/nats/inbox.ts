@@ -94,6 +94,10 @@ const STATS_CONCURRENCY = 16;
 
 /** One user's acknowledgements received here and not yet written. */
 class UserAcks {
+  constructor(
+    /** The stream incarnation the seqs below belong to. */
+    public epoch: string,
+  ) {}
   readonly acks = new Set<number>();
   /** Every direct message up to this seq counts as acknowledged (ack on write). */
   upTo = 0;
@@ -178,9 +182,9 @@ export class Inboxes {
     }
   }
 
-  private async readKey(userId: string): Promise<{ state: AckState; revision: number }> {
+  private async readKey(userId: string, epoch = this.options.epoch()): Promise<{ state: AckState; revision: number }> {
     const entry: KvEntry | null = await this.onBucket(`could not read the acks of ${userId}`, (kv) => kv.get(userId));
-    const state = entry?.operation === 'PUT' ? decodeAcks(entry.value, this.options.epoch()) : EMPTY;
+    const state = entry?.operation === 'PUT' ? decodeAcks(entry.value, epoch) : EMPTY;
     return { state, revision: entry?.revision ?? 0 };
   }
 
@@ -225,7 +229,8 @@ export class Inboxes {
     ]);
     if (head <= state.floor) return [];
     // Acknowledged here but not yet written: not delivered again either.
-    const local = this.users.get(userId);
+    const pending = this.users.get(userId);
+    const local = pending?.epoch === this.options.epoch() ? pending : undefined;
     const acked = (seq: number) => isAcked(state, seq) || (local !== undefined && (seq <= local.upTo || local.acks.has(seq)));
     const out: InboxMessage[] = [];
     let cursor = state.floor;
@@ -270,8 +275,15 @@ export class Inboxes {
   }
 
   private user(userId: string): UserAcks {
+    const epoch = this.options.epoch();
     let user = this.users.get(userId);
-    if (!user) this.users.set(userId, (user = new UserAcks()));
+    if (!user) this.users.set(userId, (user = new UserAcks(epoch)));
+    if (user.epoch !== epoch) {
+      // Seqs of the stream's previous incarnation: they name other messages now.
+      user.acks.clear();
+      user.upTo = 0;
+      user.epoch = epoch;
+    }
     return user;
   }
 
@@ -281,7 +293,7 @@ export class Inboxes {
     const acks = [...user.acks];
     const upTo = user.upTo;
     user.again = false;
-    user.writing = this.settle(userId, acks, upTo)
+    user.writing = this.settle(userId, acks, upTo, user.epoch)
       .then(() => {
         for (const seq of acks) user.acks.delete(seq);
         if (user.upTo === upTo) user.upTo = 0;
@@ -312,11 +324,12 @@ export class Inboxes {
       });
   }
 
-  /** Compare-and-set the user's key to include `acks` and everything up to `upTo`. */
-  private async settle(userId: string, acks: readonly number[], upTo: number): Promise<void> {
-    const epoch = this.options.epoch();
+  /** Compare-and-set the user's key to include `acks` and everything up to `upTo`, seqs of `epoch`. */
+  private async settle(userId: string, acks: readonly number[], upTo: number, epoch: string): Promise<void> {
     for (let attempt = 1; attempt <= CAS_ATTEMPTS; attempt++) {
-      const { state, revision } = await this.readKey(userId);
+      // The stream was created anew meanwhile: these seqs name other messages now.
+      if (this.options.epoch() !== epoch) return;
+      const { state, revision } = await this.readKey(userId, epoch);
       const added = withAcks(state, acks, upTo);
       if (added === state) return; // already there: settled exactly once
       const next = await compactAcks(added, (from) => this.nextStored(userId, from), this.config.maxStoredMessages).catch((err: unknown) => {

@@ -361,7 +361,7 @@ describe('stream and bucket loss', () => {
     await jsm.streams.delete(`KV_${BUCKET}`);
     c.send({ type: 'ack', data: { seq: seqs[1] } });
     // The first ack went with the old bucket: the new key starts below the first stored message.
-    await waitFor(async () => (await ackState(s, 'gone-1').catch(() => null))?.acked[0] === seqs[1], 5_000, 'ack written to a new bucket');
+    await waitFor(async () => (await ackState(s, 'gone-1').catch(() => null))?.acked[0] === seqs[1], 10_000, 'ack written to a new bucket');
     expect(await ackState(s, 'gone-1')).toEqual({ floor: seqs[0] - 1, acked: [seqs[1]] });
     expect(s.sidecar.broker.inboxes.counters.recreated).toBeGreaterThan(0);
     const { config } = await jsm.streams.info(`KV_${BUCKET}`);
