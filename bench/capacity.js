@@ -42,12 +42,18 @@ const MEASURED = {
   sidecarUsPerEvent: 49,
   sidecarUsPerDelivery: 0.37,
   natsUsPerStoredEvent: 22, // spread: nats-server 1.1 s CPU for 50000 stored + republished events
-  // Offline inbox (bench/inbox-cost.js, 10k consumers): nats-server RSS per durable consumer,
-  // CPU per create, creates/s, restart recovery per 1000 consumers.
-  natsKBPerInboxConsumer: 40,
-  natsMsPerInboxCreate: 1.1,
-  inboxCreatesPerSec: 490,
-  natsRestartMsPer1kConsumers: 1065,
+  // Offline inbox, no consumer per user (bench/inbox-cost.js, 1k-10k users with one stored direct
+  // message and one ack key each): nats-server RSS per ack key (0.2-0.7 KB measured; the plan uses
+  // 1 KB, the --measure figure of a KV key below), server CPU per ack (KV get + direct get +
+  // compare-and-set, one node), per backlog read at connect of a returning user whose messages
+  // are acked (last_by_subj + KV get), and a restart's recovery per 1000 users (messages + keys;
+  // 96 ms for 5000, the slowest run, extrapolated linearly).
+  natsKBPerInboxKey: 1.0,
+  natsMsPerInboxAck: 0.06,
+  natsMsPerInboxBacklogRead: 0.15,
+  natsRestartMsPer1kInboxUsers: 19,
+  // The design it replaced (same bench, --old-users): one durable consumer per user.
+  natsKBPerInboxConsumerOld: 41,
   // bench/capacity.js --measure (below): nats-server RSS per subscription on distinct subjects,
   // RSS per presence key, server CPU per presence CAS.
   natsBytesPerSubscription: 762,
@@ -75,10 +81,11 @@ const { values: a } = parseArgs({
     'session-minutes': { type: 'string', default: '30' },
     'reconnect-window-s': { type: 'string', default: '30' },
     'offline-users-pct': { type: 'string', default: '100' },
+    'direct-per-sec': { type: 'string', default: '1000' },
   },
 });
 if (a.help) {
-  console.log('options: --measure --connections --conns-per-user --subs-per-conn --projects --hosts --cores-per-host --workers-per-host --gb-per-host --nats-nodes --nats-cores --nats-gb --replicas --events-per-sec --session-minutes --reconnect-window-s --offline-users-pct');
+  console.log('options: --measure --connections --conns-per-user --subs-per-conn --projects --hosts --cores-per-host --workers-per-host --gb-per-host --nats-nodes --nats-cores --nats-gb --replicas --events-per-sec --session-minutes --reconnect-window-s --offline-users-pct --direct-per-sec');
   process.exit(0);
 }
 
@@ -179,20 +186,23 @@ const natsCores = ((C / 10_000) * m.natsIdlePctPer10k) / 100 + (churn * natsMsPe
 line(`NATS CPU: idle + churn + ${fmt(E)} stored events/s x ${m.natsUsPerStoredEvent} us x R${n('replicas')} + CAS = ${fmt(natsCores, 2)} of ${natsTotalCores} cores`);
 check(natsCores < 0.5 * natsTotalCores, `steady NATS CPU ${fmt(natsCores, 1)} cores < 50%`, 'nats');
 
-// Offline inbox with one durable consumer per user.
+// Offline inbox: one ack key per user with a stored direct message, in a KV bucket with the
+// stream's replicas (no consumer per user). Each direct message delivered is acked once (a
+// compare-and-set, replicated); a connect reads the user's key and last stored seq.
 const offline = (users * n('offline-users-pct')) / 100;
-// The consumers are R1 on one stream: each sits on one of the stream's peers, and nothing spreads
-// them evenly; the plan assumes the worst, one node holding them all (creates go through the
-// stream leader either way).
-const inboxGB = (offline * m.natsKBPerInboxConsumer) / 1024 / 1024;
-const inboxRestartS = (offline * m.natsRestartMsPer1kConsumers) / 1000 / 1000;
-const inboxCreateS = offline / m.inboxCreatesPerSec;
+const inboxGB = (offline * m.natsKBPerInboxKey * n('replicas')) / n('nats-nodes') / 1024 / 1024;
+const D = n('direct-per-sec');
+const inboxCores = (D * (m.natsMsPerInboxAck + ((n('replicas') - 1) * m.natsUsPerKvCas) / 1000) + churn * m.natsMsPerInboxBacklogRead) / 1000;
+const inboxRestartS = (offline * m.natsRestartMsPer1kInboxUsers) / 1000 / 1000;
 line('');
-line(`offline inbox, one durable consumer per user with a stored direct message (${n('offline-users-pct')}% = ${fmt(offline)} users):`);
-line(`  memory ${fmt(offline)} x ${m.natsKBPerInboxConsumer} KB = ${fmt(inboxGB, 1)} GB on the node holding them`);
-line(`  creating them: ${fmt(offline)} / ${m.inboxCreatesPerSec}/s = ${fmt(inboxCreateS)} s of JetStream API time; a restart of that node recovers them in ${fmt(inboxRestartS)} s`);
-check(inboxGB < 0.25 * n('nats-gb'), `inbox consumers ${fmt(inboxGB, 1)} GB on one node < 25% of ${n('nats-gb')} GB`, 'inbox');
-check(inboxRestartS < 60, `a NATS node restart recovers the inbox consumers in ${fmt(inboxRestartS)} s < 60 s`, 'inbox');
+line(`offline inbox, one ack key per user with a stored direct message (${n('offline-users-pct')}% = ${fmt(offline)} users), no consumer per user:`);
+line(`  memory ${fmt(offline)} keys x ${m.natsKBPerInboxKey} KB x R${n('replicas')} / ${n('nats-nodes')} nodes = ${fmt(inboxGB, 2)} GB per node`);
+line(`         (one durable consumer each, the old design: ${fmt((offline * m.natsKBPerInboxConsumerOld) / 1024 / 1024, 1)} GB on one node)`);
+line(`  CPU: ${fmt(D)} acks/s x (${m.natsMsPerInboxAck} ms + R${n('replicas')} writes) + ${fmt(churn)} connects/s x ${m.natsMsPerInboxBacklogRead} ms backlog read = ${fmt(inboxCores, 2)} cores`);
+line(`  a node restart recovers the stream and the bucket in about ${fmt(inboxRestartS)} s (${m.natsRestartMsPer1kInboxUsers} ms per 1000 users, linear)`);
+check(inboxGB < 0.25 * n('nats-gb'), `inbox ack keys ${fmt(inboxGB, 2)} GB per node < 25% of ${n('nats-gb')} GB`, 'inbox');
+check(inboxRestartS < 60, `a NATS node restart recovers the inbox in ${fmt(inboxRestartS)} s < 60 s`, 'inbox');
+check(natsCores + inboxCores < 0.5 * natsTotalCores, `steady NATS CPU with the inbox ${fmt(natsCores + inboxCores, 1)} cores < 50%`, 'nats');
 return { out, checks };
 }
 

@@ -1,37 +1,39 @@
-// What one offline inbox costs nats-server: every user with a stored direct
-// message holds a durable consumer (src/nats/inbox.ts). This creates the sidecar's own stream and
-// its own consumers (the built dist/ modules, so the configuration is exactly the sidecar's), one
-// stored direct message per user, and reports for each step of users:
-//   - nats-server RSS per consumer (what the consumers added over the same users' stored messages),
-//   - create time (consumers/s with CONCURRENCY requests in flight, and nats-server CPU ms per create),
-//   - nats-server CPU while idle (% of one core over IDLE_S seconds),
-//   - store on disk per consumer, and how long a nats-server restart takes to recover them all.
+// What the offline inbox costs nats-server per user: no consumer per user, one key per user in
+// the inbox bucket (src/nats/inbox.ts). This starts the sidecar's own stream and bucket (the built
+// dist/ modules, so the configuration and the code paths are exactly the sidecar's), gives each
+// user one stored direct message and one ack (the sidecar's compare-and-set), and reports for
+// each step of users:
+//   - nats-server RSS per user (message + ack key) and per ack key,
+//   - acks (acks/s with CONCURRENCY in flight, nats-server CPU per ack),
+//   - nats-server CPU while idle (% of one core over IDLE_S seconds), disk per user,
+//   - the backlog read at connect: latency and server CPU for a user whose messages are acked
+//     (the common returning user), and for users with 1 / 10 / 100 unacknowledged messages,
+//   - how long a nats-server restart takes until the stream and the bucket answer.
+// Then, for comparison, the old design's cost on the same server: one durable consumer per user
+// (the configuration src/nats/inbox.ts used until 2026-12), for --old-users users.
 //
-//   npm run build && node bench/inbox-cost.js [--steps 1000,5000,10000] [--concurrency 50] [--idle-seconds 10]
+//   npm run build && node bench/inbox-cost.js [--steps 1000,5000] [--concurrency 50] [--idle-seconds 5] [--old-users 1000]
 //
-// Figures go to stdout as a markdown table plus one JSON line; BENCHMARKS.md records them.
+// Figures go to stdout as markdown tables plus one JSON line; BENCHMARKS.md records them.
 
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { jetstreamManager } from '@nats-io/jetstream';
+import { AckPolicy, DeliverPolicy, jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
-import { loadConfig } from '../dist/internal.js';
-import { createLogger } from '../dist/internal.js';
-import { NatsBroker } from '../dist/internal.js';
-import { startEmbeddedNats } from '../dist/internal.js';
-import { Inboxes } from '../dist/internal.js';
+import { createLogger, loadConfig, NatsBroker, startEmbeddedNats } from '../dist/internal.js';
 import { cpuSeconds, rssBytes } from './proc.js';
 import { pool, sleep } from './common.js';
 
 const { values: args } = parseArgs({
   options: {
-    steps: { type: 'string', default: '1000,5000,10000' },
+    steps: { type: 'string', default: '1000,5000' },
     concurrency: { type: 'string', default: '50' },
-    'idle-seconds': { type: 'string', default: '10' },
+    'idle-seconds': { type: 'string', default: '5' },
     'settle-seconds': { type: 'string', default: '3' },
+    'old-users': { type: 'string', default: '1000' },
     'no-restart': { type: 'boolean', default: false },
   },
 });
@@ -39,6 +41,9 @@ const steps = args.steps.split(',').map(Number);
 const CONCURRENCY = Number(args.concurrency);
 const IDLE_S = Number(args['idle-seconds']);
 const SETTLE_MS = Number(args['settle-seconds']) * 1000;
+const OLD_USERS = Number(args['old-users']);
+/** Reads per backlog size: enough that /proc's 10 ms CPU ticks resolve the server's CPU per read. */
+const BACKLOG_READS = { 1: 400, 10: 200, 100: 50 };
 
 const dir = mkdtempSync(join(tmpdir(), 'inbox-cost-'));
 const server = await startEmbeddedNats({ storeDir: join(dir, 'store') });
@@ -46,16 +51,16 @@ process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 
 const config = loadConfig({ env: {}, overrides: { natsUrl: server.url, jwtSecret: 'x'.repeat(32), logLevel: 'silent' } });
 const log = createLogger('silent');
-const broker = await NatsBroker.connect(config, log, 'inbox-cost');
+let broker = await NatsBroker.connect(config, log, 'inbox-cost');
 await broker.ensureStream();
-const nc = await connect({ servers: server.url });
-const js = broker.js;
-const jsm = await jetstreamManager(nc);
-const inboxes = new Inboxes(nc, jsm, config, log);
+const subject = (user) => `${config.subjectPrefix}.user.${user}`;
+const publish = (user, n) => broker.js.publish(subject(user), JSON.stringify({ type: 'direct', data: { n } }));
 
 const kb = (bytes) => Math.round(bytes / 102.4) / 10;
+const round = (x, digits = 2) => Math.round(x * 10 ** digits) / 10 ** digits;
 const userId = (i) => `u${i}`;
 const duKB = (path) => Number(execFileSync('du', ['-sk', path], { encoding: 'utf8' }).split('\t')[0]);
+const pct = (xs, p) => xs.slice().sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))];
 
 async function settledRss() {
   await sleep(SETTLE_MS); // let Go's GC run after the burst
@@ -68,81 +73,149 @@ async function idleCpuPct() {
   return Math.round(((cpuSeconds(server.pid) - before) / IDLE_S) * 1000) / 10;
 }
 
+/** Latency (ms) and server CPU (ms) of `reads` backlog reads for `users`, `inFlight` at a time. */
+async function backlogReads(users, reads, inFlight, expected) {
+  const latencies = [];
+  const cpu0 = cpuSeconds(server.pid);
+  await pool(reads, inFlight, async (k) => {
+    const user = users[k % users.length];
+    const t = performance.now();
+    const got = await broker.inboxes.backlog(user);
+    latencies.push(performance.now() - t);
+    if (got.length !== expected) throw new Error(`backlog of ${user}: ${got.length} messages, expected ${expected}`);
+  });
+  const cpuMs = (cpuSeconds(server.pid) - cpu0) * 1000;
+  return { p50: round(pct(latencies, 0.5)), p99: round(pct(latencies, 0.99)), serverCpuMs: round(cpuMs / reads, 3) };
+}
+
+// Users with a longer unacknowledged backlog (never acked), for the connect-time read.
+const backlogUsers = {};
+for (const n of [1, 10, 100]) {
+  backlogUsers[n] = Array.from({ length: 5 }, (_, i) => `b${n}-${i}`);
+  for (const user of backlogUsers[n]) for (let j = 0; j < n; j++) await publish(user, j);
+}
+
 const rows = [];
-let created = 0;
+let done = 0;
 const baseRss = await settledRss();
 for (const users of steps) {
-  // The users' stored direct messages first (what they cost is the stream's, not the consumers').
-  for (let i = created; i < users; i += 1000) {
+  // The users' stored direct messages first (what they cost is the stream's, not the inbox's).
+  const seqs = [];
+  for (let i = done; i < users; i += 1000) {
     const batch = [];
-    for (let j = i; j < Math.min(users, i + 1000); j++) {
-      batch.push(js.publish(`${config.subjectPrefix}.user.${userId(j)}`, JSON.stringify({ type: 'direct', data: { n: j } })));
-    }
-    await Promise.all(batch);
+    for (let j = i; j < Math.min(users, i + 1000); j++) batch.push(publish(userId(j), j));
+    for (const ack of await Promise.all(batch)) seqs.push(ack.seq);
   }
   const rssMessages = await settledRss();
 
+  // One ack per user through the sidecar's own path (a KV get, a direct get, a compare-and-set),
+  // CONCURRENCY users at a time.
   const cpu0 = cpuSeconds(server.pid);
   const t0 = performance.now();
-  const latencies = [];
-  await pool(users - created, CONCURRENCY, async (k) => {
-    const s = performance.now();
-    await inboxes.ensureConsumer(userId(created + k));
-    latencies.push(performance.now() - s);
-  });
+  const chunkMs = [];
+  for (let i = 0; i < seqs.length; i += CONCURRENCY) {
+    const t = performance.now();
+    for (let k = i; k < Math.min(seqs.length, i + CONCURRENCY); k++) broker.inboxes.acknowledge(userId(done + k), seqs[k]);
+    await broker.inboxes.idle();
+    chunkMs.push(performance.now() - t);
+  }
   const ms = performance.now() - t0;
   const cpuMs = (cpuSeconds(server.pid) - cpu0) * 1000;
-  const newConsumers = users - created;
-  const rssConsumers = await settledRss();
+  const acks = users - done;
+  if (broker.inboxes.counters.conflicts > 0) console.error(`(${broker.inboxes.counters.conflicts} compare-and-set conflicts)`);
+  const rssAcks = await settledRss();
   const idle = await idleCpuPct();
-  const info = await jsm.streams.info(config.streamName);
-  latencies.sort((a, b) => a - b);
+  const acked = await backlogReads(Array.from({ length: 400 }, (_, i) => userId(i)), 400, 10, 0);
   const row = {
-    consumers: users,
-    natsRssMB: Math.round(rssConsumers / 1048576),
-    rssPerConsumerKB: kb((rssConsumers - rssMessages) / newConsumers),
-    rssPerUserTotalKB: kb((rssConsumers - baseRss) / users),
-    createsPerSec: Math.round(newConsumers / (ms / 1000)),
-    createP50ms: Math.round(latencies[Math.floor(latencies.length / 2)] * 10) / 10,
-    createP99ms: Math.round(latencies[Math.floor(latencies.length * 0.99)] * 10) / 10,
-    serverCpuMsPerCreate: Math.round((cpuMs / newConsumers) * 100) / 100,
+    users,
+    natsRssMB: Math.round(rssAcks / 1048576),
+    rssPerAckKeyKB: kb((rssAcks - rssMessages) / acks),
+    rssPerUserTotalKB: kb((rssAcks - baseRss) / users),
+    acksPerSec: Math.round(acks / (ms / 1000)),
+    batchP50ms: round(pct(chunkMs, 0.5), 1),
+    serverCpuMsPerAck: round(cpuMs / acks, 3),
     idleCpuPct: idle,
     diskPerUserKB: Math.round((duKB(join(dir, 'store')) / users) * 10) / 10,
-    streamConsumers: info.state.consumer_count,
+    backlogAcked: acked,
+    streamConsumers: (await broker.jsm.streams.info(config.streamName)).state.consumer_count,
   };
-  created = users;
+  done = users;
   rows.push(row);
-  console.error(`${users} consumers: ${JSON.stringify(row)}`);
+  console.error(`${users} users: ${JSON.stringify(row)}`);
 }
+
+// The connect-time read of a backlog that is there: direct gets, then an ordered consumer past 32.
+const backlog = {};
+for (const n of [1, 10, 100]) backlog[n] = await backlogReads(backlogUsers[n], BACKLOG_READS[n], 1, n);
+console.error(`backlog reads: ${JSON.stringify(backlog)}`);
 
 let restartMs;
 if (!args['no-restart']) {
-  await nc.close();
   await broker.close();
+  await server.stop();
   const t = performance.now();
-  await server.restart(); // resolves once the server answers again, every consumer recovered
+  await server.start(); // resolves once the server accepts connections again
+  const nc = await connect({ servers: server.url });
+  const jsm = await jetstreamManager(nc);
+  // Ready for clients only when JetStream answers for the stream and the bucket.
+  await jsm.streams.info(config.streamName);
+  await jsm.streams.info(`KV_${config.inboxBucket}`);
   restartMs = Math.round(performance.now() - t);
-  const nc2 = await connect({ servers: server.url });
-  const jsm2 = await jetstreamManager(nc2);
-  // Ready for clients only when JetStream answers with every consumer there.
-  const t2 = performance.now();
-  const info = await jsm2.streams.info(config.streamName);
-  restartMs += Math.round(performance.now() - t2);
-  const rss = await settledRss();
-  console.error(`restart with ${info.state.consumer_count} consumers: ${restartMs} ms, RSS ${Math.round(rss / 1048576)} MB`);
-  await nc2.close();
-} else {
+  console.error(`restart with ${done} users' messages and ack keys: ${restartMs} ms`);
   await nc.close();
-  await broker.close();
+  broker = await NatsBroker.connect(config, log, 'inbox-cost');
+  await broker.ensureStream();
 }
+
+// The old design on the same server, for comparison: one durable consumer per user.
+let old;
+if (OLD_USERS > 0) {
+  const jsm = broker.jsm;
+  const rss0 = await settledRss();
+  const cpu0 = cpuSeconds(server.pid);
+  const t0 = performance.now();
+  await pool(OLD_USERS, CONCURRENCY, async (i) => {
+    await jsm.consumers.add(config.streamName, {
+      durable_name: `inbox-${userId(i)}`,
+      filter_subject: subject(userId(i)),
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.All,
+      ack_wait: config.inboxAckWait * 1e6,
+      inactive_threshold: config.messageTTL * 1e6,
+      max_ack_pending: config.maxStoredMessages,
+      num_replicas: 1,
+    });
+  });
+  const ms = performance.now() - t0;
+  const cpuMs = (cpuSeconds(server.pid) - cpu0) * 1000;
+  const rss1 = await settledRss();
+  old = {
+    consumers: OLD_USERS,
+    rssPerConsumerKB: kb((rss1 - rss0) / OLD_USERS),
+    createsPerSec: Math.round(OLD_USERS / (ms / 1000)),
+    serverCpuMsPerCreate: round(cpuMs / OLD_USERS),
+  };
+  console.error(`old design, ${OLD_USERS} durable consumers: ${JSON.stringify(old)}`);
+}
+await broker.close();
 await server.stop();
 
-console.log('| consumers | nats-server RSS MB | RSS per consumer KB | RSS per user (message + consumer) KB | creates/s | create p50 / p99 ms | server CPU ms per create | idle server CPU % of a core | disk per user KB |');
-console.log('| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+console.log('| users | nats-server RSS MB | RSS per ack key KB | RSS per user (message + key) KB | acks/s | 50 acks p50 ms | server CPU ms per ack | idle server CPU % of a core | disk per user KB | backlog read, all acked: p50 / p99 ms, server CPU ms | consumers |');
+console.log('| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
 for (const r of rows) {
+  const b = r.backlogAcked;
   console.log(
-    `| ${r.consumers} | ${r.natsRssMB} | ${r.rssPerConsumerKB} | ${r.rssPerUserTotalKB} | ${r.createsPerSec} | ${r.createP50ms} / ${r.createP99ms} | ${r.serverCpuMsPerCreate} | ${r.idleCpuPct} | ${r.diskPerUserKB} |`,
+    `| ${r.users} | ${r.natsRssMB} | ${r.rssPerAckKeyKB} | ${r.rssPerUserTotalKB} | ${r.acksPerSec} | ${r.batchP50ms} | ${r.serverCpuMsPerAck} | ${r.idleCpuPct} | ${r.diskPerUserKB} | ${b.p50} / ${b.p99}, ${b.serverCpuMs} | ${r.streamConsumers} |`,
   );
 }
-if (restartMs !== undefined) console.log(`\nnats-server restart with ${created} consumers: ${restartMs} ms until JetStream answers.`);
-console.log(JSON.stringify({ steps: rows, restartMs, concurrency: CONCURRENCY, idleSeconds: IDLE_S }));
+console.log('\n| unacknowledged messages at connect | backlog read p50 / p99 ms | server CPU ms per read |');
+console.log('| ---: | ---: | ---: |');
+for (const [n, b] of Object.entries(backlog)) console.log(`| ${n} | ${b.p50} / ${b.p99} | ${b.serverCpuMs} |`);
+if (restartMs !== undefined) console.log(`\nnats-server restart with ${done} users (messages + ack keys): ${restartMs} ms until the stream and the bucket answer.`);
+if (old) {
+  console.log(
+    `\nOld design on the same server: ${old.consumers} durable consumers, ${old.rssPerConsumerKB} KB RSS each, ` +
+      `${old.createsPerSec} creates/s, ${old.serverCpuMsPerCreate} ms server CPU per create.`,
+  );
+}
+console.log(JSON.stringify({ steps: rows, backlog, restartMs, old, concurrency: CONCURRENCY, idleSeconds: IDLE_S }));

@@ -95,11 +95,13 @@ export const configSchema = z.object({
    * clients that ack, and like `write` (after `inboxAckWait`) for connections that never do.
    */
   inboxAckMode: z.enum(['auto', 'explicit', 'write']),
-  /**
-   * How long a connection that never acks has before its direct messages are acked on write
-   * (`auto`), and the inbox consumers' ack_wait (what an instance that dies mid-read holds comes back after it).
-   */
+  /** How long a connection that never acks has before its direct messages are acked on write (`auto`). */
   inboxAckWait: duration(1000),
+  /**
+   * KV bucket of the offline inbox: one key per user with its ack floor and the acked seqs above
+   * it (nats/inbox.ts). Its TTL is messageTTL, its replicas streamReplicas.
+   */
+  inboxBucket: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must match [A-Za-z0-9_-]{1,64}'),
   pingInterval: duration(10),
   pongTimeout: duration(10),
   maxMessageSize: int(64),

@@ -151,7 +151,7 @@ const processors: Processors = {
     // JetStream, which a made-up seq must not be able to trigger.
     const seq = message.data.seq;
     if (!conn.has({ topic: topics.user(conn.userId!), seq })) return;
-    // Applied to the user's inbox consumer, whichever instance the client is on (nats/inbox.ts).
+    // Written to the user's key in the inbox bucket, whichever instance the client is on (nats/inbox.ts).
     hub.acknowledge(conn.userId!, seq);
   },
 

@@ -45,7 +45,7 @@ export type BrokerConfig = Pick<
   | 'streamReplicas'
   | 'maxStoredMessages'
   | 'messageTTL'
-  | 'inboxAckWait'
+  | 'inboxBucket'
   | 'directSubscription'
   | 'streamCheckInterval'
   | 'natsPingInterval'
@@ -212,7 +212,7 @@ export class NatsBroker implements BrokerPort {
     const readerJs = jetstream(nc, { timeout: READER_CREATE_TIMEOUT_MS });
     this.history = new StreamHistory(js, jsm, config.streamName, config.maxStoredMessages, readerJs);
     this.quickHistory = new StreamHistory(js, quickJsm, config.streamName, config.maxStoredMessages, readerJs);
-    this.inboxes = new Inboxes(nc, jsm, config, log, quickJsm);
+    this.inboxes = new Inboxes({ nc, jsm: quickJsm, history: this.quickHistory, config, log, epoch: () => this.epoch });
     if (config.directSubscription === 'wildcard') this.hearAllUsers();
     void this.watchStatus();
   }

@@ -1,7 +1,7 @@
 /**
- * The numbers behind `offline_messages` in the metrics, from JetStream: per user, what the user's
- * inbox consumer still holds (pending + delivered-unacked); for a user without an inbox consumer
- * yet, the direct messages the stream holds for them (see Inboxes.stats in inbox.ts).
+ * The numbers behind `offline_messages` in the metrics, from JetStream: per user, the stored
+ * direct messages that the user's key in the inbox bucket does not acknowledge (see
+ * Inboxes.stats in inbox.ts).
  */
 import type { NatsBroker } from './broker.js';
 import type { OfflineStats } from './inbox.js';

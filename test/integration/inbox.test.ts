@@ -2,26 +2,33 @@
  * The offline inbox against a real nats-server: direct messages published while a user is away
  * are delivered in order on the next connection; acks (from any connection, on any instance)
  * stop redelivery across sidecar restarts; ack-on-write for clients that never ack; two
- * instances serving one user; offline counts read from JetStream.
+ * instances serving one user; offline counts read from JetStream. No consumer per user: one key
+ * per user in the inbox bucket, written by compare-and-set.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { ConfigInput } from '../../src/config.js';
+import { decodeAcks, isAcked, type AckState } from '../../src/nats/inbox-acks.js';
 import { startTestNats, type TestNats } from '../helpers/nats.js';
 import { publisher, startTestSidecar, type TestSidecar } from '../helpers/sidecar.js';
-import { consumerInfo, storedPublisher, waitFor, type StoredPublisher } from '../helpers/streams.js';
+import { storedPublisher, waitFor, type StoredPublisher } from '../helpers/streams.js';
 import { closeAllClients, connectClient, type TestClient } from '../helpers/ws-client.js';
 
 const STREAM = 'WS_EVENTS';
+const BUCKET = 'WS_INBOX_ACKS';
 let nats: TestNats;
 let nc: NatsConnection;
 let pub: StoredPublisher;
+let jsm: JetStreamManager;
 const running = new Set<TestSidecar>();
 
 beforeAll(async () => {
   nats = await startTestNats();
   nc = await publisher(nats.url);
   pub = storedPublisher(nc);
+  jsm = await jetstreamManager(nc);
 });
 afterEach(async () => {
   await closeAllClients();
@@ -76,9 +83,22 @@ async function marker(c: TestClient, user: string): Promise<void> {
   await c.waitForMessage((m) => m.type === 'marker');
 }
 
-async function inboxEmpty(user: string): Promise<boolean> {
-  const info = await consumerInfo(nc, STREAM, `inbox-${user}`);
-  return info !== null && info.num_pending === 0 && info.num_ack_pending === 0;
+/** The user's key in the inbox bucket as `s` reads it (its epoch), or null when there is none. */
+async function ackState(s: TestSidecar, user: string): Promise<AckState | null> {
+  const kv = await new Kvm(nc).open(BUCKET);
+  const entry = await kv.get(user);
+  return entry?.operation === 'PUT' ? decodeAcks(entry.value, s.sidecar.broker.epoch) : null;
+}
+
+async function inboxEmpty(s: TestSidecar, user: string): Promise<boolean> {
+  return (await s.sidecar.broker.inboxes.unacknowledged(user)) === 0;
+}
+
+/** Durable consumers on a stream (the inbox must create none). */
+async function durables(stream = STREAM): Promise<string[]> {
+  const names: string[] = [];
+  for await (const c of jsm.consumers.list(stream)) if (c.config.durable_name) names.push(c.name);
+  return names;
 }
 
 describe('offline delivery', () => {
@@ -94,27 +114,20 @@ describe('offline delivery', () => {
     expect(dms(c)).toEqual([0, 1, 2, 3, 4, 5]);
   });
 
-  it('keeps one durable consumer per user with direct messages: R1, filtered on the user, explicit acks, inactive after the TTL', async () => {
+  it('keeps no consumer per user: one key in the inbox bucket (TTL messageTTL, replicas streamReplicas), written on ack', async () => {
     const s = await sidecar();
     await client(s, 'cfg-0');
-    // A user with no direct message stored gets no consumer: connecting costs one direct get.
-    expect(await consumerInfo(nc, STREAM, 'inbox-cfg-0')).toBeFalsy();
-    await directs('cfg-1', 0, 1);
-    await client(s, 'cfg-1');
-    const info = await consumerInfo(nc, STREAM, 'inbox-cfg-1');
-    expect(info?.config).toMatchObject({
-      durable_name: 'inbox-cfg-1',
-      filter_subject: 'ws.user.cfg-1',
-      ack_policy: 'explicit',
-      ack_wait: 30_000_000_000,
-      inactive_threshold: 24 * 3_600_000_000_000,
-      max_ack_pending: 1000,
-    });
-    expect(info?.config.num_replicas ?? 0).toBeLessThanOrEqual(1);
-    // A second instance finds it as it is: creating it is idempotent.
-    const again = await sidecar();
-    await client(again, 'cfg-1');
-    expect((await consumerInfo(nc, STREAM, 'inbox-cfg-1'))?.created).toBe(info?.created);
+    const [seq] = await directs('cfg-1', 0, 1);
+    const c = await client(s, 'cfg-1');
+    await c.waitForMessage((m) => m.data?.i === 0);
+    c.send({ type: 'ack', data: { seq } });
+    await waitFor(async () => (await ackState(s, 'cfg-1'))?.floor === seq, 5_000, 'the ack written');
+    expect(await ackState(s, 'cfg-1')).toEqual({ floor: seq, acked: [] });
+    // A user with nothing to acknowledge has no key; nobody has a consumer.
+    expect(await ackState(s, 'cfg-0')).toBeNull();
+    expect(await durables()).toEqual([]);
+    const { config } = await jsm.streams.info(`KV_${BUCKET}`);
+    expect(config).toMatchObject({ max_age: 24 * 3_600_000_000_000, max_msgs_per_subject: 1, num_replicas: 1 });
   });
 
   it('does not deliver acked messages again and redelivers unacked ones, across a sidecar restart', async () => {
@@ -181,7 +194,7 @@ describe('acknowledgement modes', () => {
     await directs('auto-1', 0, 2);
     const c = await client(s, 'auto-1');
     await c.waitForMessage((m) => m.data?.i === 1);
-    await waitFor(() => inboxEmpty('auto-1'), 5_000, 'inbox acked on write');
+    await waitFor(() => inboxEmpty(s, 'auto-1'), 5_000, 'inbox acked on write');
     await closeClient(c);
     const back = await client(s, 'auto-1');
     await marker(back, 'auto-1');
@@ -197,8 +210,8 @@ describe('acknowledgement modes', () => {
     await settled(c);
     // Past the grace an ack-on-write would have taken: nothing else may have been acked.
     await new Promise((r) => setTimeout(r, 2_200));
-    const info = await consumerInfo(nc, STREAM, 'inbox-aware-1');
-    expect(info?.ack_floor.stream_seq).toBe(seqs[0]);
+    expect(await ackState(s, 'aware-1')).toEqual({ floor: seqs[0], acked: [] });
+    expect(await s.sidecar.broker.inboxes.unacknowledged('aware-1')).toBe(2);
     await closeClient(c);
     const back = await client(s, 'aware-1');
     await back.waitForMessage((m) => m.data?.i === 2);
@@ -210,7 +223,7 @@ describe('acknowledgement modes', () => {
     await directs('write-1', 0, 2);
     const c = await client(s, 'write-1');
     await c.waitForMessage((m) => m.data?.i === 1);
-    await waitFor(() => inboxEmpty('write-1'), 5_000, 'inbox acked on write');
+    await waitFor(() => inboxEmpty(s, 'write-1'), 5_000, 'inbox acked on write');
     await closeClient(c);
     const back = await client(s, 'write-1');
     await marker(back, 'write-1');
@@ -231,11 +244,11 @@ describe('several instances', () => {
     const acker = tabs[2];
     for (const seq of seqs) acker.send({ type: 'ack', data: { seq } });
     await settled(acker);
-    // Both instances pulled from the user's consumer; each acks the handles it holds.
+    // Written by instance b; instance a reads them from the same key.
     await waitFor(async () => {
-      const info = await consumerInfo(nc, STREAM, 'inbox-multi-1');
-      return info !== null && info.ack_floor.stream_seq >= seqs[2];
-    }, 5_000, 'acks from instance b applied by both');
+      const state = await ackState(a, 'multi-1');
+      return state !== null && seqs.every((seq) => isAcked(state, seq));
+    }, 5_000, 'acks from instance b written');
 
     for (const t of tabs) await closeClient(t);
     await directs('multi-1', 3, 4);
@@ -243,6 +256,122 @@ describe('several instances', () => {
     await back.waitForMessage((m) => m.data?.i === 3);
     // The markers were never acked (a client that acks does it for itself): they come back too.
     expect(dms(back)).toEqual([3]);
+  });
+});
+
+describe('concurrent acknowledgements', () => {
+  it('lands acks from two instances at the same moment on one key: compare-and-set, retried on conflict', async () => {
+    const a = await sidecar();
+    const b = await sidecar();
+    const seqs = await directs('cas-1', 0, 10);
+    // Both instances read the user's key once (their connect's backlog), so the bucket is open on each.
+    for (const s of [a, b]) await closeClient(await client(s, 'cas-1'));
+    const before = a.sidecar.broker.inboxes.counters.conflicts + b.sidecar.broker.inboxes.counters.conflicts;
+    // In one tick: both read revision r, both write on r, one of them loses and tries again.
+    seqs.forEach((seq, i) => (i % 2 === 0 ? a : b).sidecar.broker.inboxes.acknowledge('cas-1', seq));
+    await waitFor(async () => {
+      const state = await ackState(a, 'cas-1');
+      return state !== null && seqs.every((seq) => isAcked(state, seq));
+    }, 5_000, 'every ack written');
+    expect(a.sidecar.broker.inboxes.counters.conflicts + b.sidecar.broker.inboxes.counters.conflicts).toBeGreaterThan(before);
+    expect(await ackState(a, 'cas-1')).toEqual({ floor: seqs[9], acked: [] });
+    const back = await client(b, 'cas-1');
+    await marker(back, 'cas-1');
+    expect(dms(back)).toEqual([]);
+  });
+});
+
+describe('backlog reads', () => {
+  it('delivers a long backlog in order without the acked seqs, and creates no durable consumer', async () => {
+    // 59 acks at once: more than the default inbound burst.
+    const s = await sidecar({ inboxAckMode: 'explicit', requestsPerSecond: 1000, burstSize: 1000 });
+    const seqs = await directs('long-1', 0, 80);
+    const first = await client(s, 'long-1');
+    await first.waitForMessage((m) => m.data?.i === 79);
+    expect(dms(first)).toEqual([...Array(80).keys()]);
+    // Acked out of order, and one early message left unacked: the floor stays below it.
+    const acked = [...Array(80).keys()].filter((i) => i % 3 !== 0 || i > 60);
+    for (const i of acked) first.send({ type: 'ack', data: { seq: seqs[i] } });
+    await waitFor(async () => {
+      const state = await ackState(s, 'long-1');
+      return state !== null && acked.every((i) => isAcked(state, seqs[i]));
+    }, 10_000, 'acks written');
+    await closeClient(first);
+    const back = await client(s, 'long-1');
+    const expected = [...Array(80).keys()].filter((i) => !acked.includes(i));
+    await back.waitForMessage((m) => m.data?.i === expected.at(-1));
+    await marker(back, 'long-1');
+    expect(dms(back)).toEqual(expected);
+    expect(await durables()).toEqual([]);
+  });
+
+  it('forgets acked seqs the stream no longer holds: the floor moves over them and the set stays bounded', async () => {
+    const s = await sidecar({ subjectPrefix: 'bd', streamName: 'BD', maxStoredMessages: 5, inboxAckMode: 'explicit' });
+    const bd = (i: number) => pub.publish('bd.user.bd-1', 'dm', { i });
+    const seqs: number[] = [];
+    for (let i = 0; i < 5; i++) seqs.push(await bd(i));
+    const c = await client(s, 'bd-1');
+    await c.waitForMessage((m) => m.data?.i === 4);
+    for (const seq of seqs.slice(1)) c.send({ type: 'ack', data: { seq } });
+    await waitFor(async () => (await ackState(s, 'bd-1'))?.acked.length === 4, 5_000, 'acks written');
+    // The first stays unacked: the floor sits below it, the others wait above.
+    expect(await ackState(s, 'bd-1')).toEqual({ floor: seqs[0] - 1, acked: seqs.slice(1) });
+    // Two more push the first two out of the stream (5 per user); acking one of them folds it all into the floor.
+    seqs.push(await bd(5), await bd(6));
+    await c.waitForMessage((m) => m.data?.i === 6);
+    c.send({ type: 'ack', data: { seq: seqs[5] } });
+    await waitFor(async () => (await ackState(s, 'bd-1'))?.floor === seqs[5], 5_000, 'floor moved');
+    expect(await ackState(s, 'bd-1')).toEqual({ floor: seqs[5], acked: [] });
+    await closeClient(c);
+    const back = await client(s, 'bd-1');
+    await back.waitForMessage((m) => m.data?.i === 6);
+    await settled(back);
+    expect(dms(back)).toEqual([6]);
+  });
+});
+
+describe('stream and bucket loss', () => {
+  it('does not apply the acks of an earlier stream incarnation to a new one', async () => {
+    const s = await sidecar({ subjectPrefix: 'ep', streamName: 'EP', inboxAckMode: 'explicit' });
+    const ep = (i: number) => pub.publish('ep.user.ep-1', 'dm', { i });
+    const seqs = [await ep(0), await ep(1), await ep(2)];
+    const c = await client(s, 'ep-1');
+    await c.waitForMessage((m) => m.data?.i === 2);
+    for (const seq of seqs) c.send({ type: 'ack', data: { seq } });
+    await waitFor(async () => (await ackState(s, 'ep-1'))?.floor === seqs[2], 5_000, 'acks written');
+    await closeClient(c);
+    // An operator deletes the stream; the bucket stays. The new stream numbers from 1 again.
+    const epoch = s.sidecar.broker.epoch;
+    await jsm.streams.delete('EP');
+    await waitFor(() => s.sidecar.broker.epoch !== epoch && s.sidecar.broker.streamReady, 10_000, 'stream recreated');
+    const seq = await ep(3);
+    expect(seq).toBeLessThanOrEqual(seqs[2]);
+    const back = await client(s, 'ep-1');
+    await back.waitForMessage((m) => m.data?.i === 3);
+    expect(dms(back)).toEqual([3]);
+  });
+
+  it('creates the inbox bucket again when it is gone, and acknowledgements land in it', async () => {
+    const s = await sidecar({ inboxAckMode: 'explicit' });
+    const seqs = await directs('gone-1', 0, 2);
+    const c = await client(s, 'gone-1');
+    await c.waitForMessage((m) => m.data?.i === 1);
+    c.send({ type: 'ack', data: { seq: seqs[0] } });
+    await waitFor(async () => (await ackState(s, 'gone-1'))?.floor === seqs[0], 5_000, 'first ack written');
+    await jsm.streams.delete(`KV_${BUCKET}`);
+    c.send({ type: 'ack', data: { seq: seqs[1] } });
+    // The first ack went with the old bucket: the new key starts below the first stored message.
+    await waitFor(async () => (await ackState(s, 'gone-1').catch(() => null))?.acked[0] === seqs[1], 10_000, 'ack written to a new bucket');
+    expect(await ackState(s, 'gone-1')).toEqual({ floor: seqs[0] - 1, acked: [seqs[1]] });
+    expect(s.sidecar.broker.inboxes.counters.recreated).toBeGreaterThan(0);
+    const { config } = await jsm.streams.info(`KV_${BUCKET}`);
+    expect(config).toMatchObject({ max_age: 24 * 3_600_000_000_000, max_msgs_per_subject: 1 });
+    await closeClient(c);
+    // At least once: the message whose ack was lost comes once more, the other does not.
+    const back = await client(s, 'gone-1');
+    await back.waitForMessage((m) => m.data?.i === 0);
+    await marker(back, 'gone-1');
+    expect(dms(back)).toEqual([0]);
   });
 });
 

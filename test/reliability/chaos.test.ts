@@ -128,8 +128,8 @@ describe('seeded chaos: sidecar kills, NATS restarts (with and without store), b
         throw new Error(`${(err as Error).message}\nsteps run:\n  ${done.slice(-10).join('\n  ')}`, { cause: err });
       }
 
-      // Settle: stop publishing, let direct messages held by killed instances come back (they are
-      // redelivered after inboxAckWait, on the user's next connection), then every app reconnects once.
+      // Settle: stop publishing, give acks on write (inboxAckWait) time to land, then every app
+      // reconnects once: unacknowledged direct messages come from the stream on that connection.
       publishing = false;
       await Promise.all(loops);
       r.stopWatchingLag();

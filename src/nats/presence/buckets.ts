@@ -35,8 +35,8 @@ export async function streamExists(jsm: JetStreamManager, name: string): Promise
   }
 }
 
-/** `Kvm.create` leaves an existing bucket as it is: apply a changed presenceTTL. */
-async function ensureMaxAge(jsm: JetStreamManager, stream: string, ttlMs: number): Promise<void> {
+/** `Kvm.create` leaves an existing bucket as it is: apply a changed TTL (presenceTTL; messageTTL for the inbox bucket). */
+export async function ensureMaxAge(jsm: JetStreamManager, stream: string, ttlMs: number): Promise<void> {
   const { config } = await jsm.streams.info(stream);
   const maxAge = ttlMs * 1_000_000;
   if (config.max_age === maxAge) return;
