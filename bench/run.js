@@ -23,7 +23,7 @@ import * as S from './scenarios.js';
 import { uploadBench, uploadTable } from './upload.js';
 import { ROOT, TARGETS, Unavailable } from './targets.js';
 
-const ALL_SCENARIOS = ['fanout', 'spread', 'latency', 'idle', 'connect', 'resume', 'batched', 'compress', 'history', 'upload'];
+const ALL_SCENARIOS = ['fanout', 'spread', 'latency', 'idle', 'connect', 'resume', 'batched', 'compress', 'history', 'storm', 'upload'];
 const ALL_TARGETS = ['nats', 'sidecar', 'naive'];
 /** Also accepted by --targets; the compress scenario adds sidecar-deflate by itself when sidecar runs. */
 const KNOWN_TARGETS = [...ALL_TARGETS, 'sidecar-deflate'];
@@ -53,6 +53,8 @@ const FLAGS = {
   'connect-projects': { type: 'string', default: '100', quick: '10' },
   'connect-concurrency': { type: 'string', default: '200', quick: '50' },
   'resume-events': { type: 'string', default: '1000', quick: '100' },
+  'storm-users': { type: 'string', default: '5000', quick: '100', help: 'presence storm: users joining one project at once' },
+  'storm-concurrency': { type: 'string', default: '200', quick: '50', help: 'presence storm: handshakes in flight per load generator' },
   'upload-mib': { type: 'string', default: '256', quick: '8', help: 'upload scenario: file size for MB/s (tus and single request vs a raw Object Store put)' },
   'upload-rss-mib': { type: 'string', default: '1024', quick: '32', help: 'upload scenario: size of the upload during which sidecar RSS is sampled' },
   'batched-clients': { type: 'string', default: '500', quick: '50' },
@@ -153,6 +155,7 @@ const res = { events: num('resume-events') };
 const bat = { clients: num('batched-clients'), events: num('batched-events') };
 const cmp = { clients: num('compress-clients'), events: num('compress-events') };
 const his = { events: num('history-events'), reads: Math.max(1, Math.floor(num('history-reads'))) };
+const storm = { users: num('storm-users'), concurrency: num('storm-concurrency') };
 const common = { size, sharedUser, capSeconds: num('max-phase-seconds') };
 
 for (const sc of scenarios) {
@@ -217,6 +220,11 @@ for (const sc of scenarios) {
     rows.push({ ...base, id: `${sc}-cpu`, label: `${batched ? 'Batched fan-out' : 'Compression'}: server CPU (target + its nats-server)`, metric: 'CPU s per million deliveries', better: 'lower', ratioKey: 'cpuPerM', keys: ['cpuPerM'], show: (m) => fix(m.cpuPerM, 2) });
     rows.push({ ...base, id: `${sc}-wire`, label: `${batched ? 'Batched fan-out' : 'Compression'}: bytes on the wire`, metric: 'bytes per delivery (frames per delivery)', better: 'lower', ratioKey: 'bytesPerDelivery', keys: ['bytesPerDelivery', 'framesPerDelivery'], show: (m) => `${fix(m.bytesPerDelivery, 0)} (${fix(m.framesPerDelivery, 3)})` });
     rows.push({ ...base, id: `${sc}-rss`, label: `${batched ? 'Batched fan-out' : 'Compression'}: memory`, metric: 'RSS per connection, KB', better: 'lower', ratioKey: 'rssPerConnKB', keys: ['rssPerConnKB'], show: (m) => fix(m.rssPerConnKB, 1) });
+  } else if (sc === 'storm') {
+    const base = { scenario: sc, shared: sc, runs, loaders: loadersFor(storm.users), only: ['sidecar'], run: (t, l, p) => S.presenceStorm(t, l, p, storm) };
+    const what = `Presence storm: ${storm.users} users join one project`;
+    rows.push({ ...base, id: 'storm-settle', label: `${what}, until every member's presence view holds all`, metric: 'ms', better: 'lower', ratioKey: '', keys: ['settleMs'], show: (m) => fmtMs(m.settleMs) });
+    rows.push({ ...base, id: 'storm-cpu', label: `${what}: server CPU (target + its nats-server)`, metric: 'CPU s', better: 'lower', ratioKey: '', keys: ['cpuS'], show: (m) => fix(m.cpuS, 2) });
   } else if (sc === 'history') {
     rows.push({
       id: 'history', scenario: sc, label: `History: read ${his.events} stored events (NATS column: a raw ordered-consumer read with nats.js)`,
