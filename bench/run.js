@@ -46,7 +46,7 @@ const FLAGS = {
   'latency-seconds': { type: 'string', default: '10', quick: '1' },
   'latency-warmup': { type: 'string', default: '1', quick: '0.25', help: 'seconds of unrecorded warm-up at the same rate' },
   'idle-clients': { type: 'string', default: '10000', quick: '300' },
-  'idle-projects': { type: 'string', default: '1000', quick: '30' },
+  'idle-projects': { type: 'string', default: '1000,100', quick: '30,10', help: 'one idle measurement per project count (distinct users, one per connection)' },
   'idle-settle': { type: 'string', default: '2', quick: '0.5', help: 'seconds between connecting and reading RSS' },
   'idle-seconds': { type: 'string', default: '5', quick: '1', help: 'seconds of idle CPU measurement' },
   'connect-clients': { type: 'string', default: '1000', quick: '100' },
@@ -149,7 +149,7 @@ const rows = [];
 const fanout = { clients: num('fanout-clients'), events: num('fanout-events') };
 const spread = { clients: num('spread-clients'), projects: num('spread-projects'), events: num('spread-events') };
 const lat = { clients: num('latency-clients'), seconds: num('latency-seconds'), warmupSeconds: num('latency-warmup'), rates: list('latency-rates').map(Number) };
-const idl = { clients: num('idle-clients'), projects: num('idle-projects'), settleSeconds: num('idle-settle'), seconds: num('idle-seconds') };
+const idl = { clients: num('idle-clients'), projectCounts: list('idle-projects').map(Number), settleSeconds: num('idle-settle'), seconds: num('idle-seconds') };
 const con = { clients: num('connect-clients'), projects: num('connect-projects'), concurrency: num('connect-concurrency') };
 const res = { events: num('resume-events') };
 const bat = { clients: num('batched-clients'), events: num('batched-events') };
@@ -188,11 +188,16 @@ for (const sc of scenarios) {
       });
     }
   } else if (sc === 'idle') {
-    const base = { scenario: sc, better: /** @type {const} */ ('lower'), runs: longRuns, loaders: loadersFor(idl.clients), shared: 'idle' };
-    const run = (t, l, p) => S.idle(t, l, p, { ...idl, ...common });
-    rows.push({ ...base, id: 'idle-rss', label: `Idle: ${idl.clients} connections (${idl.projects} projects)`, metric: 'RSS per connection, KB', ratioKey: 'rssPerConnKB', keys: ['rssPerConnKB'], run, show: (m) => fix(m.rssPerConnKB, 1) });
-    rows.push({ ...base, id: 'idle-nats-rss', label: `Idle: ${idl.clients} connections, what the bridge adds to nats-server`, metric: 'nats-server RSS per connection, KB', ratioKey: '', keys: ['natsRssPerConnKB'], naFor: { nats: 'same process' }, run, show: (m) => fix(m.natsRssPerConnKB, 1) });
-    rows.push({ ...base, id: 'idle-cpu', label: `Idle: ${idl.clients} connections, ${idl.seconds} s`, metric: 'CPU, % of one core', ratioKey: 'cpuPct', keys: ['cpuPct'], run, show: (m) => fix(m.cpuPct, 2) });
+    // One measurement per project count (--idle-projects 1000,100): the first keeps the plain row ids.
+    idl.projectCounts.forEach((projects, i) => {
+      const sfx = i === 0 ? '' : `-p${projects}`;
+      const base = { scenario: sc, better: /** @type {const} */ ('lower'), runs: longRuns, loaders: loadersFor(idl.clients), shared: `idle${sfx}` };
+      const run = (t, l, p) => S.idle(t, l, p, { ...idl, projects, ...common });
+      const over = `${idl.clients} connections over ${projects} projects`;
+      rows.push({ ...base, id: `idle-rss${sfx}`, label: `Idle: ${over}`, metric: 'RSS per connection, KB', ratioKey: 'rssPerConnKB', keys: ['rssPerConnKB'], run, show: (m) => fix(m.rssPerConnKB, 1) });
+      rows.push({ ...base, id: `idle-nats-rss${sfx}`, label: `Idle: ${over}, what the bridge adds to nats-server`, metric: 'nats-server RSS per connection, KB', ratioKey: '', keys: ['natsRssPerConnKB'], naFor: { nats: 'same process' }, run, show: (m) => fix(m.natsRssPerConnKB, 1) });
+      rows.push({ ...base, id: `idle-cpu${sfx}`, label: `Idle: ${over}, ${idl.seconds} s`, metric: 'CPU, % of one core', ratioKey: 'cpuPct', keys: ['cpuPct'], run, show: (m) => fix(m.cpuPct, 2) });
+    });
   } else if (sc === 'connect') {
     rows.push({
       id: 'connect', scenario: sc, label: `Connect: ${con.clients} auth+subscribe, ${con.concurrency} in flight, 1 client process`,
@@ -241,7 +246,7 @@ for (const sc of scenarios) {
 // socket per client, so the hard limit must exceed the largest client count.
 const fd = fdLimits();
 const fdChild = Math.min(fd.hard, 65536);
-const maxClients = Math.max(0, ...rows.map((r) => (r.scenario === 'idle' ? idl.clients : r.scenario === 'spread' ? spread.clients : 0)));
+const maxClients = Math.max(0, ...rows.map((r) => (r.scenario === 'idle' ? idl.clients : r.scenario === 'spread' ? spread.clients : r.scenario === 'storm' ? storm.users : 0)));
 const fdNote = `fd limit ${fd.soft} soft / ${fd.hard} hard (children run with ${fdChild})`;
 if (maxClients + 500 > fdChild) {
   process.stderr.write(`bench: warning: ${maxClients} clients need more than ${fdChild} file descriptors in the target; raise the hard limit (ulimit -Hn) or use smaller sizes\n`);
