@@ -115,6 +115,12 @@ export class Publisher {
     return { ms, received };
   }
 
+  /** The stream's last sequence: how many messages it ever stored (e.g. a KV bucket's writes). */
+  async lastSeq(stream) {
+    const jsm = await jetstreamManager(this.nc);
+    return (await jsm.streams.info(stream)).state.last_seq;
+  }
+
   /** Creates a stream (for the NATS target's own replay comparison). */
   async addStream(name, subjects) {
     const jsm = await jetstreamManager(this.nc);

@@ -23,7 +23,7 @@ import * as S from './scenarios.js';
 import { uploadBench, uploadTable } from './upload.js';
 import { ROOT, TARGETS, Unavailable } from './targets.js';
 
-const ALL_SCENARIOS = ['fanout', 'spread', 'latency', 'idle', 'connect', 'resume', 'batched', 'compress', 'history', 'upload'];
+const ALL_SCENARIOS = ['fanout', 'spread', 'latency', 'idle', 'connect', 'resume', 'batched', 'compress', 'history', 'storm', 'upload'];
 const ALL_TARGETS = ['nats', 'sidecar', 'naive'];
 /** Also accepted by --targets; the compress scenario adds sidecar-deflate by itself when sidecar runs. */
 const KNOWN_TARGETS = [...ALL_TARGETS, 'sidecar-deflate'];
@@ -46,13 +46,15 @@ const FLAGS = {
   'latency-seconds': { type: 'string', default: '10', quick: '1' },
   'latency-warmup': { type: 'string', default: '1', quick: '0.25', help: 'seconds of unrecorded warm-up at the same rate' },
   'idle-clients': { type: 'string', default: '10000', quick: '300' },
-  'idle-projects': { type: 'string', default: '1000', quick: '30' },
+  'idle-projects': { type: 'string', default: '1000,100', quick: '30,10', help: 'one idle measurement per project count (distinct users, one per connection)' },
   'idle-settle': { type: 'string', default: '2', quick: '0.5', help: 'seconds between connecting and reading RSS' },
   'idle-seconds': { type: 'string', default: '5', quick: '1', help: 'seconds of idle CPU measurement' },
   'connect-clients': { type: 'string', default: '1000', quick: '100' },
   'connect-projects': { type: 'string', default: '100', quick: '10' },
   'connect-concurrency': { type: 'string', default: '200', quick: '50' },
   'resume-events': { type: 'string', default: '1000', quick: '100' },
+  'storm-users': { type: 'string', default: '5000', quick: '100', help: 'presence storm: users joining one project at once' },
+  'storm-concurrency': { type: 'string', default: '200', quick: '50', help: 'presence storm: handshakes in flight per load generator' },
   'upload-mib': { type: 'string', default: '256', quick: '8', help: 'upload scenario: file size for MB/s (tus and single request vs a raw Object Store put)' },
   'upload-rss-mib': { type: 'string', default: '1024', quick: '32', help: 'upload scenario: size of the upload during which sidecar RSS is sampled' },
   'batched-clients': { type: 'string', default: '500', quick: '50' },
@@ -147,12 +149,13 @@ const rows = [];
 const fanout = { clients: num('fanout-clients'), events: num('fanout-events') };
 const spread = { clients: num('spread-clients'), projects: num('spread-projects'), events: num('spread-events') };
 const lat = { clients: num('latency-clients'), seconds: num('latency-seconds'), warmupSeconds: num('latency-warmup'), rates: list('latency-rates').map(Number) };
-const idl = { clients: num('idle-clients'), projects: num('idle-projects'), settleSeconds: num('idle-settle'), seconds: num('idle-seconds') };
+const idl = { clients: num('idle-clients'), projectCounts: list('idle-projects').map(Number), settleSeconds: num('idle-settle'), seconds: num('idle-seconds') };
 const con = { clients: num('connect-clients'), projects: num('connect-projects'), concurrency: num('connect-concurrency') };
 const res = { events: num('resume-events') };
 const bat = { clients: num('batched-clients'), events: num('batched-events') };
 const cmp = { clients: num('compress-clients'), events: num('compress-events') };
 const his = { events: num('history-events'), reads: Math.max(1, Math.floor(num('history-reads'))) };
+const storm = { users: num('storm-users'), concurrency: num('storm-concurrency') };
 const common = { size, sharedUser, capSeconds: num('max-phase-seconds') };
 
 for (const sc of scenarios) {
@@ -185,11 +188,16 @@ for (const sc of scenarios) {
       });
     }
   } else if (sc === 'idle') {
-    const base = { scenario: sc, better: /** @type {const} */ ('lower'), runs: longRuns, loaders: loadersFor(idl.clients), shared: 'idle' };
-    const run = (t, l, p) => S.idle(t, l, p, { ...idl, ...common });
-    rows.push({ ...base, id: 'idle-rss', label: `Idle: ${idl.clients} connections (${idl.projects} projects)`, metric: 'RSS per connection, KB', ratioKey: 'rssPerConnKB', keys: ['rssPerConnKB'], run, show: (m) => fix(m.rssPerConnKB, 1) });
-    rows.push({ ...base, id: 'idle-nats-rss', label: `Idle: ${idl.clients} connections, what the bridge adds to nats-server`, metric: 'nats-server RSS per connection, KB', ratioKey: '', keys: ['natsRssPerConnKB'], naFor: { nats: 'same process' }, run, show: (m) => fix(m.natsRssPerConnKB, 1) });
-    rows.push({ ...base, id: 'idle-cpu', label: `Idle: ${idl.clients} connections, ${idl.seconds} s`, metric: 'CPU, % of one core', ratioKey: 'cpuPct', keys: ['cpuPct'], run, show: (m) => fix(m.cpuPct, 2) });
+    // One measurement per project count (--idle-projects 1000,100): the first keeps the plain row ids.
+    idl.projectCounts.forEach((projects, i) => {
+      const sfx = i === 0 ? '' : `-p${projects}`;
+      const base = { scenario: sc, better: /** @type {const} */ ('lower'), runs: longRuns, loaders: loadersFor(idl.clients), shared: `idle${sfx}` };
+      const run = (t, l, p) => S.idle(t, l, p, { ...idl, projects, ...common });
+      const over = `${idl.clients} connections over ${projects} projects`;
+      rows.push({ ...base, id: `idle-rss${sfx}`, label: `Idle: ${over}`, metric: 'RSS per connection, KB', ratioKey: 'rssPerConnKB', keys: ['rssPerConnKB'], run, show: (m) => fix(m.rssPerConnKB, 1) });
+      rows.push({ ...base, id: `idle-nats-rss${sfx}`, label: `Idle: ${over}, what the bridge adds to nats-server`, metric: 'nats-server RSS per connection, KB', ratioKey: '', keys: ['natsRssPerConnKB'], naFor: { nats: 'same process' }, run, show: (m) => fix(m.natsRssPerConnKB, 1) });
+      rows.push({ ...base, id: `idle-cpu${sfx}`, label: `Idle: ${over}, ${idl.seconds} s`, metric: 'CPU, % of one core', ratioKey: 'cpuPct', keys: ['cpuPct'], run, show: (m) => fix(m.cpuPct, 2) });
+    });
   } else if (sc === 'connect') {
     rows.push({
       id: 'connect', scenario: sc, label: `Connect: ${con.clients} auth+subscribe, ${con.concurrency} in flight, 1 client process`,
@@ -217,6 +225,11 @@ for (const sc of scenarios) {
     rows.push({ ...base, id: `${sc}-cpu`, label: `${batched ? 'Batched fan-out' : 'Compression'}: server CPU (target + its nats-server)`, metric: 'CPU s per million deliveries', better: 'lower', ratioKey: 'cpuPerM', keys: ['cpuPerM'], show: (m) => fix(m.cpuPerM, 2) });
     rows.push({ ...base, id: `${sc}-wire`, label: `${batched ? 'Batched fan-out' : 'Compression'}: bytes on the wire`, metric: 'bytes per delivery (frames per delivery)', better: 'lower', ratioKey: 'bytesPerDelivery', keys: ['bytesPerDelivery', 'framesPerDelivery'], show: (m) => `${fix(m.bytesPerDelivery, 0)} (${fix(m.framesPerDelivery, 3)})` });
     rows.push({ ...base, id: `${sc}-rss`, label: `${batched ? 'Batched fan-out' : 'Compression'}: memory`, metric: 'RSS per connection, KB', better: 'lower', ratioKey: 'rssPerConnKB', keys: ['rssPerConnKB'], show: (m) => fix(m.rssPerConnKB, 1) });
+  } else if (sc === 'storm') {
+    const base = { scenario: sc, shared: sc, runs, loaders: loadersFor(storm.users), only: ['sidecar'], run: (t, l, p) => S.presenceStorm(t, l, p, storm) };
+    const what = `Presence storm: ${storm.users} users join one project`;
+    rows.push({ ...base, id: 'storm-settle', label: `${what}, until every member's presence view holds all`, metric: 'ms', better: 'lower', ratioKey: '', keys: ['settleMs'], show: (m) => fmtMs(m.settleMs) });
+    rows.push({ ...base, id: 'storm-cpu', label: `${what}: server CPU (target + its nats-server)`, metric: 'CPU s', better: 'lower', ratioKey: '', keys: ['cpuS'], show: (m) => fix(m.cpuS, 2) });
   } else if (sc === 'history') {
     rows.push({
       id: 'history', scenario: sc, label: `History: read ${his.events} stored events (NATS column: a raw ordered-consumer read with nats.js)`,
@@ -233,7 +246,7 @@ for (const sc of scenarios) {
 // socket per client, so the hard limit must exceed the largest client count.
 const fd = fdLimits();
 const fdChild = Math.min(fd.hard, 65536);
-const maxClients = Math.max(0, ...rows.map((r) => (r.scenario === 'idle' ? idl.clients : r.scenario === 'spread' ? spread.clients : 0)));
+const maxClients = Math.max(0, ...rows.map((r) => (r.scenario === 'idle' ? idl.clients : r.scenario === 'spread' ? spread.clients : r.scenario === 'storm' ? storm.users : 0)));
 const fdNote = `fd limit ${fd.soft} soft / ${fd.hard} hard (children run with ${fdChild})`;
 if (maxClients + 500 > fdChild) {
   process.stderr.write(`bench: warning: ${maxClients} clients need more than ${fdChild} file descriptors in the target; raise the hard limit (ulimit -Hn) or use smaller sizes\n`);

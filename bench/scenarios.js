@@ -304,14 +304,21 @@ export async function connectRate(t, loaders, _pub, o) {
   const issues = r.failed ? [`${r.failed}/${o.clients} failed: ${r.errors.join('; ')}`] : [];
   // CPU per connect of each process: what one connect costs the target, apart from the clients.
   const perConnect = (cpuS) => +((cpuS * 1000) / Math.max(1, r.connected)).toFixed(2);
+  const cpuT1 = cpuSeconds(t.pid);
+  const cpuN1 = cpuSeconds(t.natsPid);
+  // What the connects set off in the background (presence, lifecycle events) may still be running:
+  // the *Settled figures also count it, up to the moment target and nats-server are quiet.
+  await settle(t);
   return {
     metrics: { rate: (r.connected / r.ms) * 1000 },
     issues,
     details: {
       connected: r.connected,
       ms: Math.round(r.ms),
-      targetCpuMsPerConnect: perConnect(cpuSeconds(t.pid) - cpuT),
-      natsCpuMsPerConnect: t.natsPid === t.pid ? undefined : perConnect(cpuSeconds(t.natsPid) - cpuN),
+      targetCpuMsPerConnect: perConnect(cpuT1 - cpuT),
+      natsCpuMsPerConnect: t.natsPid === t.pid ? undefined : perConnect(cpuN1 - cpuN),
+      targetCpuMsPerConnectSettled: perConnect(cpuSeconds(t.pid) - cpuT),
+      natsCpuMsPerConnectSettled: t.natsPid === t.pid ? undefined : perConnect(cpuSeconds(t.natsPid) - cpuN),
       loaderCpuMsPerConnect: +(r.cpuMs / Math.max(1, r.connected)).toFixed(2),
     },
   };
@@ -430,4 +437,47 @@ export async function historyRead(t, loaders, pub, o) {
   times.sort((a, b) => a - b);
   const issues = received < o.events ? [`${received}/${o.events} events read`] : [];
   return { metrics: { ms: times[Math.floor(times.length / 2)] }, issues, details: { events: received, reads: o.reads, minMs: +times[0].toFixed(2) } };
+}
+
+/**
+ * Presence storm: `users` distinct users join one project within seconds (`concurrency` handshakes
+ * in flight per loader). Each member's presence view is its `presence` answer plus the `user_joined`
+ * events after it (see loadgen `storm`); the figure is the time from the first connect until every
+ * member's view holds every user, with the CPU the target and its nats-server spent until then,
+ * the `user_joined` frames the clients received, and the presence bucket's writes (its stream's
+ * last sequence). The sidecar only: NATS's listener and the naive bridge have no presence.
+ * @returns {Promise<Result>}
+ */
+export async function presenceStorm(t, loaders, pub, o) {
+  if (t.name !== 'sidecar') return { metrics: {}, issues: [], details: {}, na: 'no presence' };
+  const parts = split(o.users, loaders.length);
+  const cpuT = cpuSeconds(t.pid);
+  const cpuN = cpuSeconds(t.natsPid);
+  const deadlineMs = 120_000;
+  const rs = await Promise.all(
+    loaders.map((l, j) =>
+      l.request('storm', { url: t.wsUrl, secret: t.secret, ...parts[j], total: o.users, project: 'storm', concurrency: o.concurrency, deadlineMs }, deadlineMs + 30_000),
+    ),
+  );
+  const targetCpuS = cpuSeconds(t.pid) - cpuT;
+  const natsCpuS = cpuSeconds(t.natsPid) - cpuN;
+  const t0 = Math.min(...rs.map((r) => r.t0));
+  const complete = rs.every((r) => r.complete);
+  const sum = (k) => rs.reduce((s, r) => s + r[k], 0);
+  const issues = [];
+  if (sum('failed')) issues.push(`${sum('failed')}/${o.users} clients failed to join: ${rs.flatMap((r) => r.errors).join('; ')}`);
+  if (!complete) issues.push(`presence views did not settle: the smallest holds ${Math.min(...rs.map((r) => r.minView))}/${o.users} users`);
+  const kvWrites = await pub.lastSeq('KV_WS_PRESENCE').catch(() => NaN);
+  return {
+    metrics: { settleMs: complete ? Math.max(...rs.map((r) => r.settledAt)) - t0 : NaN, cpuS: targetCpuS + natsCpuS },
+    issues,
+    details: {
+      connectMs: Math.round(Math.max(...rs.map((r) => r.connectedAt)) - t0),
+      targetCpuS: +targetCpuS.toFixed(2),
+      natsCpuS: +natsCpuS.toFixed(2),
+      loaderCpuS: +(sum('cpuMs') / 1000).toFixed(2),
+      userJoinedFrames: sum('joinedFrames'),
+      presenceKvWrites: kvWrites,
+    },
+  };
 }

@@ -296,6 +296,7 @@ async function reachNats(
         config,
         instanceId,
         log: log.child({ component: 'presence' }),
+        publisher: b.publisher,
         publish: (topic, payload, msgId, aboutUser) => b.publish(topic, payload, msgId, aboutUser),
       });
       let lifecycle: NatsLifecycle | undefined;
@@ -307,6 +308,7 @@ async function reachNats(
           config,
           instanceId,
           log: log.child({ component: 'lifecycle' }),
+          publisher: b.publisher,
           presence,
         }).catch(async (err: unknown) => {
           await presence.stop().catch(() => {});

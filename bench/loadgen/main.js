@@ -6,16 +6,18 @@
 //   kind 'nats'     - NATS's built-in WebSocket listener (nats-ws-client.js)
 //   kind 'contract' - the sidecar and the naive bridge, PROTOCOL.md (contract-client.js)
 // What counts as a delivery, and how that is checked: measurement.js. Commands: phase-commands.js
-// (connect, arm, collect, closeAll) and stored-reads.js (resume, history, holdPresence).
+// (connect, arm, collect, closeAll), stored-reads.js (resume, history, holdPresence) and
+// presence-storm.js (storm).
 //
 // IPC: the runner sends {id, cmd, ...}; we answer {id, ok: true, ...} or {id, ok: false, error}.
 // Once the handler is installed we announce ourselves with {id: 0, ok: true, ready: true}.
 
 import * as phaseCommands from './phase-commands.js';
+import * as presenceStorm from './presence-storm.js';
 import * as storedReads from './stored-reads.js';
 
 /** @type {Record<string, (args: any) => unknown>} */
-const handlers = { ...phaseCommands, ...storedReads };
+const handlers = { ...phaseCommands, ...storedReads, ...presenceStorm };
 
 process.on('message', async (m) => {
   try {

@@ -50,6 +50,8 @@ export class Connection {
 
   private readonly queue = new OutboundQueue();
   private dirty = false;
+  /** Frames wait for the hub's deferred flush (presence events only), not this tick's. */
+  private deferred = false;
   /** The pacer holds a limiter for this connection (it went past its outbound burst). */
   private paced = false;
   /** When the socket buffer was first seen at or over maxBufferedBytes; 0 while it is under. */
@@ -309,6 +311,25 @@ export class Connection {
   }
 
   /**
+   * Queue a frame that may wait up to PRESENCE_WRITE_DELAY_MS (hub.ts) for the ones after it: in a
+   * storm of joins a socket gets one write per window, not one per tick. Order is kept (one queue);
+   * a frame that cannot wait takes it out with the next flush.
+   */
+  enqueueDeferred(frame: OutFrame): void {
+    if (this.state === 'closed') return;
+    this.queue.push(frame);
+    if (!this.dirty && !this.deferred) {
+      this.deferred = true;
+      this.host.markDeferred(this);
+    }
+  }
+
+  /** The hub's deferred flush: unless a flush since took the frames out. */
+  flushDeferred(now: number): void {
+    if (this.deferred) this.flush(now);
+  }
+
+  /**
    * Write what the budget allows and the socket buffer has room for; the rest waits, for the
    * slow lane (budget spent) or the next tick (buffer room spent). While the socket buffer is
    * full nothing is written, so its buffer never exceeds maxBufferedBytes by more than one
@@ -317,6 +338,7 @@ export class Connection {
    */
   flush(now: number): void {
     this.dirty = false;
+    this.deferred = false;
     if (this.state === 'closed' || this.queue.length === 0 || this.setupMark !== undefined) return;
     let n = 0;
     let fit = 0;

@@ -47,6 +47,8 @@ export interface ConnectionHost {
   readonly pacer: Pick<OutboundPacer, 'schedule' | 'forget'>;
   /** The connection has frames to write: flush it once this tick. */
   markDirty(conn: Connection): void;
+  /** The connection has frames that may wait a little (presence events): flush it within PRESENCE_WRITE_DELAY_MS. */
+  markDeferred(conn: Connection): void;
   /** Run one validated client request (the processors). */
   dispatch(conn: Connection, message: ClientMessage): void | Promise<void>;
   /** Authenticate, or refresh the token of an open connection. */

@@ -39,6 +39,12 @@ export type HubConfig = ConnectionConfig & Pick<Config, 'maxConnectionsPerUser' 
 
 /** How many publisher message ids the hub remembers for deduplication. */
 const RECENT_IDS = 10_000;
+/**
+ * Longest wait of a presence event (user_joined / user_left) for a socket's next write. When
+ * thousands join one project within seconds each member gets N-1 joins: written as they come,
+ * that is one syscall per member per join; batched over this window, one per member per window.
+ */
+export const PRESENCE_WRITE_DELAY_MS = 25;
 
 export interface HubStats extends ConnectionStats {
   totalConnections: number;
@@ -109,6 +115,8 @@ export class Hub implements ConnectionHost {
   private readonly recentIds = new RecentIds(RECENT_IDS);
   private dirty: Connection[] = [];
   private flushScheduled = false;
+  private deferred: Connection[] = [];
+  private deferredTimer: NodeJS.Timeout | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   private nextId = 0;
 
@@ -365,6 +373,19 @@ export class Hub implements ConnectionHost {
     }
   }
 
+  markDeferred(conn: Connection): void {
+    this.deferred.push(conn);
+    this.deferredTimer ??= setTimeout(this.flushDeferred, PRESENCE_WRITE_DELAY_MS);
+  }
+
+  private readonly flushDeferred = (): void => {
+    this.deferredTimer = undefined;
+    const deferred = this.deferred;
+    this.deferred = [];
+    const now = Date.now();
+    for (const conn of deferred) conn.flushDeferred(now);
+  };
+
   private readonly flushAll = (): void => {
     this.flushScheduled = false;
     const dirty = this.dirty;
@@ -382,6 +403,7 @@ export class Hub implements ConnectionHost {
   /** Close every connection (shutdown) and stop timers. */
   async close(code: number = CloseCode.GoingAway, reason = 'server shutting down; reconnect'): Promise<void> {
     clearInterval(this.sweepTimer);
+    clearTimeout(this.deferredTimer);
     for (const conn of [...this.connections.values()]) conn.close(code, reason);
     await this.pacer.stop();
   }

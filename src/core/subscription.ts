@@ -55,7 +55,11 @@ export class Subscription {
     // a client never gets one message_id twice.
     if (event.duplicateOf !== undefined && this.connection.has(event.duplicateOf)) return;
     if (this.firstSeq === Infinity) this.firstSeq = event.seq;
-    if (event.aboutUser !== undefined && event.aboutUser === this.connection.userId) return;
+    if (event.aboutUser !== undefined) {
+      // Presence news: it may wait a few ms for the next ones (a storm of joins, one write per socket).
+      if (event.aboutUser !== this.connection.userId) this.connection.enqueueDeferred(event.frame);
+      return;
+    }
     this.connection.enqueue(event.frame);
   }
 

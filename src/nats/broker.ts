@@ -11,6 +11,7 @@
  */
 import {
   connect,
+  errors as natsErrors,
   headers as natsHeaders,
   type Msg,
   type MsgHdrs,
@@ -36,6 +37,7 @@ import { SidecarError } from '../errors.js';
 import { encodeStoredEvent, EventError } from '../protocol.js';
 import { READER_CREATE_TIMEOUT_MS, StreamHistory, type StoredMessage } from './history.js';
 import { Inboxes } from './inbox.js';
+import { JsPublisher } from './js-publisher.js';
 
 export type BrokerConfig = Pick<
   Config,
@@ -81,10 +83,15 @@ export function isStreamMissing(err: unknown): boolean {
 
 /** A JetStream request nobody answered: the stream (or JetStream itself) is not there. */
 function isNoResponders(err: unknown): boolean {
-  return err instanceof Error && (err.name === 'NoRespondersError' || (err.cause as Error | undefined)?.name === 'NoRespondersError');
+  for (let e = err, depth = 0; e instanceof Error && depth < 3; e = e.cause, depth++) {
+    if (e instanceof natsErrors.NoRespondersError) return true;
+  }
+  return false;
 }
 
 const NANOS_PER_MS = 1_000_000;
+/** Timeout of JetStream requests (publishes, API calls). */
+const JS_TIMEOUT_MS = 10_000;
 /** Longest wait for a round trip to NATS (a readiness check); past it the caller gets an error. */
 const FLUSH_TIMEOUT_MS = 5_000;
 /** Pause between a stream advisory and the check it triggers (see watchStream). */
@@ -184,6 +191,8 @@ export class NatsBroker implements BrokerPort {
   /** The same reads with REPAIR_REQUEST_TIMEOUT_MS, for gap repairs. */
   private readonly quickHistory: StreamHistory;
   readonly inboxes: Inboxes;
+  /** JetStream writes of the connect path (presence, lifecycle, events), batched per turn. */
+  readonly publisher: JsPublisher;
   private sink: EventSink = () => {};
   private lossSink: LossSink = () => {};
   private epochSink: EpochSink = () => {};
@@ -213,6 +222,7 @@ export class NatsBroker implements BrokerPort {
     this.history = new StreamHistory(js, jsm, config.streamName, config.maxStoredMessages, readerJs);
     this.quickHistory = new StreamHistory(js, quickJsm, config.streamName, config.maxStoredMessages, readerJs);
     this.inboxes = new Inboxes({ nc, jsm: quickJsm, history: this.quickHistory, config, log, epoch: () => this.epoch });
+    this.publisher = new JsPublisher(nc, JS_TIMEOUT_MS);
     if (config.directSubscription === 'wildcard') this.hearAllUsers();
     void this.watchStatus();
   }
@@ -236,9 +246,9 @@ export class NatsBroker implements BrokerPort {
       noAsyncTraces: true,
     });
     log.info({ server: nc.getServer() }, 'connected to NATS');
-    const jsm = await jetstreamManager(nc, { timeout: 10_000 });
+    const jsm = await jetstreamManager(nc, { timeout: JS_TIMEOUT_MS });
     const quickJsm = await jetstreamManager(nc, { timeout: REPAIR_REQUEST_TIMEOUT_MS, checkAPI: false });
-    return new NatsBroker(nc, jetstream(nc, { timeout: 10_000 }), jsm, quickJsm, config, log);
+    return new NatsBroker(nc, jetstream(nc, { timeout: JS_TIMEOUT_MS }), jsm, quickJsm, config, log);
   }
 
   get prefix(): string {
@@ -485,7 +495,7 @@ export class NatsBroker implements BrokerPort {
    * server handles a connection's operations in order. Only when it fails does a PING stand in.
    */
   private async follow(t: LiveTopic): Promise<void> {
-    const head = await this.quickHistory.head(t.subject).catch((err: Error) => {
+    const head = await this.head(t.subject).catch((err: Error) => {
       this.log.warn({ err, topic: t.topic }, 'no baseline for gap checks until the first live event');
       return undefined;
     });
@@ -494,6 +504,24 @@ export class NatsBroker implements BrokerPort {
       return;
     }
     if (this.topics.get(t.topic) === t) t.last = Math.max(t.last ?? 0, head);
+  }
+
+  /**
+   * Seq of the subject's last stored event, 0 for none: a direct get (the stream allows them), one
+   * batched request without nats.js's per-request cost; "none" is a status, not an error.
+   */
+  private async head(subject: string): Promise<number> {
+    const msg = await this.publisher.request(
+      `$JS.API.DIRECT.GET.${this.config.streamName}`,
+      JSON.stringify({ last_by_subj: subject }),
+      undefined,
+      REPAIR_REQUEST_TIMEOUT_MS,
+    );
+    const code = msg.headers?.code ?? 0;
+    if (code === 404) return 0;
+    const seq = Number(msg.headers?.get('Nats-Sequence'));
+    if (code !== 0 || !(seq > 0)) throw new SidecarError('nats_unexpected', `direct get of ${subject}: ${code} ${msg.headers?.description ?? 'no Nats-Sequence'}`);
+    return seq;
   }
 
   /**
@@ -792,7 +820,7 @@ export class NatsBroker implements BrokerPort {
     if (msgId) h.set('Nats-Msg-Id', msgId);
     if (aboutUser) h.set(ABOUT_USER_HEADER, aboutUser);
     try {
-      const ack = await this.js.publish(this.subjectOf(topic), payload, { headers: h });
+      const ack = await this.publisher.publish(this.subjectOf(topic), payload, h);
       return ack.seq;
     } catch (err) {
       if (isNoResponders(err) || isStreamMissing(err)) void this.checkStream();

@@ -22,12 +22,13 @@
  * that new connections are not announced at all, counted in `dropped`, so no `disconnected`
  * ever comes without its `connected`).
  */
-import { DiscardPolicy, RetentionPolicy, StorageType, type JetStreamClient, type JetStreamManager, type StreamConfig } from '@nats-io/jetstream';
+import { DiscardPolicy, JetStreamApiError, RetentionPolicy, StorageType, type JetStreamClient, type JetStreamManager, type StreamConfig } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
-import type { NatsConnection } from '@nats-io/transport-node';
+import { headers as natsHeaders, type NatsConnection } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import type { LifecyclePort } from '../core/ports.js';
+import type { JsPublisher } from './js-publisher.js';
 
 export type LifecycleConfig = Pick<
   Config,
@@ -55,6 +56,8 @@ export interface LifecycleOptions {
   instanceId: string;
   log: Logger;
   presence: LifecyclePresence;
+  /** The broker's batched JetStream writer: records, events and record removals go through it. */
+  publisher: JsPublisher;
 }
 
 export interface LifecycleStats {
@@ -163,7 +166,7 @@ export class NatsLifecycle implements LifecyclePort {
     const data = this.baseData(connectionId, userId);
     this.enqueue(rec, async () => {
       // The record first: whoever finds it later owes this connection its `disconnected`.
-      if (rec.revision === 0) rec.revision = await this.kv.put(`${rec.member}.${connectionId}`, JSON.stringify(data));
+      if (rec.revision === 0) rec.revision = await this.options.publisher.kvPut(this.options.config.lifecycleBucket, `${rec.member}.${connectionId}`, JSON.stringify(data));
       await this.publish('connected', data, `connected-${connectionId}`);
     });
   }
@@ -270,7 +273,9 @@ export class NatsLifecycle implements LifecyclePort {
 
   private async publish(kind: string, data: Record<string, unknown>, msgId: string): Promise<void> {
     const payload = JSON.stringify({ type: kind, data, timestamp: new Date().toISOString(), message_id: msgId });
-    await this.options.js.publish(this.subject(kind), payload, { msgID: msgId });
+    const h = natsHeaders();
+    h.set('Nats-Msg-Id', msgId);
+    await this.options.publisher.publish(this.subject(kind), payload, h);
     this.stats.published += 1;
   }
 
@@ -279,7 +284,10 @@ export class NatsLifecycle implements LifecyclePort {
    * a delete marker per connection ever opened would pile up). Keys are never reused.
    */
   private async deleteKey(key: string): Promise<void> {
-    await this.options.jsm.streams.purge(this.bucketStream, { filter: `$KV.${this.options.config.lifecycleBucket}.${key}` });
+    const filter = `$KV.${this.options.config.lifecycleBucket}.${key}`;
+    const msg = await this.options.publisher.request(`$JS.API.STREAM.PURGE.${this.bucketStream}`, JSON.stringify({ filter }));
+    const answer = JSON.parse(msg.string()) as { error?: ConstructorParameters<typeof JetStreamApiError>[0] };
+    if (answer.error) throw new JetStreamApiError(answer.error);
   }
 
   private async writeMarker(member: string): Promise<void> {

@@ -40,6 +40,7 @@ import { createBuckets, type PresenceConfig } from './presence/buckets.js';
 import { WatchedCopy } from './presence/copy.js';
 import { Heartbeat } from './presence/heartbeat.js';
 import { PresenceUpdates } from './presence/updates.js';
+import type { JsPublisher } from './js-publisher.js';
 
 export type { PresenceConfig };
 
@@ -50,6 +51,8 @@ export interface PresenceOptions {
   config: PresenceConfig;
   instanceId: string;
   log: Logger;
+  /** The broker's batched JetStream writer: the compare-and-sets go through it. */
+  publisher: JsPublisher;
   /** Store an event on a topic (the broker's JetStream publish); `msgId` deduplicates retries. */
   /** `aboutUser`: the event concerns this user, whose own connections skip it. */
   publish(topic: Topic, payload: string, msgId: string, aboutUser: string): Promise<number>;
@@ -64,6 +67,9 @@ export type Sweeper = (alive: ReadonlySet<string>, isDead: (member: string) => P
 export interface PresenceStats {
   joined: number;
   left: number;
+  /** Compare-and-set writes to presence keys, and the event-loop turns the updates were started in. */
+  writes: number;
+  ticks: number;
   /** Sweeps for dead members run by this instance, and the presence keys they cleaned. */
   sweeps: number;
   swept: number;
@@ -77,7 +83,7 @@ export interface PresenceStats {
 }
 
 export class NatsPresence implements PresencePort {
-  readonly stats: PresenceStats = { joined: 0, left: 0, sweeps: 0, swept: 0, reregistered: 0, recreated: 0, rewatched: 0, failures: 0 };
+  readonly stats: PresenceStats = { joined: 0, left: 0, writes: 0, ticks: 0, sweeps: 0, swept: 0, reregistered: 0, recreated: 0, rewatched: 0, failures: 0 };
   private readonly copy: WatchedCopy;
   private readonly heartbeat: Heartbeat;
   private readonly updates: PresenceUpdates;
@@ -96,7 +102,12 @@ export class NatsPresence implements PresencePort {
       buckets.presence,
     );
     this.heartbeat = new Heartbeat({ ...options, stats }, buckets.instances, this.copy);
-    this.updates = new PresenceUpdates({ nc: options.nc, log, stats, publish: options.publish }, buckets.presence, this.copy, this.heartbeat);
+    this.updates = new PresenceUpdates(
+      { nc: options.nc, log, stats, publish: options.publish, publisher: options.publisher, bucket: options.config.presenceBucket },
+      buckets.presence,
+      this.copy,
+      this.heartbeat,
+    );
     this.heartbeat.updates = this.updates;
   }
 

@@ -27,11 +27,12 @@ it('runs every benchmark scenario at tiny sizes against the sidecar and NATS wit
     expect(upload?.error).toBeUndefined();
     for (const k of ['rawMBps', 'tusMBps', 'postMBps', 'tusRatio', 'rssGrowthMiB']) expect(Number.isFinite(upload.metrics[k]), k).toBe(true);
     const keys = Object.keys(results);
-    for (const scenario of ['fanout', 'spread', 'latency', 'idle', 'connect', 'resume', 'batched', 'compress', 'history']) {
+    for (const scenario of ['fanout', 'spread', 'latency', 'idle', 'connect', 'resume', 'batched', 'compress', 'history', 'storm']) {
       expect(keys.some((k) => k.startsWith(scenario)), scenario).toBe(true);
     }
     for (const [row, byTarget] of Object.entries(results as Record<string, Record<string, any[]>>)) {
-      for (const target of ['nats', 'sidecar']) {
+      // The presence storm runs against the sidecar alone (NATS's listener has no presence).
+      for (const target of row.startsWith('storm') ? ['sidecar'] : ['nats', 'sidecar']) {
         const runs = byTarget[target];
         expect(runs?.length, `${row}/${target}`).toBeGreaterThan(0);
         for (const run of runs) {

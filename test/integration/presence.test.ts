@@ -7,6 +7,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
+import WebSocket from 'ws';
+import { BATCH_PROTOCOL } from '../../src/protocol-codes.js';
 import { projectPresence } from '../../src/http/presence-routes.js';
 import { startTestNats, type TestNats } from '../helpers/nats.js';
 import { event, publisher, startTestSidecar, type TestSidecar } from '../helpers/sidecar.js';
@@ -190,6 +192,67 @@ describe('user_joined and user_left across instances', () => {
     } finally {
       await doomed.stop();
     }
+  });
+});
+
+describe('a storm of joins', () => {
+  it('writes the joins of one turn together, one compare-and-set per user, and every member sees every join in a few frames', async () => {
+    const project = 'pres-storm';
+    const users = Array.from({ length: 200 }, (_, i) => `storm-${i}`);
+    // A member on the other instance, reading batched frames: each frame holds what one write carried.
+    const ws = new WebSocket(`${b.wsUrl}?token=${await b.token('storm-watch')}`, [BATCH_PROTOCOL]);
+    const envelopes: any[] = [];
+    let framesWithJoins = 0;
+    ws.on('message', (data) => {
+      const batch = data.toString().split('\n').map((line) => JSON.parse(line));
+      envelopes.push(...batch);
+      if (batch.some((m) => m.type === 'user_joined')) framesWithJoins += 1;
+    });
+    await waitFor(() => envelopes.some((m) => m.type === 'auth_success'));
+    ws.send(JSON.stringify({ type: 'subscription', data: { action: 'subscribe', project_id: project } }));
+    await waitFor(() => envelopes.some((m) => m.type === 'subscription' && m.data.action === 'subscribed'));
+    await Promise.all([a.sidecar.presence.settled(), b.sidecar.presence.settled()]);
+
+    const jsm = await jetstreamManager(nc);
+    const bucketStream = `KV_${a.sidecar.config.presenceBucket}`;
+    const revision0 = (await jsm.streams.info(bucketStream)).state.last_seq;
+    const { presence, broker } = a.sidecar;
+    const ticks0 = presence.stats.ticks;
+    const writes0 = presence.stats.writes;
+    // 200 users join in one turn of the event loop (as many sockets' subscribes read at once would).
+    for (const user of users) presence.enter(project, user);
+    await new Promise((r) => setImmediate(r)); // the turn after: the updates started, their writes queued
+    const batches0 = broker.publisher.stats.batches;
+    const sent0 = broker.publisher.stats.sent;
+    await new Promise((r) => setImmediate(r)); // one more turn: the queued writes went out
+    expect(presence.stats.ticks - ticks0).toBe(1);
+    expect(broker.publisher.stats.batches - batches0).toBe(1);
+    expect(broker.publisher.stats.sent - sent0).toBeGreaterThanOrEqual(users.length);
+
+    await waitFor(() => envelopes.filter((m) => m.type === 'user_joined').length >= users.length, 10_000);
+    await presence.settled();
+    // One write per user's key, none repeated: nobody else wrote those keys.
+    expect(presence.stats.writes - writes0).toBe(users.length);
+    expect((await jsm.streams.info(bucketStream)).state.last_seq - revision0).toBe(users.length);
+    const joins = envelopes.filter((m) => m.type === 'user_joined');
+    expect(joins.map((m) => m.data.user_id).sort()).toEqual([...users].sort());
+    expect(new Set(joins.map((m) => m.seq)).size).toBe(users.length);
+    expect(await b.sidecar.presence.users(project)).toEqual([...users, 'storm-watch'].sort());
+
+    // Joins that trickle in, a few ms apart (sockets read one at a time): written as they came, each
+    // would be a write to every member; the presence window gathers them into a few.
+    const later = Array.from({ length: 40 }, (_, i) => `storm-late-${i}`);
+    framesWithJoins = 0;
+    for (const user of later) {
+      presence.enter(project, user);
+      await new Promise((r) => setTimeout(r, 3));
+    }
+    await waitFor(() => envelopes.filter((m) => m.type === 'user_joined').length >= users.length + later.length, 10_000);
+    expect(framesWithJoins).toBeLessThanOrEqual(later.length / 3);
+
+    for (const user of [...users, ...later]) presence.exit(project, user);
+    await presence.settled();
+    ws.close();
   });
 });
 

@@ -2,6 +2,12 @@
  * The compare-and-set updates of presence keys: this instance's local connections per key, one
  * update at a time per key, and the `user_joined` / `user_left` event of the transition an update
  * made. Of all instances racing on one user, exactly one makes each transition.
+ *
+ * Coalesced per event-loop turn: enters and exits only mark keys; after the turn's I/O callbacks
+ * the marked keys are reconciled together (a tab that joins and leaves within the turn writes
+ * nothing), and their writes leave in one NATS write through the batched publisher, as do the
+ * `user_joined` events of the answers that arrive together. A storm of joins thus costs a few
+ * NATS writes per turn, not a round trip per join.
  */
 import type { KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
@@ -11,6 +17,7 @@ import { MessageType } from '../../protocol.js';
 import type { PresenceStats } from '../presence.js';
 import { isWrongLastSequence, presenceKey, splitKey } from './buckets.js';
 import { membersOf, type WatchedCopy } from './copy.js';
+import type { JsPublisher } from '../js-publisher.js';
 
 /** Retries of one compare-and-set under contention: many tabs of one user on many instances. */
 const CAS_ATTEMPTS = 20;
@@ -29,6 +36,9 @@ export interface UpdatesOptions {
   log: Logger;
   stats: PresenceStats;
   publish(topic: Topic, payload: string, msgId: string, aboutUser: string): Promise<number>;
+  /** Writes the compare-and-sets; `bucket` is the presence bucket's name. */
+  publisher: JsPublisher;
+  bucket: string;
 }
 
 export class PresenceUpdates {
@@ -39,6 +49,8 @@ export class PresenceUpdates {
   private readonly rerun = new Set<string>();
   /** Keys whose update failed (NATS unavailable): retried on each heartbeat. */
   private readonly failed = new Set<string>();
+  /** Keys changed in this turn, reconciled together after it. */
+  private marked = new Set<string>();
 
   constructor(
     private readonly options: UpdatesOptions,
@@ -55,7 +67,7 @@ export class PresenceUpdates {
     const key = presenceKey(projectId, userId);
     const n = (this.local.get(key) ?? 0) + 1;
     this.local.set(key, n);
-    if (n === 1) this.schedule(key);
+    if (n === 1) this.mark(key);
   }
 
   exit(projectId: string, userId: string): void {
@@ -63,8 +75,20 @@ export class PresenceUpdates {
     const n = (this.local.get(key) ?? 0) - 1;
     if (n > 0) return void this.local.set(key, n);
     this.local.delete(key);
-    this.schedule(key);
+    this.mark(key);
   }
+
+  private mark(key: string): void {
+    if (this.marked.size === 0) setImmediate(this.reconcileMarked);
+    this.marked.add(key);
+  }
+
+  private readonly reconcileMarked = (): void => {
+    const keys = this.marked;
+    this.marked = new Set();
+    this.options.stats.ticks += 1;
+    for (const key of keys) this.schedule(key);
+  };
 
   /** Put every local key right again (after registering under a new member id, or a new bucket). */
   rescheduleLocal(): void {
@@ -78,7 +102,10 @@ export class PresenceUpdates {
 
   /** Resolves once no update is in flight. */
   async settled(): Promise<void> {
-    while (this.running.size > 0) await Promise.all([...this.running.values()]);
+    while (this.running.size > 0 || this.marked.size > 0) {
+      if (this.running.size === 0) await new Promise((r) => setImmediate(r));
+      else await Promise.all([...this.running.values()]);
+    }
   }
 
   private schedule(key: string): void {
@@ -137,11 +164,12 @@ export class PresenceUpdates {
       cached = undefined;
       let transition: [type: string, revision: number] | undefined;
       try {
+        this.options.stats.writes += 1;
         if (next.length === 0) {
-          await this.presence.delete(key, { previousSeq: revision });
+          await this.options.publisher.kvDelete(this.options.bucket, key, revision);
           transition = [MessageType.UserLeft, revision];
         } else {
-          const written = await this.presence.put(key, JSON.stringify({ members: next }), { previousSeq: revision });
+          const written = await this.options.publisher.kvPut(this.options.bucket, key, JSON.stringify({ members: next }), revision);
           this.copy.remember(key, written, next);
           if (members.length === 0) transition = [MessageType.UserJoined, written];
         }
