@@ -66,6 +66,7 @@ const FLAGS = {
   'payload-bytes': { type: 'string', default: '200' },
   'shared-user': { type: 'boolean', default: false, help: 'all clients use one user id (default: one user per client)' },
   'sidecar-bin': { type: 'string', default: 'bin/nats-ws-sidecar.js' },
+  'sidecar-env': { type: 'string', default: '', help: 'KEY=VALUE,... added to the sidecar targets\' environment' },
   profile: { type: 'string', help: 'write a CPU profile (node --cpu-prof) of each sidecar and bridge run into this directory' },
   out: { type: 'string', default: 'BENCHMARKS.md', help: 'markdown file to update (not written with --quick unless given)' },
   'no-write': { type: 'boolean', default: false },
@@ -111,7 +112,13 @@ const longRuns = Math.max(1, Math.floor(num('long-runs')));
 const size = num('payload-bytes');
 const sharedUser = argv['shared-user'] ?? false;
 const verbose = argv.verbose ?? false;
-const startOpts = { verbose, sidecarBin: flag('sidecar-bin'), nodeArgs: argv.profile ? ['--cpu-prof', `--cpu-prof-dir=${resolve(argv.profile)}`] : [] };
+const sidecarEnv = Object.fromEntries(
+  flag('sidecar-env')
+    .split(',')
+    .filter(Boolean)
+    .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+);
+const startOpts = { verbose, sidecarEnv, sidecarBin: flag('sidecar-bin'), nodeArgs: argv.profile ? ['--cpu-prof', `--cpu-prof-dir=${resolve(argv.profile)}`] : [] };
 // Load-generator processes. auto: two for fan-out and spread (one frame per delivery costs a client
 // ~1 us of CPU, so a single client process can be the limit when the target is cheap; two let the
 // clients use both cores), two for more than 2,500 idle connections (fds), otherwise one (latency,

@@ -42,10 +42,10 @@ export class Unavailable extends Error {}
 
 /**
  * @param {'nats' | 'sidecar' | 'sidecar-deflate' | 'naive'} name
- * @param {{ verbose?: boolean, sidecarBin?: string, nodeArgs?: string[], startTimeoutMs?: number }} opts
+ * @param {{ verbose?: boolean, sidecarBin?: string, nodeArgs?: string[], startTimeoutMs?: number, sidecarEnv?: Record<string, string> }} opts
  * @returns {Promise<Target>}
  */
-export async function startTarget(name, { verbose = false, sidecarBin = 'bin/nats-ws-sidecar.js', nodeArgs = [], startTimeoutMs = 30_000 } = {}) {
+export async function startTarget(name, { verbose = false, sidecarBin = 'bin/nats-ws-sidecar.js', nodeArgs = [], startTimeoutMs = 30_000, sidecarEnv = {} } = {}) {
   const def = TARGETS[name];
   if (!def) throw new Error(`unknown target ${name}`);
   const sidecar = name === 'sidecar' || name === 'sidecar-deflate';
@@ -67,6 +67,8 @@ export async function startTarget(name, { verbose = false, sidecarBin = 'bin/nat
     // configuration must come from the env above and the shipped defaults only
     SIDECAR_CONFIG: '',
     ...(name === 'sidecar-deflate' ? { SIDECAR_COMPRESSION: 'deflate' } : {}),
+    // --sidecar-env: e.g. the cost of one feature (SIDECAR_LIFECYCLE_EVENTS=false), for the sidecar and the bridge
+    ...sidecarEnv,
   };
   const script = sidecar ? join(ROOT, sidecarBin) : join(here, 'naive-bridge.js');
   const proc = new Proc(name, process.execPath, [...nodeArgs, script], { env, cwd: ROOT, verbose });
