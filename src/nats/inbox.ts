@@ -221,6 +221,10 @@ export class Inboxes {
 
   private async readBacklog(userId: string): Promise<InboxMessage[]> {
     const subject = this.subjectOf(userId);
+    // Acknowledged here but not yet written: not delivered again either. Taken before the key is
+    // read: a write that lands meanwhile leaves the pending set as the key's read may still miss it.
+    const pending = this.users.get(userId);
+    const local = pending?.epoch === this.options.epoch() ? { upTo: pending.upTo, acks: new Set(pending.acks) } : undefined;
     const [head, { state }] = await Promise.all([
       this.lastStored(userId).catch((err: unknown) => {
         throw unavailable(`could not read the last direct message of ${userId}`, err);
@@ -228,9 +232,6 @@ export class Inboxes {
       this.readKey(userId),
     ]);
     if (head <= state.floor) return [];
-    // Acknowledged here but not yet written: not delivered again either.
-    const pending = this.users.get(userId);
-    const local = pending?.epoch === this.options.epoch() ? pending : undefined;
     const acked = (seq: number) => isAcked(state, seq) || (local !== undefined && (seq <= local.upTo || local.acks.has(seq)));
     const out: InboxMessage[] = [];
     let cursor = state.floor;

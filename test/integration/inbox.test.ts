@@ -156,6 +156,24 @@ describe('offline delivery', () => {
     expect(dms(last)).toEqual([]);
   });
 
+  it('does not deliver an ack again when its write lands while a new connection reads the backlog', async () => {
+    const s = await sidecar();
+    const seqs = await directs('race-1', 0, 2);
+    const inboxes = s.sidecar.broker.inboxes as unknown as { readKey: (user: string) => Promise<unknown>; idle(): Promise<void> };
+    const readKey = inboxes.readKey.bind(inboxes);
+    s.sidecar.broker.inboxes.acknowledge('race-1', seqs[0]); // its write has read the key already
+    // The worst order for the backlog read that follows: it reads the key before the ack's write
+    // lands, and goes on only after it landed (and the pending ack here was forgotten).
+    inboxes.readKey = async (user: string) => {
+      inboxes.readKey = readKey;
+      const before = await readKey(user);
+      await inboxes.idle();
+      return before;
+    };
+    const backlog = await s.sidecar.broker.inboxes.backlog('race-1');
+    expect(backlog.map((m) => m.seq)).toEqual([seqs[1]]);
+  });
+
   it('loses no unacknowledged message when an instance dies without a goodbye', async () => {
     const opts: ConfigInput = { inboxAckMode: 'explicit' };
     const doomed = await sidecar(opts);
