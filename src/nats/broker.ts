@@ -702,7 +702,7 @@ export class NatsBroker implements BrokerPort {
 
   /** A stored message (from a repair) to the hub. */
   private deliverStored(topic: Topic, m: StoredMessage, projectId?: string): void {
-    const event = this.toEvent(projectId, m.seq, m.data, m.headers, m.timestamp);
+    const event = this.toEvent(projectId, m.seq, m.data, m.headers, () => m.timestamp);
     if (event) this.sink(topic, event);
   }
 
@@ -711,7 +711,8 @@ export class NatsBroker implements BrokerPort {
     seq: number,
     data: Uint8Array,
     h: MsgHdrs | undefined,
-    storedAt: string | undefined,
+    /** A function when working it out costs (a JetStream message's timestamp): most envelopes carry their own. */
+    storedAt: string | (() => string) | undefined,
   ): StoredEvent | undefined {
     try {
       const { text, messageId } = encodeStoredEvent(data, { seq, projectId, msgId: ownString(h?.get('Nats-Msg-Id')), storedAt });
@@ -729,7 +730,7 @@ export class NatsBroker implements BrokerPort {
     const subject = this.subjectOf(topic);
     const epoch = this.epoch;
     const deliver = (m: StoredMessage): void => {
-      const event = this.toEvent(projectId, m.seq, m.data, m.headers, m.timestamp);
+      const event = this.toEvent(projectId, m.seq, m.data, m.headers, () => m.timestamp);
       if (event) onEvent(event);
     };
     // A position from another incarnation says nothing about this one: everything it holds follows.
@@ -749,7 +750,7 @@ export class NatsBroker implements BrokerPort {
     let bytes = 0;
     // Each event is encoded once, when the read first meets it, and counted against the reply's size cap.
     const accept = (m: StoredMessage, first: boolean): boolean => {
-      const event = this.toEvent(projectId, m.seq, m.data, m.headers, m.timestamp);
+      const event = this.toEvent(projectId, m.seq, m.data, m.headers, () => m.timestamp);
       const length = event ? Buffer.byteLength(event.frame.text) + 1 : 0;
       if (!first && bytes + length > query.maxBytes) return false;
       bytes += length;

@@ -24,6 +24,8 @@ const STALL_MS = 5_000;
  */
 export const READER_CREATE_TIMEOUT_MS = 2_000;
 const READER_CREATE_ATTEMPTS = 2;
+/** Most events one pull of a read asks for. */
+const MAX_BATCH = 10_000;
 
 /** One stored event, from a reader consumer or a direct get. */
 export interface StoredMessage {
@@ -86,24 +88,49 @@ export class StreamHistory {
     if (head <= since) return;
     const consumer = await this.reader(subject, since);
     if (!consumer) return this.fetchDirect(subject, since, head, onMessage);
-    const messages = await consumer.consume({ max_messages: 1000 });
     let lastActivity = Date.now();
     let stalled = false;
+    let failure: Error | undefined;
+    let ended = false;
+    let end!: () => void;
+    const finished = new Promise<void>((resolve) => (end = resolve));
+    const stop = (): void => {
+      ended = true;
+      end();
+    };
+    // A callback, not the async iterator: no promise and no task per message. One pull asks for
+    // as many events as the range can hold (up to a cap), refilled only when it is used up: a
+    // request to NATS in the middle of a read is a context switch on a busy host.
+    const messages = await consumer.consume({
+      max_messages: Math.min(MAX_BATCH, head - since),
+      threshold_messages: 1,
+      callback: (m) => {
+        if (ended) return;
+        lastActivity = Date.now();
+        try {
+          if (onMessage(m) === false || m.seq >= head || m.info.pending === 0) stop();
+        } catch (err) {
+          failure = err instanceof Error ? err : new Error(String(err));
+          stop();
+        }
+      },
+    });
     // One timer per read, not per message: a read that stops moving is given up, not awaited forever.
     const watchdog = setInterval(() => {
       if (Date.now() - lastActivity < STALL_MS) return;
       stalled = true;
-      void messages.close().catch(() => {});
+      stop();
     }, STALL_MS / 5);
     try {
-      for await (const m of messages) {
-        lastActivity = Date.now();
-        if (onMessage(m) === false || m.seq >= head || m.info.pending === 0) break;
-      }
+      // The consumer stopping on its own is an error of the read (the stream went away, say).
+      const closed = await Promise.race([finished.then(() => undefined), messages.closed()]);
+      if (closed instanceof Error && !ended) failure = closed;
     } finally {
+      ended = true;
       clearInterval(watchdog);
       await messages.close().catch(() => {});
     }
+    if (failure !== undefined) throw failure;
     if (stalled) throw new SidecarError('history_stalled', `reading ${subject} from the stream stalled`);
   }
 
