@@ -34,6 +34,13 @@ export interface StoredMessage {
   headers?: MsgHdrs;
   /** When the stream stored it (RFC 3339). */
   timestamp: string;
+  /** A reader's delivery info: the store time as a number, without formatting or parsing a date. */
+  info?: { readonly timestampNanos: number };
+}
+
+/** When the stream stored `m`, ms since the epoch. */
+export function storedMsOf(m: StoredMessage): number {
+  return m.info !== undefined ? Math.floor(m.info.timestampNanos / 1e6) : Date.parse(m.timestamp);
 }
 
 export interface PageQuery {
@@ -65,8 +72,15 @@ export class StreamHistory {
    * last one stored when the read began (later ones come live). `beyond`: `since` is past the
    * stream's last seq, so it was taken in an earlier incarnation of the stream.
    */
-  async read(subject: string, since: number, onMessage: (m: StoredMessage) => void): Promise<HistoryRead & { beyond: boolean }> {
-    const head = await this.head(subject);
+  async read(
+    subject: string,
+    since: number,
+    onMessage: (m: StoredMessage) => void,
+    knownHead?: number,
+  ): Promise<HistoryRead & { beyond: boolean }> {
+    // `knownHead`: the caller knows a seq up to which every event of the subject has reached it and
+    // after which each will (the live path's last one): the read need not ask for the head.
+    const head = knownHead ?? (await this.head(subject));
     await this.fetch(subject, since, head, onMessage);
     // Checked after the read, not before: an event pushed out of the window while the read ran
     // (by any newer event, even the reader's own user_joined) is reported, never silently skipped.
@@ -175,25 +189,31 @@ export class StreamHistory {
     return (await this.cut(subject, since)) !== 'kept';
   }
 
-  /** `lost`, telling a cut history from a position past the stream's end (another epoch). */
+  /**
+   * `lost`, telling a cut history from a position past the stream's end (another epoch). The
+   * lookups a case may need go out together (one round trip for the usual cases, at the price of
+   * a direct get that the commonest one, the event at `since` still stored, does not use).
+   */
   private async cut(subject: string, since: number): Promise<'kept' | 'cut' | 'beyond'> {
     if (since > 0) {
-      const at = await this.jsm.streams.getMessage(this.stream, { seq: since });
+      const [at, first] = await Promise.all([this.jsm.streams.getMessage(this.stream, { seq: since }), this.firstStored(subject)]);
       if (at?.subject === subject) return 'kept';
       if (!at) {
         // The event at `since` is gone (aged out or pushed out), or `since` is past the end (the
-        // stream was recreated): unless the subject still holds an older event, history is cut.
-        const [first, info] = await Promise.all([this.firstStored(subject), this.jsm.streams.info(this.stream)]);
+        // stream was recreated). The subject's stored part starting after `since` says which,
+        // without asking for the stream's end: at the next seq nothing can be missing before it.
+        if (first !== undefined && first > since) return first > since + 1 ? 'cut' : 'kept';
+        const info = await this.jsm.streams.info(this.stream);
         if (since > info.state.last_seq) return 'beyond';
-        return first === undefined || first > since ? 'cut' : 'kept';
+        // Unless the subject still holds an older event, history is cut.
+        return first === undefined ? 'cut' : 'kept';
       }
       // `since` is another subject's event, still stored: nothing after it has aged out.
+      return (await this.count(subject)) >= this.maxPerSubject && first !== undefined && first > since + 1 ? 'cut' : 'kept';
     }
     // Only the per-subject limit can have dropped events after `since`.
-    const info = await this.jsm.streams.info(this.stream, { subjects_filter: subject });
-    if ((info.state.subjects?.[subject] ?? 0) < this.maxPerSubject) return 'kept';
-    const first = await this.firstStored(subject);
-    return first !== undefined && first > since + 1 ? 'cut' : 'kept';
+    const [count, first] = await Promise.all([this.count(subject), this.firstStored(subject)]);
+    return count >= this.maxPerSubject && first !== undefined && first > since + 1 ? 'cut' : 'kept';
   }
 
   private async firstStored(subject: string): Promise<number | undefined> {
