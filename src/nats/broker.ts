@@ -35,7 +35,7 @@ import { topics, type BrokerPort, type HistoryPage, type HistoryQuery, type Repl
 import { SidecarError } from '../errors.js';
 import { encodeStoredEvent, EventError } from '../protocol.js';
 import { EncodedEvents } from './encoded-events.js';
-import { READER_CREATE_TIMEOUT_MS, StreamHistory, storedMsOf, type StoredMessage } from './history.js';
+import { isoTime, READER_CREATE_TIMEOUT_MS, StreamHistory, storedMsOf, type StoredMessage } from './history.js';
 import { Inboxes } from './inbox.js';
 
 export type BrokerConfig = Pick<
@@ -737,7 +737,7 @@ export class NatsBroker implements BrokerPort {
         seq,
         projectId,
         msgId: ownString(h?.get('Nats-Msg-Id')),
-        storedAt: storedAt ?? (() => new Date(Number.isFinite(storedMs) ? storedMs : Date.now()).toISOString()),
+        storedAt: storedAt ?? (() => isoTime(Number.isFinite(storedMs) ? storedMs : Date.now())),
       });
       const aboutUser = h?.get(ABOUT_USER_HEADER) || undefined;
       this.encoded.set(this.epoch, seq, { text, messageId, aboutUser, storedMs });
