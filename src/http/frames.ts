@@ -90,31 +90,6 @@ export function encodeDeflatedFrame(text: string): Buffer {
   return frame;
 }
 
-/**
- * Plain text frames of a run of envelopes none of which is encoded yet (a replay's thousand, a
- * tick's events for the first socket that writes them), in one buffer: one allocation and one
- * socket write instead of one per envelope. Each envelope's own frame becomes a view of it, for
- * the other sockets that write the envelope.
- */
-export function plainRun(frames: readonly OutFrame[]): Buffer {
-  const lengths = new Array<number>(frames.length);
-  let total = 0;
-  for (let i = 0; i < frames.length; i++) {
-    const length = Buffer.byteLength(frames[i].text);
-    lengths[i] = length;
-    total += headerLength(length) + length;
-  }
-  const run = Buffer.allocUnsafe(total);
-  let at = 0;
-  for (let i = 0; i < frames.length; i++) {
-    const start = at;
-    at = writeHeader(run, at, FIN_TEXT, lengths[i]);
-    at += run.write(frames[i].text, at, lengths[i], 'utf8');
-    frames[i].wire = run.subarray(start, at);
-  }
-  return run;
-}
-
 const NEWLINE = 0x0a;
 
 /** The frame for one envelope, as a socket with or without compression sends it. */

@@ -11,7 +11,7 @@ import type { Duplex } from 'node:stream';
 import WebSocket from 'ws';
 import type { OutFrame, Transport } from '../core/ports.js';
 import { BATCH_PROTOCOL } from '../protocol-codes.js';
-import { batchedFrames, plainRun, singleFrame, type FrameOptions } from './frames.js';
+import { batchedFrames, singleFrame, type FrameOptions } from './frames.js';
 
 export { encodeTextFrame } from './frames.js';
 
@@ -35,10 +35,6 @@ export class WsTransport implements Transport {
     const socket = this.socket as Socket;
     if (frames.length === 1) {
       socket.write(singleFrame(frames[0], this.deflate, this.options));
-      return;
-    }
-    if (!this.batch && !this.deflate && frames.every((f) => f.wire === undefined)) {
-      socket.write(plainRun(frames));
       return;
     }
     socket.cork();

@@ -6,7 +6,7 @@
 import { inflateRawSync, constants } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import type { OutFrame } from '../../src/core/ports.js';
-import { batchedFrames, encodeDeflatedFrame, encodeTextFrame, plainRun, singleFrame } from '../../src/http/frames.js';
+import { batchedFrames, encodeDeflatedFrame, encodeTextFrame, singleFrame } from '../../src/http/frames.js';
 
 /** A frame's RSV1 bit and its payload, as the receiving side decodes it (RFC 7692 §7.2.2). */
 function decode(frame: Buffer): { compressed: boolean; text: string; payloadBytes: number } {
@@ -27,21 +27,6 @@ function decode(frame: Buffer): { compressed: boolean; text: string; payloadByte
 const envelope = (i: number, pad = 0) => JSON.stringify({ type: 'task_updated', data: { i, title: 'é'.repeat(pad) }, seq: i });
 const frames = (n: number, pad = 0): OutFrame[] => Array.from({ length: n }, (_, i) => ({ text: envelope(i, pad) }));
 const options = { compressionThreshold: 100, batchFrameBytes: 4096 };
-
-describe('a run of plain frames in one buffer', () => {
-  it('holds the same bytes as the frames one by one, and leaves each envelope its own frame as a view', () => {
-    const texts = ['a'.repeat(10), 'é'.repeat(100), 'b'.repeat(70_000), envelope(3)];
-    const run = plainRun(texts.map((text) => ({ text })));
-    expect(run.equals(Buffer.concat(texts.map((t) => encodeTextFrame(t))))).toBe(true);
-    const fs: OutFrame[] = texts.map((text) => ({ text }));
-    const again = plainRun(fs);
-    for (const f of fs) {
-      expect(decode(f.wire as Buffer).text).toBe(f.text);
-      expect((f.wire as Buffer).buffer).toBe(again.buffer);
-    }
-    expect(singleFrame(fs[1], false, options)).toBe(fs[1].wire);
-  });
-});
 
 describe('single frames', () => {
   it('encodes text frames of each length class', () => {
