@@ -55,6 +55,8 @@ const FLAGS = {
   'resume-events': { type: 'string', default: '1000', quick: '100' },
   'storm-users': { type: 'string', default: '5000', quick: '100', help: 'presence storm: users joining one project at once' },
   'storm-concurrency': { type: 'string', default: '200', quick: '50', help: 'presence storm: handshakes in flight per load generator' },
+  'resume-reads': { type: 'string', default: '9', quick: '2', help: 'measured resumes per run (median), each paired with a raw ordered-consumer read' },
+  'resume-warmups': { type: 'string', default: '5', quick: '1', help: 'unmeasured resume + raw read pairs (another project) before them' },
   'upload-mib': { type: 'string', default: '256', quick: '8', help: 'upload scenario: file size for MB/s (tus and single request vs a raw Object Store put)' },
   'upload-rss-mib': { type: 'string', default: '1024', quick: '32', help: 'upload scenario: size of the upload during which sidecar RSS is sampled' },
   'batched-clients': { type: 'string', default: '500', quick: '50' },
@@ -62,7 +64,8 @@ const FLAGS = {
   'compress-clients': { type: 'string', default: '500', quick: '50' },
   'compress-events': { type: 'string', default: '2000', quick: '200' },
   'history-events': { type: 'string', default: '1000', quick: '100' },
-  'history-reads': { type: 'string', default: '5', quick: '2', help: 'measured history reads per run (median), after one warm-up read' },
+  'history-reads': { type: 'string', default: '9', quick: '2', help: 'measured history reads per run (median), each paired with a raw ordered-consumer read' },
+  'history-warmups': { type: 'string', default: '5', quick: '1', help: 'unmeasured history + raw read pairs before them' },
   'payload-bytes': { type: 'string', default: '200' },
   'shared-user': { type: 'boolean', default: false, help: 'all clients use one user id (default: one user per client)' },
   'sidecar-bin': { type: 'string', default: 'bin/nats-ws-sidecar.js' },
@@ -158,11 +161,11 @@ const spread = { clients: num('spread-clients'), projects: num('spread-projects'
 const lat = { clients: num('latency-clients'), seconds: num('latency-seconds'), warmupSeconds: num('latency-warmup'), rates: list('latency-rates').map(Number) };
 const idl = { clients: num('idle-clients'), projectCounts: list('idle-projects').map(Number), settleSeconds: num('idle-settle'), seconds: num('idle-seconds') };
 const con = { clients: num('connect-clients'), projects: num('connect-projects'), concurrency: num('connect-concurrency') };
-const res = { events: num('resume-events') };
+const res = { events: num('resume-events'), reads: Math.max(1, Math.floor(num('resume-reads'))), warmups: Math.floor(num('resume-warmups')) };
 const bat = { clients: num('batched-clients'), events: num('batched-events') };
 const cmp = { clients: num('compress-clients'), events: num('compress-events') };
-const his = { events: num('history-events'), reads: Math.max(1, Math.floor(num('history-reads'))) };
 const storm = { users: num('storm-users'), concurrency: num('storm-concurrency') };
+const his = { events: num('history-events'), reads: Math.max(1, Math.floor(num('history-reads'))), warmups: Math.floor(num('history-warmups')) };
 const common = { size, sharedUser, capSeconds: num('max-phase-seconds') };
 
 for (const sc of scenarios) {
@@ -213,11 +216,13 @@ for (const sc of scenarios) {
       show: (m) => fmtRate(m.rate),
     });
   } else if (sc === 'resume') {
+    // One measurement, two rows: against NATS's own replay, and against a raw read in the same run.
+    const run = (t, l, p) => S.resume(t, l, p, { ...res, ...common });
+    const base = { scenario: sc, shared: 'resume', better: /** @type {const} */ ('lower'), runs, loaders: 1, run };
+    rows.push({ ...base, id: 'resume', label: `Resume: replay ${res.events} stored events (since), median of ${res.reads}`, metric: 'ms to last event', ratioKey: 'ms', keys: ['ms'], show: (m) => fmtMs(m.ms) });
     rows.push({
-      id: 'resume', scenario: sc, label: `Resume: replay ${res.events} stored events (since)`,
-      metric: 'ms to last event', better: 'lower', runs, loaders: 1, ratioKey: 'ms', keys: ['ms'],
-      run: (t, l, p) => S.resume(t, l, p, { ...res, ...common }),
-      show: (m) => fmtMs(m.ms),
+      ...base, id: 'resume-raw', label: `Resume vs a raw ordered-consumer read of the same ${res.events} events (nats.js, same nats-server, same run)`,
+      metric: 'raw read ms (resume / raw read, median of pairs)', ratioKey: '', keys: ['rawMs', 'vsRaw'], show: (m) => `${fmtMs(m.rawMs)} (${fix(m.vsRaw, 2)}x)`,
     });
   } else if (sc === 'batched' || sc === 'compress') {
     // One measurement per run, several rows: rate, server CPU per delivery, bytes on the wire, RSS.
@@ -238,11 +243,15 @@ for (const sc of scenarios) {
     rows.push({ ...base, id: 'storm-settle', label: `${what}, until every member's presence view holds all`, metric: 'ms', better: 'lower', ratioKey: '', keys: ['settleMs'], show: (m) => fmtMs(m.settleMs) });
     rows.push({ ...base, id: 'storm-cpu', label: `${what}: server CPU (target + its nats-server)`, metric: 'CPU s', better: 'lower', ratioKey: '', keys: ['cpuS'], show: (m) => fix(m.cpuS, 2) });
   } else if (sc === 'history') {
+    const run = (t, l, p) => S.historyRead(t, l, p, { ...his, ...common });
+    const base = { scenario: sc, shared: 'history', better: /** @type {const} */ ('lower'), runs, loaders: 1, run, only: ['nats', 'sidecar'] };
     rows.push({
-      id: 'history', scenario: sc, label: `History: read ${his.events} stored events (NATS column: a raw ordered-consumer read with nats.js)`,
-      metric: 'ms (median of reads)', better: 'lower', runs, loaders: 1, ratioKey: 'ms', keys: ['ms'], only: ['nats', 'sidecar'],
-      run: (t, l, p) => S.historyRead(t, l, p, { ...his, ...common }),
-      show: (m) => fmtMs(m.ms),
+      ...base, id: 'history', label: `History: read ${his.events} stored events (NATS column: a raw ordered-consumer read with nats.js)`,
+      metric: `ms (median of ${his.reads} reads)`, ratioKey: 'ms', keys: ['ms'], show: (m) => fmtMs(m.ms),
+    });
+    rows.push({
+      ...base, id: 'history-raw', label: `History vs a raw ordered-consumer read of the same ${his.events} events (nats.js, same nats-server, same run)`,
+      metric: 'raw read ms (history / raw read, median of pairs; NATS: raw / raw, the noise)', ratioKey: '', keys: ['rawMs', 'vsRaw'], show: (m) => `${fmtMs(m.rawMs)} (${fix(m.vsRaw, 2)}x)`,
     });
   }
 }
@@ -407,6 +416,7 @@ const out = [
         '',
         `Ratios in parentheses: this target / NATS's WebSocket listener in the same run (median over runs); ` +
           `for deliveries/s and connects/s higher is better, for latency (ratio of p99), memory, CPU and replay time lower is better. ` +
+          `In the rows "vs a raw ordered-consumer read", the parenthesis is instead the target's read / a raw nats.js read of the same events from the same nats-server, paired in the same run (median of the pairs). ` +
           `"!" marks a cell with an issue listed in the notes.`,
       ]
     : []),

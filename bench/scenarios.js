@@ -5,7 +5,7 @@
 // BENCHMARKS.md (CPU seconds of target, nats-server and load generators, load-generator event-loop
 // utilisation: an ELU near 1 means the clients, not the target, were the limit).
 
-import { Histogram, now, sleep } from './common.js';
+import { Histogram, median, now, sleep } from './common.js';
 import { cpuSeconds, rssBytes } from './proc.js';
 import { Publisher } from './publisher.js';
 import { Loader, startTarget } from './targets.js';
@@ -325,45 +325,99 @@ export async function connectRate(t, loaders, _pub, o) {
 }
 
 /**
- * Resume: `events` events are stored in JetStream first (acknowledged publishes), then one client
- * asks for everything after the sequence before the first: sidecar `subscribe` with `since`; for
- * NATS's listener, the JetStream equivalent a NATS client would use (an ephemeral push consumer from
- * that sequence, over the same WebSocket). Time from the request to the last replayed event.
- * One unmeasured warm-up replay of the same size (another project) runs first: the figure is a
- * warmed-up process's, as a server that has been running a while.
+ * Resume: `events` events are stored in JetStream first (acknowledged publishes), then a client
+ * asks for everything after the sequence before the first: sidecar `subscribe` with `since` (a
+ * fresh connection each time); for NATS's listener, the JetStream equivalent a NATS client would
+ * use (an ephemeral push consumer from that sequence, over the same WebSocket). Time from the
+ * request to the last replayed event; median of `reads`.
+ * Each measured resume is paired with a raw ordered-consumer read of the same events with
+ * nats.js against the same nats-server (Publisher.orderedRead), the pair's order alternating:
+ * `vsRaw` is the median of the pairs' ratios, a comparison within one run on one server.
+ * `warmups` unmeasured pairs on another project of the same size run first: the figures are a
+ * warmed-up process's (JIT), as a server that has been running a while.
  * Sidecar: another connection of the same user is subscribed to the project before the events are
- * stored (a second tab), so the resuming subscribe stores no `user_joined` of its own that would
- * push the oldest of exactly 1,000 events out of the default per-project window.
+ * stored (a second tab), so the resuming subscribes store no `user_joined` (nor `user_left`) that
+ * would push the oldest of exactly 1,000 events out of the default per-project window.
  * @returns {Promise<Result>}
  */
 export async function resume(t, loaders, pub, o) {
   if (t.name === 'naive') return { metrics: {}, issues: [], details: {}, na: 'no replay' };
   const [l] = loaders;
   if (t.kind === 'nats') await pub.addStream('BENCH', ['ws.project.>']);
-  const once = async (project, n, run) => {
+  const store = async (project, run) => {
     if (t.kind === 'contract') await l.request('holdPresence', { url: t.wsUrl, secret: t.secret, project }, 30_000);
-    const s = await pub.stored(n, project, run, o.size).catch((e) => {
-      throw new Error(`storing ${n} events through JetStream failed (${e.message}): no stream captures ws.project.${project}?`);
+    return pub.stored(o.events, project, run, o.size).catch((e) => {
+      throw new Error(`storing ${o.events} events through JetStream failed (${e.message}): no stream captures ws.project.${project}?`);
     });
+  };
+  const resumeOnce = async (project, s, run) => {
+    const since = s.first - 1;
     const r = await l.request(
       'resume',
-      { kind: t.kind, url: t.wsUrl, secret: t.secret, project, since: s.first - 1, stream: s.stream, expected: n, run, timeoutMs: 10_000 },
+      { kind: t.kind, url: t.wsUrl, secret: t.secret, project, since, stream: s.stream, expected: o.events, run, timeoutMs: 10_000 },
       30_000,
     );
     if (r.error) throw new Error(r.error);
-    return { ...r, since: s.first - 1 };
+    return { ...r, since };
   };
-  await once('warm', o.events, 'resume-warm');
-  const r = await once('resume', o.events, 'resume');
+  const pairs = (project, s, run, n) => pairedReads(n, () => resumeOnce(project, s, run), () => pub.orderedRead(s.stream, `ws.project.${project}`, o.events, s.first));
+  const w = await store('warm', 'resume-warm');
+  await pairs('warm', w, 'resume-warm', o.warmups);
+  const s = await store('resume', 'resume');
+  const measured = await pairs('resume', s, 'resume', o.reads);
   const issues = [];
-  if (r.orderErrors) issues.push(`${r.orderErrors} events out of order or duplicated`);
-  if (r.received < o.events) {
-    issues.push(
-      `${r.received}/${o.events} stored events replayed (seq ${r.firstSeq}..${r.lastSeq}, asked for > ${r.since}): ` +
-        `${r.firstSeq > r.since + 1 ? 'the oldest ones are missing (evicted by the per-subject limit?)' : 'events are missing'}`,
-    );
+  for (const { target: r } of measured) {
+    if (r.orderErrors) issues.push(`${r.orderErrors} events out of order or duplicated`);
+    if (r.received < o.events) {
+      issues.push(
+        `${r.received}/${o.events} stored events replayed (seq ${r.firstSeq}..${r.lastSeq}, asked for > ${r.since}): ` +
+          `${r.firstSeq > r.since + 1 ? 'the oldest ones are missing (evicted by the per-subject limit?)' : 'events are missing'}`,
+      );
+    }
   }
-  return { metrics: { ms: r.ms }, issues, details: { events: r.received, outcome: r.outcome } };
+  for (const { raw } of measured) if (raw.received < o.events) issues.push(`raw read: ${raw.received}/${o.events} events`);
+  return { metrics: pairMetrics(measured), issues: [...new Set(issues)], details: { events: measured[0].target.received, ...pairDetails(measured) } };
+}
+
+/**
+ * `n` pairs of (target read, raw read), alternating which goes first, so neither always runs
+ * right after the other. Each read starts after a pause, so it does not share the machine with
+ * the tail of the one before (a resume's connection closing, its garbage).
+ */
+async function pairedReads(n, target, raw) {
+  const out = [];
+  const settled = async (read) => {
+    await sleep(READ_PAUSE_MS);
+    return read();
+  };
+  for (let i = 0; i < n; i++) {
+    if (i % 2 === 0) {
+      const t = await settled(target);
+      out.push({ target: t, raw: await settled(raw) });
+    } else {
+      const r = await settled(raw);
+      out.push({ target: await settled(target), raw: r });
+    }
+  }
+  if (process.env.BENCH_PAIRS) process.stderr.write(`pairs (target/raw ms) ${out.map((p) => `${p.target.ms.toFixed(1)}/${p.raw.ms.toFixed(1)}`).join(' ')}\n`);
+  return out;
+}
+
+const READ_PAUSE_MS = 50;
+
+/** ms: median target read; rawMs: median raw read; vsRaw: median of the per-pair ratios. */
+function pairMetrics(pairs) {
+  return {
+    ms: median(pairs.map((p) => p.target.ms)),
+    rawMs: median(pairs.map((p) => p.raw.ms)),
+    vsRaw: median(pairs.map((p) => p.target.ms / p.raw.ms)),
+  };
+}
+
+function pairDetails(pairs) {
+  const ms = pairs.map((p) => p.target.ms);
+  const raw = pairs.map((p) => p.raw.ms);
+  return { reads: pairs.length, minMs: Math.min(...ms), maxMs: Math.max(...ms), rawMinMs: Math.min(...raw), rawMaxMs: Math.max(...raw) };
 }
 
 /**
@@ -413,9 +467,10 @@ export async function frames(t, loaders, pub, o) {
 /**
  * History read: `events` events stored in one project, then the time to read them back.
  * Sidecar: one `history` request with limit `events` over its WebSocket, from the request to the
- * parsed answer. NATS (the reference the target is measured against): a raw ordered-consumer read
- * of the same number of stored events with nats.js over TCP, from consumer creation to the last
- * message. One unmeasured read first (warm-up); the median of `reads` reads after it.
+ * parsed answer, each paired with a raw ordered-consumer read of the same events with nats.js
+ * against the same nats-server (Publisher.orderedRead; the pair's order alternating): `vsRaw` is
+ * the median of the pairs' ratios. NATS: the raw read alone (the reference the sidecar is held
+ * to). `warmups` unmeasured reads (pairs) first; medians of `reads` after them.
  * @returns {Promise<Result>}
  */
 export async function historyRead(t, loaders, pub, o) {
@@ -423,20 +478,20 @@ export async function historyRead(t, loaders, pub, o) {
   const [l] = loaders;
   if (t.kind === 'nats') await pub.addStream('BENCH', ['ws.project.>']);
   const s = await pub.stored(o.events, 'hist', 'hist', o.size, o.task);
-  const times = [];
-  let received = 0;
-  for (let i = 0; i <= o.reads; i++) {
-    const r =
-      t.kind === 'nats'
-        ? await pub.orderedRead(s.stream, 'ws.project.hist', o.events)
-        : await l.request('history', { url: t.wsUrl, secret: t.secret, project: 'hist', limit: o.events }, 30_000);
-    if (r.error) throw new Error(r.error);
-    received = r.received;
-    if (i > 0) times.push(r.ms);
-  }
-  times.sort((a, b) => a - b);
+  const raw = () => pub.orderedRead(s.stream, 'ws.project.hist', o.events, s.first);
+  const target =
+    t.kind === 'nats'
+      ? raw
+      : async () => {
+          const r = await l.request('history', { url: t.wsUrl, secret: t.secret, project: 'hist', limit: o.events }, 30_000);
+          if (r.error) throw new Error(r.error);
+          return r;
+        };
+  await pairedReads(o.warmups, target, raw);
+  const measured = await pairedReads(o.reads, target, raw);
+  const received = Math.min(...measured.map((p) => Math.min(p.target.received, p.raw.received)));
   const issues = received < o.events ? [`${received}/${o.events} events read`] : [];
-  return { metrics: { ms: times[Math.floor(times.length / 2)] }, issues, details: { events: received, reads: o.reads, minMs: +times[0].toFixed(2) } };
+  return { metrics: pairMetrics(measured), issues, details: { events: received, ...pairDetails(measured) } };
 }
 
 /**

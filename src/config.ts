@@ -166,6 +166,11 @@ export const configSchema = z.object({
   lifecycleBucket: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must match [A-Za-z0-9_-]{1,64}'),
   /** Largest history answer, bytes of events: a page stops before the event that would pass it (`more` is then true). */
   historyMaxBytes: int(1024),
+  /**
+   * Envelope text the broker keeps by stream seq (its characters, a stand-in for bytes), so a
+   * resume or history page sends what the live path already encoded without parsing it again; 0 = none.
+   */
+  eventCacheBytes: int(0),
   /** `deflate`: permessage-deflate for clients that offer it, each event compressed once for every socket. */
   compression: z.enum(['off', 'deflate']),
   /** Frames shorter than this many bytes go uncompressed (deflate gains little on them). */

@@ -171,7 +171,7 @@ export class EventError extends SidecarError {
  */
 export function encodeEvent(
   payload: Uint8Array | string,
-  meta: { seq: number; projectId?: string; msgId?: string; storedAt?: string },
+  meta: { seq: number; projectId?: string; msgId?: string; storedAt?: string | (() => string) },
 ): string {
   return encodeStoredEvent(payload, meta).text;
 }
@@ -183,11 +183,12 @@ export function encodeEvent(
  */
 export function encodeStoredEvent(
   payload: Uint8Array | string,
-  meta: { seq: number; projectId?: string; msgId?: string; storedAt?: string },
+  meta: { seq: number; projectId?: string; msgId?: string; storedAt?: string | (() => string) },
 ): { text: string; messageId?: string } {
+  const source = typeof payload === 'string' ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString('utf8');
   let raw: unknown;
   try {
-    raw = JSON.parse(typeof payload === 'string' ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString('utf8'));
+    raw = JSON.parse(source);
   } catch {
     throw new EventError('event payload is not valid JSON');
   }
@@ -201,10 +202,13 @@ export function encodeStoredEvent(
   }
   // An empty id is no id: deduplicating on "" would drop every later event that has one.
   const messageId = (typeof ev.message_id === 'string' && ev.message_id) || meta.msgId || undefined;
+  const storedAt = (): string => (typeof meta.storedAt === 'function' ? meta.storedAt() : (meta.storedAt ?? new Date().toISOString()));
+  const spliced = spliceEnvelope(source, ev, messageId, storedAt, meta);
+  if (spliced !== undefined) return { text: spliced, messageId };
   const out: Record<string, unknown> = {
     type: ev.type,
     data: ev.data,
-    timestamp: typeof ev.timestamp === 'string' ? ev.timestamp : (meta.storedAt ?? new Date().toISOString()),
+    timestamp: typeof ev.timestamp === 'string' ? ev.timestamp : storedAt(),
     // Stable across replays, so a client can dedupe on it too.
     message_id: messageId ?? `seq-${meta.seq}`,
     seq: meta.seq,
@@ -212,6 +216,43 @@ export function encodeStoredEvent(
   if (meta.projectId !== undefined) out.project_id = meta.projectId;
   return { text: JSON.stringify(out), messageId };
 }
+
+/**
+ * The envelope as the publisher wrote it, with the missing fields and `seq` (and `project_id`)
+ * appended before its closing brace: the same object as the rebuilt one, without serialising
+ * `data` again (that was half of an event's encode). Only for text that already is an envelope
+ * and nothing else: top-level fields among type, data, a string timestamp and a non-empty string
+ * message_id, and no raw newline (batched frames are split on it). Anything else (extra fields,
+ * pretty-printed JSON) is rebuilt. Undefined when it does not apply.
+ */
+function spliceEnvelope(
+  source: string,
+  ev: Partial<PublishedEvent>,
+  messageId: string | undefined,
+  storedAt: () => string,
+  meta: { seq: number; projectId?: string },
+): string | undefined {
+  let hasTimestamp = false;
+  let hasId = false;
+  for (const key in ev) {
+    if (key === 'type' || key === 'data') continue;
+    if (key === 'timestamp' && typeof ev.timestamp === 'string') hasTimestamp = true;
+    else if (key === 'message_id' && typeof ev.message_id === 'string' && ev.message_id !== '') hasId = true;
+    else return undefined;
+  }
+  if (source.includes('\n')) return undefined;
+  // JSON.parse gave an object, so the text ends with its brace and perhaps spaces, tabs or CRs.
+  let end = source.length - 1;
+  while (source.charCodeAt(end) !== CLOSE_BRACE) end--;
+  let tail = '';
+  if (!hasTimestamp) tail += `,"timestamp":${JSON.stringify(storedAt())}`;
+  if (!hasId) tail += `,"message_id":${messageId === undefined ? `"seq-${meta.seq}"` : JSON.stringify(messageId)}`;
+  tail += `,"seq":${meta.seq}`;
+  if (meta.projectId !== undefined) tail += `,"project_id":${JSON.stringify(meta.projectId)}`;
+  return `${source.slice(0, end)}${tail}}`;
+}
+
+const CLOSE_BRACE = 0x7d;
 
 /** Validate an event body given to the admin API or the publisher SDK before it goes to NATS. */
 export const publishedEventSchema = z.object({

@@ -33,20 +33,26 @@ function headerLength(length: number): number {
 
 /** A frame of `length` payload bytes: the header is written, the payload is the caller's to fill in. */
 function allocFrame(first: number, length: number): { frame: Buffer; offset: number } {
-  const offset = headerLength(length);
-  const frame = Buffer.allocUnsafe(offset + length);
-  frame[0] = first;
+  const frame = Buffer.allocUnsafe(headerLength(length) + length);
+  return { frame, offset: writeHeader(frame, 0, first, length) };
+}
+
+/** Writes a frame header at `at`; returns where the payload starts. */
+function writeHeader(frame: Buffer, at: number, first: number, length: number): number {
+  frame[at] = first;
   if (length < 126) {
-    frame[1] = length;
-  } else if (length < 65_536) {
-    frame[1] = 126;
-    frame.writeUInt16BE(length, 2);
-  } else {
-    frame[1] = 127;
-    frame.writeUInt32BE(Math.floor(length / 2 ** 32), 2);
-    frame.writeUInt32BE(length >>> 0, 6);
+    frame[at + 1] = length;
+    return at + 2;
   }
-  return { frame, offset };
+  if (length < 65_536) {
+    frame[at + 1] = 126;
+    frame.writeUInt16BE(length, at + 2);
+    return at + 4;
+  }
+  frame[at + 1] = 127;
+  frame.writeUInt32BE(Math.floor(length / 2 ** 32), at + 2);
+  frame.writeUInt32BE(length >>> 0, at + 6);
+  return at + 10;
 }
 
 /** The payload of a frame built here (server frames are never masked). */

@@ -35,7 +35,8 @@ import type { Config } from '../config.js';
 import { topics, type BrokerPort, type HistoryPage, type HistoryQuery, type ReplayResult, type ResumePosition, type StoredEvent, type Topic } from '../core/ports.js';
 import { SidecarError } from '../errors.js';
 import { encodeStoredEvent, EventError } from '../protocol.js';
-import { READER_CREATE_TIMEOUT_MS, StreamHistory, type StoredMessage } from './history.js';
+import { EncodedEvents } from './encoded-events.js';
+import { isoTime, READER_CREATE_TIMEOUT_MS, StreamHistory, storedMsOf, type StoredMessage } from './history.js';
 import { Inboxes } from './inbox.js';
 import { JsPublisher } from './js-publisher.js';
 
@@ -51,6 +52,7 @@ export type BrokerConfig = Pick<
   | 'directSubscription'
   | 'streamCheckInterval'
   | 'natsPingInterval'
+  | 'eventCacheBytes'
 >;
 
 /** Where live events go: the hub, in production. */
@@ -208,6 +210,8 @@ export class NatsBroker implements BrokerPort {
   private readonly repairsWaiting: (() => void)[] = [];
   /** One PING/PONG for every SUB sent in the same tick (a connect storm joins many topics at once). */
   private pendingFlush: Promise<void> | undefined;
+  /** Envelopes by seq, for resumes and history pages of what was encoded before. */
+  private readonly encoded: EncodedEvents;
 
   private constructor(
     readonly nc: NatsConnection,
@@ -218,6 +222,7 @@ export class NatsBroker implements BrokerPort {
     private readonly log: Logger,
   ) {
     this.connected = true;
+    this.encoded = new EncodedEvents(config.eventCacheBytes);
     const readerJs = jetstream(nc, { timeout: READER_CREATE_TIMEOUT_MS });
     this.history = new StreamHistory(js, jsm, config.streamName, config.maxStoredMessages, readerJs);
     this.quickHistory = new StreamHistory(js, quickJsm, config.streamName, config.maxStoredMessages, readerJs);
@@ -592,7 +597,8 @@ export class NatsBroker implements BrokerPort {
       }
     }
     t.last = seq;
-    const event = this.toEvent(t.projectId, seq, msg.data, h, h.get('Nats-Time-Stamp') || undefined);
+    const storedAt = h.get('Nats-Time-Stamp') || undefined;
+    const event = this.toEvent(t.projectId, seq, msg.data, h, storedAt === undefined ? NaN : Date.parse(storedAt), storedAt);
     if (!event) return;
     const traceparent = this.traceSink !== undefined ? h.get('traceparent') : '';
     if (traceparent) this.traceSink!(t.topic, traceparent, () => this.sink(t.topic, event));
@@ -730,20 +736,40 @@ export class NatsBroker implements BrokerPort {
 
   /** A stored message (from a repair) to the hub. */
   private deliverStored(topic: Topic, m: StoredMessage, projectId?: string): void {
-    const event = this.toEvent(projectId, m.seq, m.data, m.headers, m.timestamp);
+    const event = this.storedEvent(projectId, m);
     if (event) this.sink(topic, event);
   }
 
+  /** A stored message (from a reader or a direct get) as an event. */
+  private storedEvent(projectId: string | undefined, m: StoredMessage): StoredEvent | undefined {
+    return this.toEvent(projectId, m.seq, m.data, m.headers, storedMsOf(m), m.info === undefined ? m.timestamp : undefined);
+  }
+
+  /**
+   * `storedMs`: when the stream stored it; `storedAt`, the same as RFC 3339 when the message came
+   * with it as text (else it is made from `storedMs`, and only when the envelope has no timestamp).
+   */
   private toEvent(
     projectId: string | undefined,
     seq: number,
     data: Uint8Array,
     h: MsgHdrs | undefined,
-    storedAt: string | undefined,
+    storedMs: number,
+    storedAt?: string,
   ): StoredEvent | undefined {
+    // The subject, and so the project, of a seq never changes: the envelope kept is this one's.
+    const known = this.encoded.get(this.epoch, seq, storedMs);
+    if (known !== undefined) return { seq, frame: { text: known.text }, messageId: known.messageId, aboutUser: known.aboutUser };
     try {
-      const { text, messageId } = encodeStoredEvent(data, { seq, projectId, msgId: ownString(h?.get('Nats-Msg-Id')), storedAt });
-      return { seq, frame: { text }, messageId, aboutUser: h?.get(ABOUT_USER_HEADER) || undefined };
+      const { text, messageId } = encodeStoredEvent(data, {
+        seq,
+        projectId,
+        msgId: ownString(h?.get('Nats-Msg-Id')),
+        storedAt: storedAt ?? (() => isoTime(Number.isFinite(storedMs) ? storedMs : Date.now())),
+      });
+      const aboutUser = h?.get(ABOUT_USER_HEADER) || undefined;
+      this.encoded.set(this.epoch, seq, { text, messageId, aboutUser, storedMs });
+      return { seq, frame: { text }, messageId, aboutUser };
     } catch (err) {
       if (!(err instanceof EventError)) throw err;
       this.stats.eventsInvalid += 1;
@@ -757,16 +783,20 @@ export class NatsBroker implements BrokerPort {
     const subject = this.subjectOf(topic);
     const epoch = this.epoch;
     const deliver = (m: StoredMessage): void => {
-      const event = this.toEvent(projectId, m.seq, m.data, m.headers, m.timestamp);
+      const event = this.storedEvent(projectId, m);
       if (event) onEvent(event);
     };
+    // With no repair running, every event up to the live path's last one has reached the hub and
+    // each later one will (into the subscription's hold): that is as far as the read need go.
+    const t = this.topics.get(topic);
+    const knownHead = t !== undefined && t.held === null ? t.last : undefined;
     // A position from another incarnation says nothing about this one: everything it holds follows.
     if (position.epoch !== undefined && position.epoch !== epoch) {
-      await this.history.read(subject, 0, deliver);
+      await this.history.read(subject, 0, deliver, knownHead);
       return { truncated: true, epoch, restarted: true };
     }
-    const read = await this.history.read(subject, position.since, deliver);
-    if (read.beyond) await this.history.read(subject, 0, deliver);
+    const read = await this.history.read(subject, position.since, deliver, knownHead);
+    if (read.beyond) await this.history.read(subject, 0, deliver, knownHead);
     return { truncated: read.truncated, epoch, restarted: read.beyond };
   }
 
@@ -777,7 +807,7 @@ export class NatsBroker implements BrokerPort {
     let bytes = 0;
     // Each event is encoded once, when the read first meets it, and counted against the reply's size cap.
     const accept = (m: StoredMessage, first: boolean): boolean => {
-      const event = this.toEvent(projectId, m.seq, m.data, m.headers, m.timestamp);
+      const event = this.storedEvent(projectId, m);
       const length = event ? Buffer.byteLength(event.frame.text) + 1 : 0;
       if (!first && bytes + length > query.maxBytes) return false;
       bytes += length;
@@ -799,7 +829,7 @@ export class NatsBroker implements BrokerPort {
     const t = this.topics.get(`user.${userId}`);
     const nothingStored = t !== undefined && t.last === 0 && t.held === null;
     for (const m of await this.inboxes.backlog(userId, nothingStored)) {
-      const event = this.toEvent(undefined, m.seq, m.data, m.headers, m.storedAt);
+      const event = this.toEvent(undefined, m.seq, m.data, m.headers, Date.parse(m.storedAt), m.storedAt);
       // An invalid payload can never be delivered: acknowledge it so it does not come back.
       if (event) onEvent(event);
       else this.inboxes.acknowledge(userId, m.seq);

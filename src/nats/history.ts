@@ -24,6 +24,8 @@ const STALL_MS = 5_000;
  */
 export const READER_CREATE_TIMEOUT_MS = 2_000;
 const READER_CREATE_ATTEMPTS = 2;
+/** Most events one pull of a read asks for. */
+const MAX_BATCH = 10_000;
 
 /** One stored event, from a reader consumer or a direct get. */
 export interface StoredMessage {
@@ -32,6 +34,34 @@ export interface StoredMessage {
   headers?: MsgHdrs;
   /** When the stream stored it (RFC 3339). */
   timestamp: string;
+  /** A reader's delivery info: the store time as a number, without formatting or parsing a date. */
+  info?: { readonly timestampNanos: number };
+}
+
+/** When the stream stored `m`, ms since the epoch. */
+export function storedMsOf(m: StoredMessage): number {
+  return m.info !== undefined ? Math.floor(m.info.timestampNanos / 1e6) : Date.parse(m.timestamp);
+}
+
+let isoSecond = NaN;
+let isoPrefix = '';
+
+/**
+ * `new Date(ms).toISOString()` for a whole number of ms, reusing the part up to the second: the
+ * events of a read were mostly stored within the same second, and a Date per event was a third of
+ * encoding one that has no timestamp of its own.
+ */
+export function isoTime(ms: number): string {
+  const second = Math.floor(ms / 1000);
+  if (second !== isoSecond) {
+    const iso = new Date(second * 1000).toISOString();
+    // Four-digit years only ("YYYY-MM-DDTHH:MM:SS.000Z"); anything else the slow way.
+    if (iso.length !== 24) return new Date(ms).toISOString();
+    isoSecond = second;
+    isoPrefix = iso.slice(0, 20);
+  }
+  const fraction = ms - second * 1000;
+  return `${isoPrefix}${fraction < 10 ? '00' : fraction < 100 ? '0' : ''}${fraction}Z`;
 }
 
 export interface PageQuery {
@@ -63,8 +93,15 @@ export class StreamHistory {
    * last one stored when the read began (later ones come live). `beyond`: `since` is past the
    * stream's last seq, so it was taken in an earlier incarnation of the stream.
    */
-  async read(subject: string, since: number, onMessage: (m: StoredMessage) => void): Promise<HistoryRead & { beyond: boolean }> {
-    const head = await this.head(subject);
+  async read(
+    subject: string,
+    since: number,
+    onMessage: (m: StoredMessage) => void,
+    knownHead?: number,
+  ): Promise<HistoryRead & { beyond: boolean }> {
+    // `knownHead`: the caller knows a seq up to which every event of the subject has reached it and
+    // after which each will (the live path's last one): the read need not ask for the head.
+    const head = knownHead ?? (await this.head(subject));
     await this.fetch(subject, since, head, onMessage);
     // Checked after the read, not before: an event pushed out of the window while the read ran
     // (by any newer event, even the reader's own user_joined) is reported, never silently skipped.
@@ -86,24 +123,49 @@ export class StreamHistory {
     if (head <= since) return;
     const consumer = await this.reader(subject, since);
     if (!consumer) return this.fetchDirect(subject, since, head, onMessage);
-    const messages = await consumer.consume({ max_messages: 1000 });
     let lastActivity = Date.now();
     let stalled = false;
+    let failure: Error | undefined;
+    let ended = false;
+    let end!: () => void;
+    const finished = new Promise<void>((resolve) => (end = resolve));
+    const stop = (): void => {
+      ended = true;
+      end();
+    };
+    // A callback, not the async iterator: no promise and no task per message. One pull asks for
+    // as many events as the range can hold (up to a cap), refilled only when it is used up: a
+    // request to NATS in the middle of a read is a context switch on a busy host.
+    const messages = await consumer.consume({
+      max_messages: Math.min(MAX_BATCH, head - since),
+      threshold_messages: 1,
+      callback: (m) => {
+        if (ended) return;
+        lastActivity = Date.now();
+        try {
+          if (onMessage(m) === false || m.seq >= head || m.info.pending === 0) stop();
+        } catch (err) {
+          failure = err instanceof Error ? err : new Error(String(err));
+          stop();
+        }
+      },
+    });
     // One timer per read, not per message: a read that stops moving is given up, not awaited forever.
     const watchdog = setInterval(() => {
       if (Date.now() - lastActivity < STALL_MS) return;
       stalled = true;
-      void messages.close().catch(() => {});
+      stop();
     }, STALL_MS / 5);
     try {
-      for await (const m of messages) {
-        lastActivity = Date.now();
-        if (onMessage(m) === false || m.seq >= head || m.info.pending === 0) break;
-      }
+      // The consumer stopping on its own is an error of the read (the stream went away, say).
+      const closed = await Promise.race([finished.then(() => undefined), messages.closed()]);
+      if (closed instanceof Error && !ended) failure = closed;
     } finally {
+      ended = true;
       clearInterval(watchdog);
       await messages.close().catch(() => {});
     }
+    if (failure !== undefined) throw failure;
     if (stalled) throw new SidecarError('history_stalled', `reading ${subject} from the stream stalled`);
   }
 
@@ -148,25 +210,31 @@ export class StreamHistory {
     return (await this.cut(subject, since)) !== 'kept';
   }
 
-  /** `lost`, telling a cut history from a position past the stream's end (another epoch). */
+  /**
+   * `lost`, telling a cut history from a position past the stream's end (another epoch). The
+   * lookups a case may need go out together (one round trip for the usual cases, at the price of
+   * a direct get that the commonest one, the event at `since` still stored, does not use).
+   */
   private async cut(subject: string, since: number): Promise<'kept' | 'cut' | 'beyond'> {
     if (since > 0) {
-      const at = await this.jsm.streams.getMessage(this.stream, { seq: since });
+      const [at, first] = await Promise.all([this.jsm.streams.getMessage(this.stream, { seq: since }), this.firstStored(subject)]);
       if (at?.subject === subject) return 'kept';
       if (!at) {
         // The event at `since` is gone (aged out or pushed out), or `since` is past the end (the
-        // stream was recreated): unless the subject still holds an older event, history is cut.
-        const [first, info] = await Promise.all([this.firstStored(subject), this.jsm.streams.info(this.stream)]);
+        // stream was recreated). The subject's stored part starting after `since` says which,
+        // without asking for the stream's end: at the next seq nothing can be missing before it.
+        if (first !== undefined && first > since) return first > since + 1 ? 'cut' : 'kept';
+        const info = await this.jsm.streams.info(this.stream);
         if (since > info.state.last_seq) return 'beyond';
-        return first === undefined || first > since ? 'cut' : 'kept';
+        // Unless the subject still holds an older event, history is cut.
+        return first === undefined ? 'cut' : 'kept';
       }
       // `since` is another subject's event, still stored: nothing after it has aged out.
+      return (await this.count(subject)) >= this.maxPerSubject && first !== undefined && first > since + 1 ? 'cut' : 'kept';
     }
     // Only the per-subject limit can have dropped events after `since`.
-    const info = await this.jsm.streams.info(this.stream, { subjects_filter: subject });
-    if ((info.state.subjects?.[subject] ?? 0) < this.maxPerSubject) return 'kept';
-    const first = await this.firstStored(subject);
-    return first !== undefined && first > since + 1 ? 'cut' : 'kept';
+    const [count, first] = await Promise.all([this.count(subject), this.firstStored(subject)]);
+    return count >= this.maxPerSubject && first !== undefined && first > since + 1 ? 'cut' : 'kept';
   }
 
   private async firstStored(subject: string): Promise<number | undefined> {

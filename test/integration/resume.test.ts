@@ -123,6 +123,23 @@ describe('resume with since', () => {
     expect((await subscribe(fromStart, 'win', 0)).data).toMatchObject({ truncated: true, replayed: 10 });
   });
 
+  it('does not say truncated when the event at since is gone but every event after it is still stored', async () => {
+    const edge = await sidecarWith('te', { maxStoredMessages: 10 });
+    const tab = await client(edge, 'u-edge');
+    await subscribe(tab, 'edge');
+    await edge.sidecar.presence.settled();
+    // The client saw the last event before these ten; the window now holds exactly the ten, so
+    // the one it saw was pushed out, but nothing it has not seen was.
+    const [before] = await publishRange('te.project.edge', -1, 0);
+    await publishRange('te.project.edge', 0, 10);
+    const c = await client(edge, 'u-edge');
+    const ack = await subscribe(c, 'edge', before);
+    expect(ack.data).toMatchObject({ action: 'subscribed', replayed: 10 });
+    expect(ack.data.truncated).toBeUndefined();
+    await c.waitForMessage((m) => m.data?.i === 9);
+    expect(indexes(ofType(c, 'n'))).toEqual(range(0, 10));
+  });
+
   it('never skips silently: an event pushed out of a full window during the replay is reported as truncated', async () => {
     const full = await sidecarWith('tf', { maxStoredMessages: 10 });
     await publishRange('tf.project.full', 0, 10); // the window is full; nothing lost yet

@@ -68,6 +68,26 @@ describe('encodeEvent', () => {
     expect(new Date(once.timestamp).toString()).not.toBe('Invalid Date');
   });
 
+  it('gives the same envelope whether it keeps the published text or rebuilds it', () => {
+    const cases: [string, Record<string, unknown>][] = [
+      ['{"type":"a","data":{"x":[1,"}"]}}  ', { type: 'a', data: { x: [1, '}'] }, timestamp: 'S', message_id: 'seq-7', seq: 7, project_id: 'p' }],
+      ['{"type":"a","data":{},"message_id":"M"}', { type: 'a', data: {}, timestamp: 'S', message_id: 'M', seq: 7, project_id: 'p' }],
+      // Rebuilt: fields that are not the envelope's, an empty id, a timestamp that is no string.
+      ['{"type":"a","data":{},"seq":1,"project_id":"q","extra":true}', { type: 'a', data: {}, timestamp: 'S', message_id: 'seq-7', seq: 7, project_id: 'p' }],
+      ['{"type":"a","data":{},"message_id":""}', { type: 'a', data: {}, timestamp: 'S', message_id: 'seq-7', seq: 7, project_id: 'p' }],
+      ['{"type":"a","data":{},"timestamp":5}', { type: 'a', data: {}, timestamp: 'S', message_id: 'seq-7', seq: 7, project_id: 'p' }],
+    ];
+    for (const [payload, expected] of cases) {
+      expect(JSON.parse(encodeEvent(payload, { seq: 7, projectId: 'p', storedAt: () => 'S' }))).toEqual(expected);
+    }
+  });
+
+  it('never puts a raw newline in an envelope, even when the published JSON had one', () => {
+    const text = encodeEvent('{\n  "type": "a",\n  "data": {"s": "line\\nbreak"}\n}\n', { seq: 3 });
+    expect(text).not.toContain('\n');
+    expect(JSON.parse(text)).toMatchObject({ type: 'a', data: { s: 'line\nbreak' }, seq: 3 });
+  });
+
   it('refuses payloads without a string type or an object data', () => {
     for (const bad of ['x', '[]', '{"data":{}}', '{"type":"","data":{}}', '{"type":"a"}', '{"type":"a","data":[1]}']) {
       expect(() => encodeEvent(bad, { seq: 1 })).toThrow(EventError);
