@@ -87,6 +87,8 @@ export function parseClientMessage(text: string): ClientMessage {
       type: type.slice(0, 64),
     });
   }
+  const fast = fastClientMessage(raw as Record<string, unknown>, type);
+  if (fast !== undefined) return fast;
   const result = clientMessageSchema.safeParse(raw);
   if (!result.success) {
     const issue = result.error.issues[0];
@@ -94,6 +96,40 @@ export function parseClientMessage(text: string): ClientMessage {
     throw new ProtocolError(ErrorCode.InvalidMessage, `field "${field}": ${issue.message}`, { type, field });
   }
   return result.data;
+}
+
+/**
+ * The schema's result for the frames of a connect and of a live connection (subscribe,
+ * unsubscribe, ping, ack) when they are valid, without zod (~2% of a connect storm's CPU); the
+ * same object zod returns (known keys only, in the schema's order). Undefined for anything else,
+ * which zod then parses, so every refusal keeps zod's message.
+ */
+function fastClientMessage(raw: Record<string, unknown>, type: string): ClientMessage | undefined {
+  const { timestamp, message_id: messageId, data } = raw;
+  if (timestamp !== undefined && (typeof timestamp !== 'string' || timestamp.length > 64)) return undefined;
+  if (messageId !== undefined && (typeof messageId !== 'string' || messageId.length > 128)) return undefined;
+  let out: Record<string, unknown>;
+  if (type === 'ping') {
+    out = 'data' in raw ? { type, data } : { type };
+  } else {
+    if (data === null || typeof data !== 'object' || Array.isArray(data)) return undefined;
+    const d = data as Record<string, unknown>;
+    if (type === 'subscription') {
+      const { action, project_id: projectId } = d;
+      if ((action !== 'subscribe' && action !== 'unsubscribe') || typeof projectId !== 'string' || !TOKEN_PATTERN.test(projectId)) return undefined;
+      if (action === 'subscribe' && (d.since !== undefined || d.epoch !== undefined)) return undefined; // a resume: zod
+      out = { type, data: { action, project_id: projectId } };
+    } else if (type === 'ack') {
+      const s = d.seq;
+      if (typeof s !== 'number' || !Number.isSafeInteger(s) || s < 1) return undefined;
+      out = { type, data: { seq: s } };
+    } else {
+      return undefined;
+    }
+  }
+  if (timestamp !== undefined) out.timestamp = timestamp;
+  if (messageId !== undefined) out.message_id = messageId;
+  return out as ClientMessage;
 }
 
 export type HistoryRequest = Extract<ClientMessage, { type: 'history' }>['data'];

@@ -26,6 +26,27 @@ describe('parseClientMessage', () => {
     });
   });
 
+  it('returns the frames of a connect with their known fields only, in the schema order, as the full schema does', () => {
+    const parsed = (text: string) => JSON.stringify(parseClientMessage(text));
+    expect(parsed('{"x":1,"message_id":"m1","data":{"z":2,"project_id":"p1","action":"subscribe"},"type":"subscription","timestamp":"t"}')).toBe(
+      '{"type":"subscription","data":{"action":"subscribe","project_id":"p1"},"timestamp":"t","message_id":"m1"}',
+    );
+    expect(parsed('{"type":"subscription","data":{"project_id":"p1","action":"unsubscribe","since":3}}')).toBe(
+      '{"type":"subscription","data":{"action":"unsubscribe","project_id":"p1"}}',
+    );
+    expect(parsed('{"type":"ack","data":{"seq":7,"x":1},"y":2}')).toBe('{"type":"ack","data":{"seq":7}}');
+    expect(parsed('{"type":"ping","data":null,"message_id":"m"}')).toBe('{"type":"ping","data":null,"message_id":"m"}');
+    expect(parsed('{"type":"ping"}')).toBe('{"type":"ping"}');
+    // A resume keeps since and epoch; bad envelopes keep the schema's messages.
+    expect(parsed('{"type":"subscription","data":{"action":"subscribe","project_id":"p1","since":0,"epoch":"e"}}')).toBe(
+      '{"type":"subscription","data":{"action":"subscribe","project_id":"p1","since":0,"epoch":"e"}}',
+    );
+    expect(refusal(`{"type":"ping","message_id":"${'m'.repeat(129)}"}`).message).toMatch(/field "message_id"/);
+    expect(refusal('{"type":"ack","data":{"seq":1},"timestamp":5}').message).toMatch(/field "timestamp"/);
+    expect(refusal('{"type":"ack","data":{"seq":0}}').message).toMatch(/field "data\.seq"/);
+    expect(refusal('{"type":"subscription","data":{"action":"leave","project_id":"p1"}}').message).toMatch(/field "data\.action"/);
+  });
+
   it('refuses text that is not a JSON object with invalid_message', () => {
     for (const text of ['', 'nope', '[]', '1', 'null', '"s"', '{"type":1}', '{}']) {
       expect(refusal(text).code).toBe(ErrorCode.InvalidMessage);
