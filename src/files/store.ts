@@ -338,6 +338,8 @@ export class FileStore {
     } finally {
       this.lossListeners.delete(onLost);
       await iter.close().catch(() => {});
+      // nats.js closes an ordered consumer without deleting it (5 minutes of inactive_threshold).
+      consumer.delete().catch(() => {});
     }
   }
 }

@@ -164,6 +164,9 @@ export class StreamHistory {
       ended = true;
       clearInterval(watchdog);
       await messages.close().catch(() => {});
+      // nats.js closes an ordered consumer without deleting it, and gives it 5 minutes of
+      // inactive_threshold: a reconnect storm's resumes would leave one per resume on the server.
+      consumer.delete().catch(() => {});
     }
     if (failure !== undefined) throw failure;
     if (stalled) throw new SidecarError('history_stalled', `reading ${subject} from the stream stalled`);

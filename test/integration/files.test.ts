@@ -258,6 +258,18 @@ describe('single-request upload, list, download, delete', () => {
     expect(cached.headers.get('etag')).toBe(`"${file.sha256}"`);
   });
 
+  it('leaves no consumer behind on the files stream after downloads (nats.js keeps an ordered one 5 minutes)', async () => {
+    const auth = { Authorization: `Bearer ${bob}` };
+    for (let i = 0; i < 3; i++) expect(await (await fetch(url(file.url), { headers: auth })).text()).toBe(text);
+    const jsm = await jetstreamManager(nc);
+    const consumers = async () => {
+      const names: string[] = [];
+      for await (const ci of jsm.consumers.list('OBJ_WS_FILES')) names.push(ci.name);
+      return names;
+    };
+    await waitFor(async () => (await consumers()).length === 0, 5_000, "the downloads' consumers deleted");
+  });
+
   it('serves a range deep inside a large file from the right chunk', async () => {
     const size = 5 * 1024 * 1024 + 7;
     const put = await putFile(alice, 'p1', patternBytes(0, size), { 'Content-Type': 'application/octet-stream' });

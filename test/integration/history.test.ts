@@ -5,11 +5,12 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
+import { jetstreamManager } from '@nats-io/jetstream';
 import type { ConfigInput } from '../../src/config.js';
 import { api } from '../helpers/http.js';
 import { startTestNats, type TestNats } from '../helpers/nats.js';
 import { publisher, startTestSidecar, type TestSidecar } from '../helpers/sidecar.js';
-import { storedPublisher, type StoredPublisher } from '../helpers/streams.js';
+import { storedPublisher, waitFor, type StoredPublisher } from '../helpers/streams.js';
 import { closeAllClients, connectClient, type TestClient } from '../helpers/ws-client.js';
 
 let nats: TestNats;
@@ -237,6 +238,21 @@ describe('history limits', () => {
     }
     expect(got).toEqual(range(0, 300));
     expect(pagesWhilePublishing).toBe(30);
+  });
+
+  it('leaves no consumer behind on the stream after a read (nats.js keeps an ordered one 5 minutes)', async () => {
+    const s = await sidecarWith('hc', { eventCacheBytes: 0 });
+    await publishRange('hc.project.p', 0, 200);
+    const c = await client(s, 'u1');
+    const page = (await history(c, { project_id: 'p', limit: 200 })).data;
+    expect(page.events).toHaveLength(200);
+    const jsm = await jetstreamManager(nc);
+    const consumers = async () => {
+      const names: string[] = [];
+      for await (const ci of jsm.consumers.list('HC')) names.push(ci.name);
+      return names;
+    };
+    await waitFor(async () => (await consumers()).length === 0, 5_000, 'the read\'s consumer deleted');
   });
 
   it('answers with the new epoch and only its events after the stream is created anew', async () => {
