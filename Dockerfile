@@ -9,6 +9,8 @@ RUN npm run build
 
 FROM node:20-bookworm-slim
 ENV NODE_ENV=production
+# One malloc arena: ~0.9 KB less RSS per idle connection, no measured cost (BENCHMARKS.md).
+ENV MALLOC_ARENA_MAX=1
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force

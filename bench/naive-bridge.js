@@ -10,6 +10,10 @@
 // one frame and one write syscall per delivery, no batching, no corking, no backpressure handling,
 // no limiter, no JetStream (no `seq`, no resume). It does parse and serialize each event once (not
 // per socket), as most afternoon versions would.
+//
+// NAIVE_NO_AUTH=1 (the benchmark's `ws-floor` target): the token is not checked, every client is a
+// user allowed every project. What is left is what `ws` on Node.js costs for the handshake and the
+// two frames: the floor under any bridge built on it.
 
 import http from 'node:http';
 import { randomUUID } from 'node:crypto';
@@ -25,6 +29,8 @@ if (!secret) {
   process.exit(2);
 }
 const key = new TextEncoder().encode(secret);
+const noAuth = process.env.NAIVE_NO_AUTH === '1';
+const FLOOR_CLAIMS = { sub: 'floor', projects: ['*'] };
 
 const nc = await connect({ servers: (process.env.NATS_URL ?? 'nats://127.0.0.1:4222').split(',') });
 
@@ -118,7 +124,8 @@ server.on('upgrade', async (req, socket, head) => {
   }
   let claims;
   try {
-    ({ payload: claims } = await jwtVerify(url.searchParams.get('token') ?? '', key, { algorithms: ['HS256'] }));
+    if (noAuth) claims = FLOOR_CLAIMS;
+    else ({ payload: claims } = await jwtVerify(url.searchParams.get('token') ?? '', key, { algorithms: ['HS256'] }));
     if (typeof claims.sub !== 'string') throw new Error('no sub');
   } catch {
     socket.end('HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n');

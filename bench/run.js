@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Side-by-side benchmark: NATS's built-in WebSocket listener vs the sidecar vs a naive
-// ws+nats bridge, driven by the same load generator (bench/loadgen/, separate processes).
+// ws+nats bridge and the floor of ws itself, driven by the same load generator (bench/loadgen/, separate processes).
 //
-//   node bench/run.js [--scenarios fanout,spread,latency,idle,connect,resume,upload] [--targets nats,sidecar,naive]
+//   node bench/run.js [--scenarios fanout,spread,latency,idle,connect,resume,upload] [--targets nats,sidecar,naive,ws-floor]
 //                     [--runs 3] [--long-runs 1] [--quick] [--loaders auto|N] [size flags, see --help]
 //
 // For each scenario, each run, each target (in that order, so a run's ratios compare targets measured
@@ -24,7 +24,7 @@ import { uploadBench, uploadTable } from './upload.js';
 import { ROOT, TARGETS, Unavailable } from './targets.js';
 
 const ALL_SCENARIOS = ['fanout', 'spread', 'latency', 'idle', 'connect', 'resume', 'batched', 'compress', 'history', 'storm', 'upload'];
-const ALL_TARGETS = ['nats', 'sidecar', 'naive'];
+const ALL_TARGETS = ['nats', 'sidecar', 'naive', 'ws-floor'];
 /** Also accepted by --targets; the compress scenario adds sidecar-deflate by itself when sidecar runs. */
 const KNOWN_TARGETS = [...ALL_TARGETS, 'sidecar-deflate'];
 
@@ -52,6 +52,7 @@ const FLAGS = {
   'connect-clients': { type: 'string', default: '1000', quick: '100' },
   'connect-projects': { type: 'string', default: '100', quick: '10' },
   'connect-concurrency': { type: 'string', default: '200', quick: '50' },
+  'connect-warmup': { type: 'string', default: '2000', quick: '100', help: 'connects of other users to other projects between the fresh and the warmed-up measurement' },
   'resume-events': { type: 'string', default: '1000', quick: '100' },
   'storm-users': { type: 'string', default: '5000', quick: '100', help: 'presence storm: users joining one project at once' },
   'storm-concurrency': { type: 'string', default: '200', quick: '50', help: 'presence storm: handshakes in flight per load generator' },
@@ -121,7 +122,7 @@ const sidecarEnv = Object.fromEntries(
     .filter(Boolean)
     .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
 );
-const startOpts = { verbose, sidecarEnv, sidecarBin: flag('sidecar-bin'), nodeArgs: argv.profile ? ['--cpu-prof', `--cpu-prof-dir=${resolve(argv.profile)}`] : [] };
+const startOpts = { verbose, sidecarEnv, sidecarBin: flag('sidecar-bin'), nodeArgs: argv.profile ? ['--cpu-prof', '--cpu-prof-interval=200', `--cpu-prof-dir=${resolve(argv.profile)}`] : [] };
 // Load-generator processes. auto: two for fan-out and spread (one frame per delivery costs a client
 // ~1 us of CPU, so a single client process can be the limit when the target is cheap; two let the
 // clients use both cores), two for more than 2,500 idle connections (fds), otherwise one (latency,
@@ -160,7 +161,7 @@ const fanout = { clients: num('fanout-clients'), events: num('fanout-events') };
 const spread = { clients: num('spread-clients'), projects: num('spread-projects'), events: num('spread-events') };
 const lat = { clients: num('latency-clients'), seconds: num('latency-seconds'), warmupSeconds: num('latency-warmup'), rates: list('latency-rates').map(Number) };
 const idl = { clients: num('idle-clients'), projectCounts: list('idle-projects').map(Number), settleSeconds: num('idle-settle'), seconds: num('idle-seconds') };
-const con = { clients: num('connect-clients'), projects: num('connect-projects'), concurrency: num('connect-concurrency') };
+const con = { clients: num('connect-clients'), projects: num('connect-projects'), concurrency: num('connect-concurrency'), warmup: num('connect-warmup') };
 const res = { events: num('resume-events'), reads: Math.max(1, Math.floor(num('resume-reads'))), warmups: Math.floor(num('resume-warmups')) };
 const bat = { clients: num('batched-clients'), events: num('batched-events') };
 const cmp = { clients: num('compress-clients'), events: num('compress-events') };
@@ -201,7 +202,7 @@ for (const sc of scenarios) {
     // One measurement per project count (--idle-projects 1000,100): the first keeps the plain row ids.
     idl.projectCounts.forEach((projects, i) => {
       const sfx = i === 0 ? '' : `-p${projects}`;
-      const base = { scenario: sc, better: /** @type {const} */ ('lower'), runs: longRuns, loaders: loadersFor(idl.clients), shared: `idle${sfx}` };
+      const base = { scenario: sc, better: /** @type {const} */ ('lower'), runs: longRuns, loaders: loadersFor(idl.clients), shared: `idle${sfx}`, only: ['nats', 'sidecar', 'naive', 'ws-floor'] };
       const run = (t, l, p) => S.idle(t, l, p, { ...idl, projects, ...common });
       const over = `${idl.clients} connections over ${projects} projects`;
       rows.push({ ...base, id: `idle-rss${sfx}`, label: `Idle: ${over}`, metric: 'RSS per connection, KB', ratioKey: 'rssPerConnKB', keys: ['rssPerConnKB'], run, show: (m) => fix(m.rssPerConnKB, 1) });
@@ -209,12 +210,16 @@ for (const sc of scenarios) {
       rows.push({ ...base, id: `idle-cpu${sfx}`, label: `Idle: ${over}, ${idl.seconds} s`, metric: 'CPU, % of one core', ratioKey: 'cpuPct', keys: ['cpuPct'], run, show: (m) => fix(m.cpuPct, 2) });
     });
   } else if (sc === 'connect') {
-    rows.push({
-      id: 'connect', scenario: sc, label: `Connect: ${con.clients} auth+subscribe, ${con.concurrency} in flight, 1 client process`,
-      metric: 'connects/s', better: 'higher', runs, loaders: 1, ratioKey: 'rate', keys: ['rate'],
-      run: (t, l, p) => S.connectRate(t, l, p, con),
-      show: (m) => fmtRate(m.rate),
-    });
+    // One measurement per run, four rows: a fresh process, then the same connects warmed up.
+    const base = { scenario: sc, shared: 'connect', runs, loaders: 1, run: (t, l, p) => S.connectRate(t, l, p, con), only: ['nats', 'sidecar', 'naive', 'ws-floor'] };
+    const what = `Connect: ${con.clients} auth+subscribe, ${con.concurrency} in flight, 1 client process`;
+    const warm = `after ${con.warmup} other connects`;
+    rows.push({ ...base, id: 'connect', label: `${what}, fresh process`, metric: 'connects/s', better: 'higher', ratioKey: 'rate', keys: ['rate'], show: (m) => fmtRate(m.rate) });
+    rows.push({ ...base, id: 'connect-cpu', label: `${what}, fresh process: server CPU (target + its nats-server)`, metric: 'CPU ms per connect', better: 'lower', ratioKey: 'cpuMs', keys: ['cpuMs'], show: (m) => fix(m.cpuMs, 2) });
+    if (con.warmup > 0) {
+      rows.push({ ...base, id: 'connect-warm', label: `${what}, ${warm}`, metric: 'connects/s', better: 'higher', ratioKey: 'warmRate', keys: ['warmRate'], show: (m) => fmtRate(m.warmRate) });
+      rows.push({ ...base, id: 'connect-warm-cpu', label: `${what}, ${warm}: server CPU (target + its nats-server)`, metric: 'CPU ms per connect', better: 'lower', ratioKey: 'warmCpuMs', keys: ['warmCpuMs'], show: (m) => fix(m.warmCpuMs, 2) });
+    }
   } else if (sc === 'resume') {
     // One measurement, two rows: against NATS's own replay, and against a raw read in the same run.
     const run = (t, l, p) => S.resume(t, l, p, { ...res, ...common });
@@ -283,8 +288,9 @@ if (loadStart > 0.5 * os.cpus().length) log(`bench: warning: load average ${load
 
 log(`bench: scenarios ${scenarios.join(',')}; targets ${targets.join(',')}; runs ${runs} (spread/latency/idle ${longRuns})${quick ? '; quick' : ''}`);
 
-/** Rows run against every selected target except sidecar-deflate, unless they name their own. */
-const runsAgainst = (row, target) => (row.only ? row.only.includes(target) : target !== 'sidecar-deflate');
+/** Rows run against every selected target except sidecar-deflate and ws-floor, unless they name their own. */
+const ONLY_WHEN_NAMED = ['sidecar-deflate', 'ws-floor'];
+const runsAgainst = (row, target) => (row.only ? row.only.includes(target) : !ONLY_WHEN_NAMED.includes(target));
 
 const done = new Set();
 const started = new Set();

@@ -290,35 +290,67 @@ export async function idle(t, loaders, _pub, o) {
  * Connect rate: `clients` connects from one load-generator process, `concurrency` in flight, each
  * one complete when authenticated and subscribed (NATS: CONNECT+PING/PONG, SUB+PING/PONG; it has no
  * auth in this setup). Tokens are signed before the clock starts.
+ *
+ * Twice per run: first against the fresh process (a deploy's new instance: Node.js runs its first
+ * connects unoptimised), then, after `warmup` more connects of other users to other projects and
+ * all of them dropped, the same connects again against the warmed-up process (an instance that
+ * takes over a dead one's clients). The CPU figures are per connect, of the target and of its
+ * nats-server, until the last client is subscribed; *Settled also counts what the connects set off
+ * in the background (presence writes, lifecycle events), until both processes are quiet.
  * @returns {Promise<Result>}
  */
 export async function connectRate(t, loaders, _pub, o) {
   const [l] = loaders;
+  const cold = await measureConnects(t, l, o, 'c');
+  const metrics = { rate: cold.rate, cpuMs: cold.cpuMs };
+  const details = { ...cold.details };
+  const issues = [...cold.issues];
+  if (o.warmup > 0) {
+    await l.request('closeAll', {}, 30_000);
+    const w = await l.request(
+      'connect',
+      { kind: t.kind, url: t.wsUrl, from: 0, to: o.warmup, projects: o.projects, secret: t.secret, userPrefix: 'w', projectPrefix: 'w', checkSeq: t.checkSeq, concurrency: o.concurrency, deadlineMs: 60_000 },
+      120_000,
+    );
+    if (w.failed) issues.push(`warm-up: ${w.failed}/${o.warmup} failed: ${w.errors.join('; ')}`);
+    await l.request('closeAll', {}, 30_000);
+    await settle(t);
+    const warm = await measureConnects(t, l, o, 'm');
+    Object.assign(metrics, { warmRate: warm.rate, warmCpuMs: warm.cpuMs });
+    for (const [k, v] of Object.entries(warm.details)) details[`warm${k[0].toUpperCase()}${k.slice(1)}`] = v;
+    issues.push(...warm.issues.map((s) => `warm: ${s}`));
+  }
+  return { metrics, issues, details };
+}
+
+/** One measured batch of `o.clients` connects (users `${userPrefix}<i>`, projects p0..), then settled. */
+async function measureConnects(t, l, o, userPrefix) {
   const cpuT = cpuSeconds(t.pid);
   const cpuN = cpuSeconds(t.natsPid);
   const r = await l.request(
     'connect',
-    { kind: t.kind, url: t.wsUrl, from: 0, to: o.clients, projects: o.projects, secret: t.secret, userPrefix: 'c', checkSeq: t.checkSeq, concurrency: o.concurrency, deadlineMs: 60_000 },
+    { kind: t.kind, url: t.wsUrl, from: 0, to: o.clients, projects: o.projects, secret: t.secret, userPrefix, checkSeq: t.checkSeq, concurrency: o.concurrency, deadlineMs: 60_000 },
     120_000,
   );
   const issues = r.failed ? [`${r.failed}/${o.clients} failed: ${r.errors.join('; ')}`] : [];
-  // CPU per connect of each process: what one connect costs the target, apart from the clients.
-  const perConnect = (cpuS) => +((cpuS * 1000) / Math.max(1, r.connected)).toFixed(2);
+  const perConnect = (cpuS) => +((cpuS * 1000) / Math.max(1, r.connected)).toFixed(3);
   const cpuT1 = cpuSeconds(t.pid);
   const cpuN1 = cpuSeconds(t.natsPid);
-  // What the connects set off in the background (presence, lifecycle events) may still be running:
-  // the *Settled figures also count it, up to the moment target and nats-server are quiet.
+  const bridge = t.natsPid !== t.pid;
   await settle(t);
+  const targetMs = perConnect(cpuT1 - cpuT);
+  const natsMs = bridge ? perConnect(cpuN1 - cpuN) : 0;
   return {
-    metrics: { rate: (r.connected / r.ms) * 1000 },
+    rate: (r.connected / r.ms) * 1000,
+    cpuMs: +(targetMs + natsMs).toFixed(3),
     issues,
     details: {
       connected: r.connected,
       ms: Math.round(r.ms),
-      targetCpuMsPerConnect: perConnect(cpuT1 - cpuT),
-      natsCpuMsPerConnect: t.natsPid === t.pid ? undefined : perConnect(cpuN1 - cpuN),
+      targetCpuMsPerConnect: targetMs,
+      natsCpuMsPerConnect: bridge ? natsMs : undefined,
       targetCpuMsPerConnectSettled: perConnect(cpuSeconds(t.pid) - cpuT),
-      natsCpuMsPerConnectSettled: t.natsPid === t.pid ? undefined : perConnect(cpuSeconds(t.natsPid) - cpuN),
+      natsCpuMsPerConnectSettled: bridge ? perConnect(cpuSeconds(t.natsPid) - cpuN) : undefined,
       loaderCpuMsPerConnect: +(r.cpuMs / Math.max(1, r.connected)).toFixed(2),
     },
   };

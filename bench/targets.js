@@ -1,4 +1,4 @@
-// The three targets and the load-generator processes, as the runner sees them.
+// The targets and the load-generator processes, as the runner sees them.
 // Each benchmark step gets a fresh nats-server and a fresh target process, so no target inherits
 // another one's heap, connections or stored messages, and RSS/CPU readings are its own.
 
@@ -22,11 +22,14 @@ export const TARGETS = /** @type {const} */ ({
   // The same sidecar with SIDECAR_COMPRESSION=deflate (the compression scenario's "on").
   'sidecar-deflate': { label: 'sidecar, compression on', kind: 'contract', checkSeq: true },
   naive: { label: 'naive bridge', kind: 'contract', checkSeq: false },
+  // The naive bridge without its token check: what `ws` on Node.js costs for the same handshake
+  // and two frames, the floor under any bridge built on it (connect and idle rows only).
+  'ws-floor': { label: 'ws floor (no auth)', kind: 'contract', checkSeq: false },
 });
 
 /**
  * @typedef {object} Target
- * @property {string} name         nats | sidecar | sidecar-deflate | naive
+ * @property {string} name         nats | sidecar | sidecar-deflate | naive | ws-floor
  * @property {'nats' | 'contract'} kind
  * @property {boolean} checkSeq
  * @property {string} wsUrl        where clients connect (base URL for contract targets)
@@ -41,7 +44,7 @@ export const TARGETS = /** @type {const} */ ({
 export class Unavailable extends Error {}
 
 /**
- * @param {'nats' | 'sidecar' | 'sidecar-deflate' | 'naive'} name
+ * @param {'nats' | 'sidecar' | 'sidecar-deflate' | 'naive' | 'ws-floor'} name
  * @param {{ verbose?: boolean, sidecarBin?: string, nodeArgs?: string[], startTimeoutMs?: number, sidecarEnv?: Record<string, string> }} opts
  * @returns {Promise<Target>}
  */
@@ -67,6 +70,9 @@ export async function startTarget(name, { verbose = false, sidecarBin = 'bin/nat
     // configuration must come from the env above and the shipped defaults only
     SIDECAR_CONFIG: '',
     ...(name === 'sidecar-deflate' ? { SIDECAR_COMPRESSION: 'deflate' } : {}),
+    // As the container image and the workers' primary run it (one malloc arena: less RSS per connection).
+    ...(sidecar ? { MALLOC_ARENA_MAX: '1' } : {}),
+    ...(name === 'ws-floor' ? { NAIVE_NO_AUTH: '1' } : {}),
     // --sidecar-env: e.g. the cost of one feature (SIDECAR_LIFECYCLE_EVENTS=false), for the sidecar and the bridge
     ...sidecarEnv,
   };

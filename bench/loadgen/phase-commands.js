@@ -14,9 +14,9 @@ import { signTokens } from './tokens.js';
  * `${userPrefix}${i}` (or `${userPrefix}0` for all with sharedUser). Returns how many became ready
  * and how long that took (token signing excluded).
  */
-export async function connect({ kind, url, from, to, projects, secret, userPrefix = 'u', sharedUser = false, checkSeq = false, batch = false, deflate = false, concurrency = 100, timeoutMs = 15_000, deadlineMs = 120_000 }) {
+export async function connect({ kind, url, from, to, projects, secret, userPrefix = 'u', projectPrefix = 'p', sharedUser = false, checkSeq = false, batch = false, deflate = false, concurrency = 100, timeoutMs = 15_000, deadlineMs = 120_000 }) {
   const n = to - from;
-  const projectOf = (i) => `p${i % projects}`;
+  const projectOf = (i) => `${projectPrefix}${i % projects}`;
   let tokens = [];
   if (kind === 'contract') {
     tokens = await signTokens(secret, Array.from({ length: n }, (_, k) => `${userPrefix}${sharedUser ? 0 : from + k}`));

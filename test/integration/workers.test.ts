@@ -6,7 +6,7 @@
  * runs the embedded NATS for both, and prints the dev token once.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -101,7 +101,7 @@ class Running {
 
 function run(extra: Record<string, string>): Running {
   const env: Record<string, string> = { ...(process.env as Record<string, string>) };
-  for (const k of ['NATS_URL', 'JWT_SECRET', 'JWT_PUBLIC_KEY', 'JWT_JWKS_URL', 'NODE_ENV', 'PORT']) delete env[k];
+  for (const k of ['NATS_URL', 'JWT_SECRET', 'JWT_PUBLIC_KEY', 'JWT_JWKS_URL', 'NODE_ENV', 'PORT', 'MALLOC_ARENA_MAX']) delete env[k];
   Object.assign(env, { HOST: '127.0.0.1', LOG_LEVEL: 'info', SIDECAR_WORKERS: '2' }, extra);
   // detached: its own process group, so a kill of the group in afterAll leaves no worker behind.
   return new Running(spawn(process.execPath, [bin], { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true }));
@@ -171,6 +171,14 @@ describe('two workers on one port, with NATS_URL', () => {
     for (const id of answeredBy) expect(instances).toContain(id);
     await closeAllClients();
   }, 60_000);
+
+  it('starts every worker with one malloc arena (MALLOC_ARENA_MAX=1), which keeps less memory per idle connection', async () => {
+    for (const id of instances) {
+      const ready = sidecar.lines.find((l) => l.msg === 'worker ready' && l.instance === id)!;
+      const environ = (await readFile(`/proc/${ready.pid}/environ`, 'latin1')).split('\0');
+      expect(environ, `the environment of worker ${ready.worker}`).toContain('MALLOC_ARENA_MAX=1');
+    }
+  });
 
   it('answers /metrics, from whichever worker, with the series of both', async () => {
     for (let i = 0; i < 4; i++) {
