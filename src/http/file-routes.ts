@@ -190,7 +190,10 @@ export function createFileRouter(deps: FileRouteDeps): Router<FileState> {
       ctx.status = 304;
       return;
     }
-    const range = parseRange(ctx.get('Range') || undefined, file.size);
+    // If-Range (RFC 9110 13.1.5): the Range holds only for this very file, named by its strong
+    // ETag; any other validator (weak, another tag, a date: no Last-Modified is sent) gets it whole.
+    const ifRange = ctx.get('If-Range');
+    const range = parseRange(ifRange && ifRange.trim() !== etag ? undefined : ctx.get('Range') || undefined, file.size);
     if (range.kind === 'unsatisfiable') {
       ctx.set('Content-Range', `bytes */${file.size}`);
       throw new FileError('bad_request', 416, 'the range is outside the file');

@@ -258,6 +258,19 @@ describe('single-request upload, list, download, delete', () => {
     expect(cached.headers.get('etag')).toBe(`"${file.sha256}"`);
   });
 
+  it('honours If-Range: a Range with a matching ETag gets 206, with another validator the whole file with 200', async () => {
+    const auth = { Authorization: `Bearer ${bob}` };
+    const same = await fetch(url(file.url), { headers: { ...auth, Range: 'bytes=1-2', 'If-Range': `"${file.sha256}"` } });
+    expect(same.status).toBe(206);
+    expect(await same.text()).toBe(text.slice(1, 3));
+    for (const validator of ['"another"', `W/"${file.sha256}"`, 'Wed, 21 Oct 2015 07:28:00 GMT']) {
+      const other = await fetch(url(file.url), { headers: { ...auth, Range: 'bytes=1-2', 'If-Range': validator } });
+      expect(other.status, `If-Range: ${validator}`).toBe(200);
+      expect(other.headers.get('content-range')).toBeNull();
+      expect(await other.text()).toBe(text);
+    }
+  });
+
   it('leaves no consumer behind on the files stream after downloads (nats.js keeps an ordered one 5 minutes)', async () => {
     const jsm = await jetstreamManager(nc);
     const consumers = async () => {
