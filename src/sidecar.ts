@@ -127,7 +127,13 @@ export class Sidecar {
       metrics = new SidecarMetrics({ hub, broker, instanceId, startedAt, presence, lifecycle });
       broker.setSink(metrics.timeDelivery((topic, event) => hub.publish(topic, event)));
       broker.setLossSink((topic, afterSeq) => hub.historyLost(topic, afterSeq));
-      broker.setEpochSink((epoch, previous) => hub.epochChanged(epoch, previous));
+      // A new epoch is a new stream: NATS lost its store (or an operator deleted it), and the file
+      // buckets with it; they are created again now, not on the first upload that fails.
+      let fileBuckets: FileStore | undefined;
+      broker.setEpochSink((epoch, previous) => {
+        hub.epochChanged(epoch, previous);
+        void fileBuckets?.recreate('the event stream is new: file buckets created again where they were missing');
+      });
       broker.watchStream();
       if (tracingEnabled()) broker.setTraceSink(traceDelivery);
       authorizer.listenForRevocations((userId, projectId) => hub.revoke(userId, projectId));
@@ -143,6 +149,7 @@ export class Sidecar {
       fleet = new Fleet(broker, { instanceId, heartbeat: config.fleetHeartbeat, timeout: config.fleetTimeout }, log.child({ component: 'fleet' }));
       fleet.start(operations);
       const fileStore = await FileStore.open(b.nc, b.js, b.jsm, { bucket: config.filesBucket, replicas: config.filesReplicas, fileTTL: config.fileTTL, timeout: 5_000 }, log.child({ component: 'files' }));
+      fileBuckets = fileStore;
       files = new FileService({
         store: fileStore,
         access: authorizer,

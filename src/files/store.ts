@@ -149,9 +149,9 @@ export class FileStore {
    * A bucket's stream is gone (an operator deleted it, NATS lost its store): create the buckets
    * again, once at a time. The handles stay valid: they address the streams by name.
    */
-  recreate(): Promise<void> {
+  recreate(done = 'file buckets were missing: created them again'): Promise<void> {
     this.recreating ??= FileStore.buckets(this.js, this.config)
-      .then(() => this.log.warn({ bucket: this.config.bucket }, 'file buckets were missing: created them again'))
+      .then(() => this.log.warn({ bucket: this.config.bucket }, done))
       .catch((err) => this.log.warn({ err }, 'creating the file buckets again failed'))
       .finally(() => {
         this.recreating = undefined;

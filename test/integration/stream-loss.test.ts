@@ -119,6 +119,15 @@ describe('stream and presence bucket loss', () => {
     // Presence works again: a user joining now is announced.
     await subscribed('u-joiner', 'loss');
     await before.waitForMessage((m) => m.type === 'user_joined' && m.data.user_id === 'u-joiner', 10_000);
+
+    // Files work again: the file buckets were created anew with the new stream, so the first
+    // upload after the restart is stored (not a 503 that only makes the next one work).
+    const upload = await fetch(`${side.httpUrl}/api/v1/websocket/projects/loss/files`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${await side.token('u-after')}`, 'Content-Type': 'text/plain', 'X-File-Name': 'after.txt' },
+      body: 'stored after the restart',
+    });
+    expect(upload.status).toBe(201);
   }, 40_000);
 
   it('recreates the stream within 10 s when an operator deletes it, and tells subscribers', async () => {
