@@ -56,6 +56,7 @@ it('answers health 503 while NATS is unreachable and 200 again once it is back',
   await nats.restart(); // already stopped: starts it again on the same port and store
   await up;
   await eventually(async () => expect((await get('/api/v1/websocket/health')).status).toBe(200));
-  expect((await get('/readyz')).status).toBe(200);
+  // Ready a moment after the link: the stream check and the presence watcher run again first.
+  await eventually(async () => expect((await get('/readyz')).status).toBe(200));
   expect((await get('/api/v1/websocket/connections/count')).status).toBe(200);
 });
