@@ -90,11 +90,11 @@ export class JsPublisher {
   }
 
   /** `kv.delete(key, { previousSeq })`: a delete marker, written only if the key is at that revision. */
-  async kvDelete(bucket: string, key: string, previousSeq: number): Promise<void> {
+  async kvDelete(bucket: string, key: string, previousSeq: number): Promise<number> {
     const h = natsHeaders();
     h.set('KV-Operation', 'DEL');
     if (previousSeq) h.set('Nats-Expected-Last-Subject-Sequence', `${previousSeq}`);
-    await this.publish(kvSubject(bucket, key), EMPTY, h);
+    return (await this.publish(kvSubject(bucket, key), EMPTY, h)).seq;
   }
 
   /** A request whose answer is taken as it comes (a status message included); no responders rejects. */

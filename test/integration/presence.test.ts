@@ -256,6 +256,35 @@ describe('a storm of joins', () => {
   });
 });
 
+describe('transitions made on different instances', () => {
+  it("stores a user_left made elsewhere before the join that follows it, so no member is told a present user left", async () => {
+    const project = 'pres-order';
+    const observer = await client(a, 'observer6');
+    await subscribe(observer, project);
+    const first = await client(b, 'rio');
+    await subscribe(first, project);
+    await observer.waitForMessage((m) => m.type === 'user_joined' && m.data.user_id === 'rio');
+    await b.sidecar.presence.settled();
+
+    // Another instance's sweep deleted the key and has not stored its user_left yet (slow, or it
+    // died right after the delete): the key is gone, no event says so.
+    const kv = await new Kvm(nc).open(b.sidecar.config.presenceBucket);
+    await kv.delete(`${project}.rio`);
+    const deletedAt = (await kv.get(`${project}.rio`))!.revision;
+    await waitFor(async () => !(await b.sidecar.presence.users(project)).includes('rio'), 10_000, "b's copy seeing the delete");
+
+    // rio comes back through b: the join must not be stored ahead of the leave it follows.
+    first.close();
+    await subscribe(await client(b, 'rio'), project);
+    await b.sidecar.presence.settled();
+    await quiesce(observer, project);
+    const events = observer.messages.filter((m) => (m.type === 'user_joined' || m.type === 'user_left') && m.data.user_id === 'rio');
+    expect(events.map((m) => m.type)).toEqual(['user_joined', 'user_left', 'user_joined']);
+    expect(events[1].message_id).toBe(`user_left-${deletedAt}`);
+    expect(events[1].seq).toBeLessThan(events[2].seq);
+  });
+});
+
 describe('an instance taken for dead while alive', () => {
   it('registers again and re-adds its users, so presence converges', async () => {
     const project = 'pres-stall';

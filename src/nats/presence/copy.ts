@@ -17,6 +17,8 @@ const MAX_TOMBSTONES = 10_000;
 export interface KnownKey {
   readonly members: readonly string[];
   readonly revision: number;
+  /** A deleted key: when it was deleted (ms since the epoch), as far as this instance knows. */
+  readonly deletedAt?: number;
 }
 
 export interface CopyOptions {
@@ -70,7 +72,7 @@ export class WatchedCopy {
    */
   private readonly mirror = new Map<string, Map<string, KnownKey>>();
   /** Deleted keys and their last revision, as the watcher saw them. Bounded: oldest first. */
-  private readonly tombstones = new Map<string, number>();
+  private readonly tombstones = new Map<string, { revision: number; at: number }>();
   /** A tombstone was dropped: a key the copy does not know may exist after all. */
   private tombstonesEvicted = false;
   private watcher: QueuedIterator<KvEntry> | undefined;
@@ -118,7 +120,7 @@ export class WatchedCopy {
     void (async () => {
       for await (const entry of watcher) {
         if (this.watcher !== watcher) break;
-        this.remember(entry.key, entry.revision, membersOf(entry));
+        this.remember(entry.key, entry.revision, membersOf(entry), entry.created.getTime());
         if (entry.revision >= loadedAt) this.isLoaded = true;
       }
     })()
@@ -167,10 +169,10 @@ export class WatchedCopy {
   }
 
   /** Take in a key's revision and members, unless the copy already knows a later one. */
-  remember(key: string, revision: number, members: readonly string[]): void {
+  remember(key: string, revision: number, members: readonly string[], at = Date.now()): void {
     const { projectId, userId } = splitKey(key);
     let users = this.mirror.get(projectId);
-    const current = users?.get(userId)?.revision ?? this.tombstones.get(key) ?? -1;
+    const current = users?.get(userId)?.revision ?? this.tombstones.get(key)?.revision ?? -1;
     if (current >= revision) return; // the watcher lags behind this instance's own write
     if (members.length > 0) {
       this.tombstones.delete(key);
@@ -180,7 +182,7 @@ export class WatchedCopy {
     }
     if (users?.delete(userId) && users.size === 0) this.mirror.delete(projectId);
     this.tombstones.delete(key); // re-inserted last: the oldest go first
-    this.tombstones.set(key, revision);
+    this.tombstones.set(key, { revision, at });
     if (this.tombstones.size > MAX_TOMBSTONES) {
       this.tombstones.delete(this.tombstones.keys().next().value!);
       this.tombstonesEvicted = true;
@@ -193,7 +195,7 @@ export class WatchedCopy {
     const live = this.mirror.get(projectId)?.get(userId);
     if (live !== undefined) return live;
     const deleted = this.tombstones.get(key);
-    if (deleted !== undefined) return { members: [], revision: deleted };
+    if (deleted !== undefined) return { members: [], revision: deleted.revision, deletedAt: deleted.at };
     // Every key the bucket holds has passed the watcher: one it never showed does not exist.
     return this.isLoaded && !this.tombstonesEvicted ? { members: [], revision: 0 } : undefined;
   }

@@ -22,6 +22,8 @@ import type { JsPublisher } from '../js-publisher.js';
 /** Retries of one compare-and-set under contention: many tabs of one user on many instances. */
 const CAS_ATTEMPTS = 20;
 const PUBLISH_ATTEMPTS = 3;
+/** A delete this recent may still be unannounced; well inside the event stream's 2-minute dedupe window. */
+const RECENT_DELETE_MS = 60_000;
 
 /** Who this instance is in the presence keys (the heartbeat registers it). */
 export interface Membership {
@@ -146,12 +148,14 @@ export class PresenceUpdates {
     for (let attempt = 1; ; attempt++) {
       let revision: number;
       let members: readonly string[];
+      let deletedAt: number | undefined;
       if (cached !== undefined) {
-        ({ revision, members } = cached);
+        ({ revision, members, deletedAt } = cached);
       } else {
         const entry = await this.presence.get(key);
         members = membersOf(entry);
         revision = entry?.revision ?? 0;
+        if (entry && entry.operation !== 'PUT') deletedAt = entry.created.getTime();
       }
       const next = change(members);
       if (next.length === members.length && next.every((m) => members.includes(m))) {
@@ -166,8 +170,7 @@ export class PresenceUpdates {
       try {
         this.options.stats.writes += 1;
         if (next.length === 0) {
-          await this.options.publisher.kvDelete(this.options.bucket, key, revision);
-          transition = [MessageType.UserLeft, revision];
+          transition = [MessageType.UserLeft, await this.options.publisher.kvDelete(this.options.bucket, key, revision)];
         } else {
           const written = await this.options.publisher.kvPut(this.options.bucket, key, JSON.stringify({ members: next }), revision);
           this.copy.remember(key, written, next);
@@ -181,12 +184,19 @@ export class PresenceUpdates {
         }
         throw err;
       }
+      // A join right after a delete made elsewhere: that instance's user_left may not be stored yet,
+      // and stored after this join it would tell every member the user left. Publish it first
+      // (same message id: stored once whoever is first), while the stream still dedupes it.
+      if (transition?.[0] === MessageType.UserJoined && deletedAt !== undefined && Date.now() - deletedAt < RECENT_DELETE_MS) {
+        await this.announce(key, MessageType.UserLeft, revision, true);
+      }
       if (transition) await this.announce(key, ...transition);
       return;
     }
   }
 
-  private async announce(key: string, type: string, revision: number): Promise<void> {
+  /** `again`: the transition was (or should have been) announced by the instance that made it. */
+  private async announce(key: string, type: string, revision: number, again = false): Promise<void> {
     const { projectId, userId } = splitKey(key);
     const payload = JSON.stringify({ type, data: { user_id: userId, project_id: projectId } });
     for (let attempt = 1; ; attempt++) {
@@ -203,6 +213,7 @@ export class PresenceUpdates {
         await new Promise((r) => setTimeout(r, 200 * attempt));
       }
     }
+    if (again) return;
     if (type === MessageType.UserJoined) this.options.stats.joined += 1;
     else this.options.stats.left += 1;
   }
