@@ -307,11 +307,7 @@ export async function connectRate(t, loaders, _pub, o) {
   const issues = [...cold.issues];
   if (o.warmup > 0) {
     await l.request('closeAll', {}, 30_000);
-    const w = await l.request(
-      'connect',
-      { kind: t.kind, url: t.wsUrl, from: 0, to: o.warmup, projects: o.projects, secret: t.secret, userPrefix: 'w', projectPrefix: 'w', checkSeq: t.checkSeq, concurrency: o.concurrency, deadlineMs: 60_000 },
-      120_000,
-    );
+    const w = await openClients(t, l, o, o.warmup, 'w', 'w');
     if (w.failed) issues.push(`warm-up: ${w.failed}/${o.warmup} failed: ${w.errors.join('; ')}`);
     await l.request('closeAll', {}, 30_000);
     await settle(t);
@@ -323,15 +319,20 @@ export async function connectRate(t, loaders, _pub, o) {
   return { metrics, issues, details };
 }
 
+/** `n` clients: users `${userPrefix}<i>` on projects `${projectPrefix}<i % o.projects>`. */
+function openClients(t, l, o, n, userPrefix, projectPrefix = 'p') {
+  return l.request(
+    'connect',
+    { kind: t.kind, url: t.wsUrl, from: 0, to: n, projects: o.projects, secret: t.secret, userPrefix, projectPrefix, checkSeq: t.checkSeq, concurrency: o.concurrency, deadlineMs: 60_000 },
+    120_000,
+  );
+}
+
 /** One measured batch of `o.clients` connects (users `${userPrefix}<i>`, projects p0..), then settled. */
 async function measureConnects(t, l, o, userPrefix) {
   const cpuT = cpuSeconds(t.pid);
   const cpuN = cpuSeconds(t.natsPid);
-  const r = await l.request(
-    'connect',
-    { kind: t.kind, url: t.wsUrl, from: 0, to: o.clients, projects: o.projects, secret: t.secret, userPrefix, checkSeq: t.checkSeq, concurrency: o.concurrency, deadlineMs: 60_000 },
-    120_000,
-  );
+  const r = await openClients(t, l, o, o.clients, userPrefix);
   const issues = r.failed ? [`${r.failed}/${o.clients} failed: ${r.errors.join('; ')}`] : [];
   const perConnect = (cpuS) => +((cpuS * 1000) / Math.max(1, r.connected)).toFixed(3);
   const cpuT1 = cpuSeconds(t.pid);

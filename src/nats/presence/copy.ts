@@ -169,7 +169,7 @@ export class WatchedCopy {
   }
 
   /** Take in a key's revision and members, unless the copy already knows a later one. */
-  remember(key: string, revision: number, members: readonly string[], at = Date.now()): void {
+  remember(key: string, revision: number, members: readonly string[], deletedAt?: number): void {
     const { projectId, userId } = splitKey(key);
     let users = this.mirror.get(projectId);
     const current = users?.get(userId)?.revision ?? this.tombstones.get(key)?.revision ?? -1;
@@ -182,7 +182,7 @@ export class WatchedCopy {
     }
     if (users?.delete(userId) && users.size === 0) this.mirror.delete(projectId);
     this.tombstones.delete(key); // re-inserted last: the oldest go first
-    this.tombstones.set(key, { revision, at });
+    this.tombstones.set(key, { revision, at: deletedAt ?? Date.now() });
     if (this.tombstones.size > MAX_TOMBSTONES) {
       this.tombstones.delete(this.tombstones.keys().next().value!);
       this.tombstonesEvicted = true;
